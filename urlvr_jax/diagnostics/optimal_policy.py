@@ -53,7 +53,11 @@ def _check(rewards, correct, ref_logprob, policy_logprob, beta) -> None:
     for name, x in (("correct", correct), ("ref_logprob", ref_logprob), ("policy_logprob", policy_logprob)):
         if x is not None and jnp.shape(x) != shape:
             raise ValueError(f"optimal_policy: `{name}` has shape {jnp.shape(x)}, expected {shape} like `rewards`")
-    if not (isinstance(beta, (int, float)) and math.isfinite(beta) and beta > 0):
+    try:
+        b = float(beta)
+    except (TypeError, ValueError):
+        b = float("nan")
+    if not (math.isfinite(b) and b > 0):
         raise ValueError(
             f"optimal_policy: beta must be a finite float > 0 (the KL coefficient of π* = π_ref·exp(r/β)/Z), got {beta!r}"
         )
@@ -75,7 +79,7 @@ def _estimates(rewards, correct, ref_logprob, policy_logprob, beta):
         "kl_to_ref": jnp.sum(w * r_over_beta, axis=-1) - log_z,
         "kl_policy_to_pistar": log_z - jnp.mean(a, axis=-1),
         "log_partition": log_z,
-        "ess_frac": 1.0 / jnp.sum(w * w, axis=-1) / n,
+        "ess_frac": jnp.minimum(1.0 / jnp.sum(w * w, axis=-1) / n, 1.0),  # clip float32 rounding above 1
         "policy_accuracy": jnp.mean(c, axis=-1),
     }
 
@@ -89,7 +93,7 @@ def group_estimates(rewards, correct, ref_logprob, beta: float, policy_logprob=N
     """
     _check(rewards, correct, ref_logprob, policy_logprob, beta)
     pol = None if policy_logprob is None else jnp.asarray(policy_logprob)
-    return _estimates(jnp.asarray(rewards), jnp.asarray(correct), jnp.asarray(ref_logprob), pol, jnp.float32(beta))
+    return _estimates(jnp.asarray(rewards), jnp.asarray(correct), jnp.asarray(ref_logprob), pol, jnp.float32(float(beta)))
 
 
 def optimal_policy_diagnostics(rewards, correct, ref_logprob, beta: float, policy_logprob=None) -> dict[str, float]:

@@ -79,7 +79,7 @@ def self_certainty(stats: TokenStats, mask: jax.Array, vocab_size: int) -> jax.A
     if int(vocab_size) < 1:
         raise ValueError(f"certainty.self_certainty: vocab_size must be a positive int, got {vocab_size!r}")
     m = mask.astype(bool)
-    return _masked_mean(stats.self_certainty - jnp.float32(math.log(int(vocab_size))), m)
+    return _masked_mean(stats.self_certainty.astype(jnp.float32) - jnp.float32(math.log(int(vocab_size))), m)
 
 
 def token_entropy(stats: TokenStats, mask: jax.Array) -> jax.Array:

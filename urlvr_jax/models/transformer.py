@@ -148,11 +148,13 @@ class Transformer(nnx.Module):
         key_mask: jax.Array,
         cache: KVCache,
         write_index: jax.Array,
+        last_only: bool = False,
     ) -> tuple[jax.Array, KVCache]:
         """Forward T new tokens against a KV cache of length S.
 
         input_ids, positions [B, T]; key_mask [B, S] (valid cache slots, including the T being written at
-        write_index .. write_index+T-1); returns float32 logits [B, T, V] and the updated cache.
+        write_index .. write_index+T-1); returns float32 logits [B, T, V] (or [B, 1, V] for the last
+        position only, as a prefill needs) and the updated cache.
         """
         T = input_ids.shape[1]
         S = cache.k.shape[2]
@@ -160,6 +162,8 @@ class Transformer(nnx.Module):
         query_slots = write_index + jnp.arange(T)[:, None]
         attn_mask = (slots <= query_slots)[None] & key_mask.astype(bool)[:, None, :]
         hidden, cache = self._run(input_ids, positions, attn_mask, cache=cache, write_index=write_index)
+        if last_only:
+            hidden = hidden[:, -1:]
         return self.logits(hidden), cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:

@@ -1,0 +1,226 @@
+"""On-device sampler: jitted prefill + a `while_loop` decode over a preallocated KV cache.
+
+The sampler reads the model's own (sharded) parameters: there is no copy between "trainer" and
+"inference engine". One call samples N responses for each of B left-padded prompts; the B·N rows are
+ordered prompt-major (rows i·N … i·N+N−1 belong to prompt i) so groups stay contiguous. The prompt is
+prefilled once per prompt and its KV cache repeated N times.
+
+Per-token statistics (`TokenStats`: log-prob, entropy, self-certainty term, top-1 − top-2 gap) are
+computed inside the loop from the logits of each step and returned with the tokens, so no [B, T, V]
+tensor ever leaves the device. They refer to softmax(logits / temperature) over the full vocabulary —
+the same distribution the scoring pass (`score`) recomputes; top-k / top-p only restrict which token is
+drawn. Greedy decoding reports them at temperature 1.
+
+Stopping: a row finishes at an EOS token (kept in the response mask) or when its tail matches a stop
+token sequence (also kept); the loop exits early once every row has finished, else after
+`max_new_tokens` (those rows are marked truncated).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from urlvr_jax.models.transformer import KVCache, Transformer, init_cache, positions_from_mask
+from urlvr_jax.rollout.stats import TokenStats, token_stats_from_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to draw tokens. temperature > 0; top_k = 0 and top_p = 1 disable those filters."""
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    greedy: bool = False
+
+    def __post_init__(self):
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 (use greedy=True for argmax), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_new_tokens < 1:
+            raise ValueError(f"top_k must be >= 0 and max_new_tokens >= 1, got {self.top_k}, {self.max_new_tokens}")
+
+
+class Rollout(NamedTuple):
+    """Sampled responses, rows prompt-major ([B·N, T] with T = max_new_tokens)."""
+
+    tokens: jax.Array  # int32, pad_id after the end
+    mask: jax.Array  # int32, 1 for response tokens incl. the EOS / stop tokens
+    stats: TokenStats  # float32 [B·N, T] each, 0 where mask is 0
+    lengths: jax.Array  # int32 [B·N]
+    truncated: jax.Array  # bool [B·N]: hit max_new_tokens without EOS / stop sequence
+
+
+def filter_logits(z: jax.Array, top_k: int, top_p: float) -> jax.Array:
+    """Mask (to -inf) the tokens outside the top-k and outside the top-p nucleus. z [..., V]."""
+    if top_k and top_k < z.shape[-1]:
+        kth = jax.lax.top_k(z, top_k)[0][..., -1:]
+        z = jnp.where(z < kth, -jnp.inf, z)
+    if top_p < 1.0:
+        sorted_z = jnp.sort(z, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(sorted_z, axis=-1)
+        mass_before = jnp.cumsum(probs, axis=-1) - probs
+        # smallest logit still inside the nucleus (the top token is always kept)
+        keep = mass_before < top_p
+        cutoff = jnp.min(jnp.where(keep, sorted_z, jnp.inf), axis=-1, keepdims=True)
+        z = jnp.where(z < cutoff, -jnp.inf, z)
+    return z
+
+
+def sample_token(key: jax.Array, logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    """One token per row from float32 logits [B, V]."""
+    if sampling.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    z = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
+    return jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
+
+
+def _ends_with_any(generated: jax.Array, step: jax.Array, stop_seqs: tuple[tuple[int, ...], ...]) -> jax.Array:
+    """Whether the tokens written up to and including `step` end with one of `stop_seqs`. [B] bool."""
+    out = jnp.zeros(generated.shape[0], bool)
+    for seq in stop_seqs:
+        n = len(seq)
+        start = jnp.maximum(step - n + 1, 0)
+        tail = jax.lax.dynamic_slice_in_dim(generated, start, n, axis=1)
+        out = out | ((step + 1 >= n) & jnp.all(tail == jnp.asarray(seq, jnp.int32), axis=1))
+    return out
+
+
+def _generate(model: Transformer, prompt_ids, prompt_mask, key, *, sampling: SamplingConfig, num_samples: int,
+              eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...], pad_id: int) -> Rollout:
+    B, Tp = prompt_ids.shape
+    N, T = num_samples, sampling.max_new_tokens
+    S = Tp + T
+    prompt_mask = prompt_mask.astype(jnp.int32)
+    cache = init_cache(model.cfg, B, S, dtype=model.dtype)
+    key_mask = jnp.concatenate([prompt_mask, jnp.zeros((B, T), jnp.int32)], axis=1)
+    logits, cache = model.forward_cached(prompt_ids, positions_from_mask(prompt_mask), key_mask, cache, 0,
+                                         last_only=True)
+
+    # Repeat the prefilled prompt N times: rows i*N .. i*N+N-1 belong to prompt i.
+    rep = lambda x: jnp.repeat(x, N, axis=0)  # noqa: E731
+    cache = KVCache(jnp.repeat(cache.k, N, axis=1), jnp.repeat(cache.v, N, axis=1))
+    last_logits = rep(logits[:, -1])
+    key_mask = rep(key_mask)
+    next_pos = rep(jnp.sum(prompt_mask, axis=1))  # position id of the first generated token
+    R = B * N
+    stats_temperature = 1.0 if sampling.greedy else sampling.temperature
+    eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
+
+    def cond(carry):
+        step, done = carry[0], carry[5]
+        return (step < T) & ~jnp.all(done)
+
+    def body(carry):
+        step, cache, last_logits, key_mask, key, done, tokens, stats = carry
+        key, sub = jax.random.split(key)
+        tok = sample_token(sub, last_logits, sampling)
+        tok = jnp.where(done, pad_id, tok)
+        st = token_stats_from_logits(last_logits, tok, stats_temperature)
+        live = ~done
+        tokens = tokens.at[:, step].set(tok)
+        stats = TokenStats(*(buf.at[:, step].set(jnp.where(live, v, 0.0)) for buf, v in zip(stats, st)))
+        finished_now = live & (jnp.any(tok[:, None] == eos[None, :], axis=1) | _ends_with_any(tokens, step, stop_seqs))
+        new_done = done | finished_now
+        key_mask = key_mask.at[:, Tp + step].set(live.astype(jnp.int32))
+        logits, cache = model.forward_cached(tok[:, None], (next_pos + step)[:, None], key_mask, cache, Tp + step)
+        return step + 1, cache, logits[:, 0], key_mask, key, new_done, tokens, stats
+
+    tokens = jnp.full((R, T), pad_id, jnp.int32)
+    stats = TokenStats(*(jnp.zeros((R, T), jnp.float32) for _ in range(4)))
+    done = jnp.zeros((R,), bool)
+    carry = (jnp.int32(0), cache, last_logits, key_mask, key, done, tokens, stats)
+    step, _, _, key_mask, _, done, tokens, stats = jax.lax.while_loop(cond, body, carry)
+    mask = key_mask[:, Tp:]
+    lengths = jnp.sum(mask, axis=1)
+    return Rollout(tokens=tokens, mask=mask, stats=stats, lengths=lengths, truncated=~done)
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_generate(graphdef, sampling, num_samples, eos_ids, stop_seqs, pad_id):
+    def fn(state, prompt_ids, prompt_mask, key):
+        model = nnx.merge(graphdef, state)
+        return _generate(model, prompt_ids, prompt_mask, key, sampling=sampling, num_samples=num_samples,
+                         eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
+
+    return jax.jit(fn)
+
+
+def generate_ids(
+    model: Transformer,
+    prompt_ids: jax.Array,
+    prompt_mask: jax.Array,
+    key: jax.Array,
+    sampling: SamplingConfig = SamplingConfig(),
+    num_samples: int = 1,
+    eos_ids: Sequence[int] | None = None,
+    stop_sequences: Sequence[Sequence[int]] = (),
+    pad_id: int | None = None,
+) -> Rollout:
+    """Sample `num_samples` responses per left-padded prompt. prompt_ids/prompt_mask [B, Tp].
+
+    eos_ids defaults to the model config's EOS ids. Deterministic for a given key. The batch may be
+    sharded over the mesh (data/fsdp); parameters are read in place.
+    """
+    cfg = model.cfg
+    eos = tuple(int(e) for e in (cfg.eos_token_ids if eos_ids is None else eos_ids))
+    if pad_id is None:
+        pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+    stops = tuple(tuple(int(t) for t in s) for s in stop_sequences if len(s))
+    graphdef, state = nnx.split(model)
+    fn = _jitted_generate(graphdef, sampling, int(num_samples), eos, stops, int(pad_id))
+    return fn(state, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key)
+
+
+# ------------------------------------------------------------------------------------ scoring pass
+def _score(model: Transformer, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
+           chunk: int) -> TokenStats:
+    ids = jnp.concatenate([prompt_ids, response_ids], axis=1)
+    mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+    hidden = model.hidden_states(ids, mask)
+    Tp, Tr = prompt_ids.shape[1], response_ids.shape[1]
+    h = hidden[:, Tp - 1: Tp + Tr - 1]  # the hidden state at t predicts token t+1
+    # Project to the vocabulary a chunk of positions at a time: never a full [B, T, V] tensor.
+    n_chunks = -(-Tr // chunk)
+    pad = n_chunks * chunk - Tr
+    h = jnp.pad(h, ((0, 0), (0, pad), (0, 0)))
+    toks = jnp.pad(response_ids, ((0, 0), (0, pad)))
+    hc = h.reshape(h.shape[0], n_chunks, chunk, h.shape[-1]).swapaxes(0, 1)
+    tc = toks.reshape(toks.shape[0], n_chunks, chunk).swapaxes(0, 1)
+
+    def one(args):
+        hh, tt = args
+        return token_stats_from_logits(model.logits(hh), tt, temperature)
+
+    stats = jax.lax.map(one, (hc, tc))
+    m = response_mask.astype(jnp.float32)
+    return TokenStats(*(s.swapaxes(0, 1).reshape(h.shape[0], -1)[:, :Tr] * m for s in stats))
+
+
+@functools.lru_cache(maxsize=64)
+def _jitted_score(graphdef, temperature, chunk):
+    def fn(state, prompt_ids, prompt_mask, response_ids, response_mask):
+        model = nnx.merge(graphdef, state)
+        return _score(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature, chunk)
+
+    return jax.jit(fn)
+
+
+def score(model: Transformer, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float = 1.0,
+          chunk: int = 128) -> TokenStats:
+    """Recompute per-token statistics of given responses under `model` (policy or frozen reference).
+
+    prompt_ids/prompt_mask [B, Tp] left-padded; response_ids/response_mask [B, Tr] right-padded.
+    Returns TokenStats [B, Tr] (0 at padding), identical in definition to the sampler's.
+    """
+    graphdef, state = nnx.split(model)
+    fn = _jitted_score(graphdef, float(temperature), int(min(chunk, response_ids.shape[1])))
+    return fn(state, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32),
+              jnp.asarray(response_ids, jnp.int32), jnp.asarray(response_mask, jnp.int32))

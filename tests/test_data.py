@@ -154,12 +154,28 @@ def test_limit_and_names():
         load_math_dataset("aime24", split="train")
 
 
-def test_dapo_offline_error_names_local_path(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match=r"BytedTsinghua-SIA/DAPO-Math-17k.*HF_HUB_OFFLINE.*local path"):
+def test_dapo_unreachable_hub_error_names_local_path(monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+
+    def no_network(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(md.socket, "create_connection", no_network)
+    with pytest.raises(RuntimeError, match=r"BytedTsinghua-SIA/DAPO-Math-17k.*cannot reach.*local path"):
         load_math_dataset("dapo-math-17k", split="train")
     with pytest.raises(RuntimeError, match="local path"):
         load_math_dataset("BytedTsinghua-SIA/DAPO-Math-17k")
+
+
+def test_dapo_offline_mode_error_names_local_path():
+    # HF_HUB_OFFLINE is read when huggingface_hub is imported, hence a fresh process.
+    code = ("from urlvr_jax.data import load_math_dataset\n"
+            "try:\n    load_math_dataset('dapo-math-17k')\nexcept RuntimeError as e:\n    print('ERR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=str(Path(__file__).parents[1]))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ERR could not load BytedTsinghua-SIA/DAPO-Math-17k" in out.stdout and "local path" in out.stdout
 
 
 # ------------------------------------------------------------------------------------- local files
@@ -185,7 +201,7 @@ def test_local_jsonl_json_and_explicit_keys(tmp_path):
     assert load_math_dataset(out) == src
 
 
-def test_local_dapo_style_parquet(tmp_path):
+def _write_dapo_parquet(path):
     import datasets
 
     wrap = md._DAPO_PREFIX + "{}" + md._DAPO_SUFFIX
@@ -193,14 +209,29 @@ def test_local_dapo_style_parquet(tmp_path):
              "ability": "MATH", "reward_model": {"ground_truth": a, "style": "rule-lighteval/MATH_v2"},
              "extra_info": {"index": str(i)}}
             for i, (q, a) in enumerate([("Find $x$.", "34"), ("Find $y$.", "-3"), ("Find $x$.", "34")])]
-    path = tmp_path / "dapo-math-17k.parquet"
     datasets.Dataset.from_list(rows).to_parquet(str(path))
+    return wrap
+
+
+def test_local_dapo_style_parquet(tmp_path):
+    path = tmp_path / "dapo-math-17k.parquet"
+    wrap = _write_dapo_parquet(path)
     ps = load_math_dataset(path)
     assert [(p.id, p.problem, p.answer) for p in ps] == [
         ("dapo-math-17k/0", "Find $x$.", "34"), ("dapo-math-17k/1", "Find $y$.", "-3"),
         ("dapo-math-17k/2", "Find $x$.", "34")]
     assert ps[0].extra["original_prompt"][0]["content"] == wrap.format("Find $x$.")
     assert [p.problem for p in load_math_dataset(path, dedup=True)] == ["Find $x$.", "Find $y$."]
+
+
+def test_parquet_errors_name_the_row(tmp_path):
+    import datasets
+
+    path = tmp_path / "bad.parquet"
+    datasets.Dataset.from_list([{"question": "a", "answer": "1"}, {"question": "b", "answer": None}]).to_parquet(
+        str(path))
+    with pytest.raises(DatasetFormatError, match=r"bad\.parquet row 2: answer key 'answer' is null"):
+        load_math_dataset(path)
 
 
 @pytest.mark.parametrize("content,suffix,match", [
@@ -354,3 +385,13 @@ def test_grain_pipeline_over_tfds_source(tfds_dir):
     ds = make_prompt_dataset(src, batch_size=7, seed=3, num_epochs=1, shard_index=0, shard_count=1)
     seen = [example_to_problem(ex) for batch in ds for ex in batch]
     assert sorted(seen, key=lambda p: p.id) == sorted(load_math_dataset("aime25"), key=lambda p: p.id)
+
+
+def test_tfds_build_of_dapo_from_a_local_file(tmp_path):
+    from urlvr_jax.data.tfds_builder import build_tfds, read_tfds
+
+    path = tmp_path / "dapo-math-17k.parquet"
+    _write_dapo_parquet(path)
+    build_tfds("dapo-math-17k", tmp_path / "tfds", source_path=path)
+    got = read_tfds("dapo-math-17k", "train", tmp_path / "tfds")
+    assert got == load_math_dataset(path, dedup=True) and len(got) == 2

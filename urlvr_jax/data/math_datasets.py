@@ -65,6 +65,9 @@ class MathProblem:
     source: str
     extra: dict = dataclasses.field(default_factory=dict)
 
+    def __hash__(self) -> int:  # `extra` (a dict) is left out: equal records still hash equal
+        return hash((self.id, self.problem, self.answer, self.source))
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -340,8 +343,8 @@ def _load_shipped(canon: str, split: str) -> list[MathProblem]:
 _OWN_FIELDS = {f.name for f in dataclasses.fields(MathProblem)}
 
 
-def problems_from_rows(rows: Iterable[tuple[str, Any]], source: str, *, problem_key: str | None = None, answer_key: str | None = None,
-                       id_key: str | None = None) -> list[MathProblem]:
+def problems_from_rows(rows: Iterable[tuple[str, Any]], source: str, *, problem_key: str | None = None,
+                       answer_key: str | None = None, id_key: str | None = None) -> list[MathProblem]:
     """MathProblems from (location, row-dict) pairs; location ("file:line") is used in errors.
 
     Field names are detected per row among PROBLEM_KEYS / ANSWER_KEYS / ID_KEYS unless given
@@ -398,12 +401,12 @@ def problems_from_rows(rows: Iterable[tuple[str, Any]], source: str, *, problem_
         if id_key and _get(row, id_key) is _MISSING:
             raise DatasetFormatError(f"{where}: missing id key {id_key!r} (record keys: {sorted(row)})")
         rid = str(_get(row, ik)) if ik else str(i)  # else the row's position
-        top = {pk.split(".")[0], ak.split(".")[0]}
-        extra = {k: v for k, v in row.items() if k not in top}
-        if ak.startswith("reward_model."):
-            extra["reward_model"] = row["reward_model"]
+        consumed = {k for k in (pk, ak) if "." not in k}  # nested containers stay whole in extra
+        extra = {k: v for k, v in row.items() if k not in consumed}
         if not isinstance(raw_problem, str) or problem != raw_problem:
             extra["original_prompt"] = raw_problem
+        if raw_answer != answer:
+            extra["raw_answer"] = raw_answer
         out.append(MathProblem(f"{source}/{rid}", problem, answer, source, extra))
     return out
 
@@ -417,10 +420,11 @@ def _dedup(problems: list[MathProblem]) -> list[MathProblem]:
     return out
 
 
-def _hub_offline_reason() -> str | None:
-    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
-        if os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on"):
-            return f"{var} is set"
+def _hub_unreachable_reason() -> str | None:
+    """Why the hub cannot be used now (None: try it). Offline mode is left to `datasets` (cache)."""
+    if any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+           for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")):
+        return None  # `datasets` reads its local cache and fails fast if the set is not there
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None  # reachability is decided by the proxy; let `datasets` try
     host = os.environ.get("HF_ENDPOINT", "https://huggingface.co").split("://")[-1].split("/")[0]
@@ -428,7 +432,7 @@ def _hub_offline_reason() -> str | None:
         # A quick probe: without it `datasets` retries for ~25 s before failing.
         socket.create_connection((host.split(":")[0], 443), timeout=5).close()
     except OSError as e:
-        return f"cannot reach {host} ({e})"
+        return f"cannot reach {host} ({e}); set HF_HUB_OFFLINE=1 to use a copy in the datasets cache"
     return None
 
 
@@ -436,7 +440,7 @@ def _load_hub(canon: str, split: str, dedup: bool, **keys) -> list[MathProblem]:
     hub_id = HUB_NAMES[canon]
     hint = (f"Download it elsewhere (e.g. the parquet file of {hub_id}) and pass its local path: "
             f"load_math_dataset('/path/to/dapo-math-17k.parquet').")
-    reason = _hub_offline_reason()
+    reason = _hub_unreachable_reason()
     if reason is not None:
         raise RuntimeError(f"dataset {canon!r} ({hub_id}) needs the Hugging Face hub, but {reason}. {hint}")
     import datasets  # heavy import, only when needed
@@ -445,7 +449,8 @@ def _load_hub(canon: str, split: str, dedup: bool, **keys) -> list[MathProblem]:
     try:
         ds = datasets.load_dataset(hub_id, split=split)
     except Exception as e:  # noqa: BLE001 - any hub failure gets the same actionable message
-        raise RuntimeError(f"could not load {hub_id} from the hub: {type(e).__name__}: {e}. {hint}") from e
+        raise RuntimeError(f"could not load {hub_id} from the hub or the datasets cache "
+                           f"({type(e).__name__}: {e}). {hint}") from e
     rows = ((f"{hub_id}[{split}] row {i + 1}", r) for i, r in enumerate(ds))
     probs = problems_from_rows(rows, canon, **keys)
     return _dedup(probs) if dedup else probs

@@ -43,7 +43,7 @@ setup(
     extras_require=EXTRAS,
     entry_points={
         "console_scripts": [
-            "urlvr-forward=urlvr_jax.main:forward_main",
+            "urlvr-eval=urlvr_jax.main:eval_main",
         ]
     },
 )

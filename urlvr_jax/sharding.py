@@ -135,3 +135,13 @@ def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None], ru
     if rules is None:
         return x
     return jax.lax.with_sharding_constraint(x, rules.sharding(logical_axes, x.shape))
+
+
+def shard_batch(x, rules: ShardingRules | None):
+    """Place a host batch [B, ...] on the mesh, split along B over (data, fsdp) when B divides evenly."""
+    import jax.numpy as jnp
+
+    x = jnp.asarray(x)
+    if rules is None:
+        return x
+    return jax.device_put(x, rules.sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, name="batch"))

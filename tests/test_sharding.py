@@ -86,3 +86,14 @@ def test_make_mesh_errors():
     with pytest.raises(ValueError, match="needs 6 devices but 8"):
         make_mesh({"fsdp": 3, "tensor": 2}, devices=jax.devices()[:8])
     assert make_mesh({"fsdp": -1, "tensor": 2}, devices=jax.devices()[:8]).shape["fsdp"] == 4
+
+
+def test_policy_and_frozen_reference_share_one_mesh(single):
+    """Two models on the same mesh run in one jitted function (the trainer's policy + reference)."""
+    mesh = make_mesh({"fsdp": 4, "tensor": 2}, devices=jax.devices()[:8])
+    policy = model_from_state_dict(CFG, state_dict(single), mesh=mesh)
+    reference = model_from_state_dict(CFG, state_dict(single), mesh=mesh)
+    ids = jax.random.randint(jax.random.key(1), (4, 6), 0, CFG.vocab_size)
+    both = jax.jit(lambda p, r, i: (p(i), r(i)))(policy, reference, ids)
+    np.testing.assert_allclose(np.asarray(both[0]), np.asarray(both[1]), atol=0)
+    assert reference.layers.q[...].sharding == policy.layers.q[...].sharding

@@ -74,3 +74,18 @@ def decode_responses(tokenizer, tokens: np.ndarray, mask: np.ndarray, skip_speci
     """Decode each row's valid tokens [R, T] -> R strings."""
     tokens, mask = np.asarray(tokens), np.asarray(mask).astype(bool)
     return [tokenizer.decode(row[m].tolist(), skip_special_tokens=skip_special_tokens) for row, m in zip(tokens, mask)]
+
+
+def stop_sequences_from_strings(tokenizer, stop_strings: Sequence[str]) -> list[list[int]]:
+    """Token-id stop sequences for stop strings, as the sampler matches them on device.
+
+    A string is matched as the token sequence the tokenizer gives it alone; if the model produces the
+    same text split into different tokens, that occurrence is not caught (EOS still ends the row).
+    """
+    out = []
+    for s in stop_strings:
+        ids = tokenizer(s, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"stop string {s!r} encodes to no tokens")
+        out.append(list(ids))
+    return out

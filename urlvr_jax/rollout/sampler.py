@@ -181,7 +181,12 @@ def generate_ids(
 
 # ------------------------------------------------------------------------------------ scoring pass
 def _score(model: Transformer, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
-           chunk: int) -> TokenStats:
+           chunk: int, remat_chunks: bool = False) -> TokenStats:
+    """Statistics of the response tokens under `model`; differentiable (the trainer's forward).
+
+    remat_chunks: under `jax.grad`, recompute each chunk's [B, chunk, V] logits in the backward pass
+    instead of keeping them, so training memory holds no full [B, T, V] tensor either.
+    """
     ids = jnp.concatenate([prompt_ids, response_ids], axis=1)
     mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
     hidden = model.hidden_states(ids, mask)
@@ -198,6 +203,9 @@ def _score(model: Transformer, prompt_ids, prompt_mask, response_ids, response_m
     def one(args):
         hh, tt = args
         return token_stats_from_logits(model.logits(hh), tt, temperature)
+
+    if remat_chunks:
+        one = jax.checkpoint(one)
 
     stats = jax.lax.map(one, (hc, tc))
     m = response_mask.astype(jnp.float32)

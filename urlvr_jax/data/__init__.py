@@ -12,12 +12,17 @@ from .math_datasets import (ASSETS_DIR, DatasetFormatError, MathProblem, asset_f
                             last_boxed, list_datasets, load_math_dataset, problems_from_rows,
                             problems_to_jsonl)
 from .templates import QWEN_MATH_INSTRUCTION, TEMPLATES, build_prompt, build_prompts
+from .synthetic import (check_answer, check_countdown, classify_answer, error_profile, make_arithmetic_dataset,
+                        make_countdown_dataset, make_sft_traces, synthetic_prompt)
+from .synthetic_tokenizer import build_synthetic_tokenizer
 
 __all__ = [
     "ASSETS_DIR", "DatasetFormatError", "MathProblem", "asset_file", "gsm8k_final_answer", "last_boxed",
     "list_datasets", "load_math_dataset", "problems_from_rows", "problems_to_jsonl",
     "PromptLoader", "make_prompt_dataset",
     "QWEN_MATH_INSTRUCTION", "TEMPLATES", "build_prompt", "build_prompts",
+    "check_answer", "check_countdown", "classify_answer", "error_profile", "make_arithmetic_dataset",
+    "make_countdown_dataset", "make_sft_traces", "synthetic_prompt", "build_synthetic_tokenizer",
 ]
 
 

@@ -1,0 +1,143 @@
+"""The one config system: ml_collections ConfigDicts, validated at start-up.
+
+`base_config()` lists every key with its default; files in `configs/` start from it and change what
+they need. Command-line overrides (`--config.rl.learning_rate=1e-6`) go through ml_collections'
+config_flags, which already refuse unknown keys and wrong types; `validate` then checks values and
+combinations and names the key at fault.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from urlvr_jax.rewards.registry import ALL_REWARDS, DEVICE_REWARDS
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    c.model = ml_collections.ConfigDict()
+    c.model.path = ""  # HF folder, .gguf, 'smollm2', or '' with model.init for a random model
+    c.model.tokenizer = ""  # default: the model's own
+    c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
+    c.model.param_dtype = "float32"
+    c.model.remat = False  # per-layer rematerialisation in the update
+    c.model.reference = "same"  # frozen reference: 'same' (the initial policy) or a path
+
+    c.data = ml_collections.ConfigDict()
+    c.data.dataset = "gsm8k"  # math set name / local path, or 'synthetic/arithmetic', 'synthetic/countdown'
+    c.data.split = "train"
+    c.data.limit = 0  # keep only the first N problems (0 = all): the dataset-size experiments
+    c.data.template = "qwen_math"
+    c.data.prompt_batch_size = 8  # prompts per step (x rl.num_samples rollouts)
+    c.data.max_prompt_length = 256  # prompts are left-padded to this fixed width (one compiled shape)
+    c.data.synthetic_seed = 0
+    c.data.synthetic_size = 2048
+
+    c.rl = ml_collections.ConfigDict()
+    c.rl.reward = "majority_vote"
+    c.rl.num_samples = 8
+    c.rl.n_votes = 0  # TTRL: vote over the first n_votes samples (0 = all)
+    c.rl.n_train = 0  # TTRL: train on the first n_train samples (0 = all)
+    c.rl.advantage = "grpo"
+    c.rl.clip_low = 0.2
+    c.rl.clip_high = 0.2
+    c.rl.dual_clip = 3.0
+    c.rl.aggregation = "token-mean"
+    c.rl.kl_coef = 0.0
+    c.rl.kl_estimator = "k3"
+    c.rl.kl_in_reward = False
+    c.rl.entropy_coef = 0.0
+    c.rl.learning_rate = 1e-6
+    c.rl.weight_decay = 0.01
+    c.rl.grad_clip = 1.0
+    c.rl.warmup_steps = 0
+    c.rl.lr_schedule = "constant"  # constant | cosine
+    c.rl.mini_batches = 1
+    c.rl.micro_batch_groups = 0
+    c.rl.mask_truncated = False
+    c.rl.beta = 0.05  # β of the closed-form π* diagnostics (the paper trains with no KL; β is nominal)
+
+    c.sampling = ml_collections.ConfigDict()
+    c.sampling.max_new_tokens = 256
+    c.sampling.temperature = 1.0
+    c.sampling.top_p = 1.0
+    c.sampling.top_k = 0
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = 1
+    c.mesh.fsdp = -1  # -1: all remaining devices
+    c.mesh.tensor = 1
+
+    c.train = ml_collections.ConfigDict()
+    c.train.steps = 100
+    c.train.seed = 0
+    c.train.checkpoint_every = 20
+    c.train.keep_checkpoints = 2
+    c.train.eval_every = 0  # 0 = no periodic evaluation
+    c.train.eval_dataset = ""
+    c.train.eval_limit = 64
+    c.train.eval_k = 4
+    c.train.mcs_threshold = 0.01
+    c.train.mcs_window = 5
+    c.train.stop_at_collapse = False
+    c.train.max_consecutive_skips = 3
+    c.train.progress = True
+    c.train.multihost = False  # call jax.distributed.initialize() (coordinator from the environment)
+    return c
+
+
+def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check values and combinations; raise ValueError naming the key."""
+
+    def bad(key, why):
+        raise ValueError(f"config.{key}={_get(c, key)!r}: {why}")
+
+    if c.rl.reward not in ALL_REWARDS:
+        bad("rl.reward", f"unknown reward; choose one of {list(ALL_REWARDS)}")
+    if c.rl.reward not in DEVICE_REWARDS:
+        bad("rl.reward", f"the trainer computes rewards on device; supported here: {list(DEVICE_REWARDS)}")
+    if c.rl.advantage not in ("grpo", "drgrpo", "rloo", "reinforce_pp"):
+        bad("rl.advantage", "choose grpo, drgrpo, rloo or reinforce_pp")
+    if c.rl.aggregation not in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
+        bad("rl.aggregation", "choose token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm")
+    if c.rl.kl_estimator not in ("k1", "k2", "k3"):
+        bad("rl.kl_estimator", "choose k1, k2 or k3")
+    if c.rl.num_samples < 1:
+        bad("rl.num_samples", "must be >= 1")
+    if c.rl.reward in ("majority_vote", "semantic_cluster") and c.rl.num_samples < 2:
+        bad("rl.num_samples", "ensemble rewards need at least 2 samples per prompt")
+    if c.rl.n_votes and not c.rl.n_train <= c.rl.n_votes <= c.rl.num_samples:
+        bad("rl.n_votes", f"need n_train <= n_votes <= num_samples ({c.rl.num_samples})")
+    if c.rl.n_train < 0 or c.rl.n_train > c.rl.num_samples:
+        bad("rl.n_train", f"must be in [0, num_samples={c.rl.num_samples}]")
+    if c.rl.learning_rate <= 0:
+        bad("rl.learning_rate", "must be > 0")
+    if c.rl.mini_batches < 1 or c.rl.mini_batches > c.data.prompt_batch_size:
+        bad("rl.mini_batches", f"must be in [1, data.prompt_batch_size={c.data.prompt_batch_size}]")
+    if c.rl.lr_schedule not in ("constant", "cosine"):
+        bad("rl.lr_schedule", "choose constant or cosine")
+    if c.rl.beta <= 0:
+        bad("rl.beta", "must be > 0")
+    if c.sampling.temperature <= 0:
+        bad("sampling.temperature", "must be > 0")
+    if not 0 < c.sampling.top_p <= 1:
+        bad("sampling.top_p", "must be in (0, 1]")
+    if c.sampling.max_new_tokens < 1:
+        bad("sampling.max_new_tokens", "must be >= 1")
+    if c.data.prompt_batch_size < 1:
+        bad("data.prompt_batch_size", "must be >= 1")
+    if c.model.dtype not in ("float32", "bfloat16") or c.model.param_dtype not in ("float32", "bfloat16"):
+        bad("model.dtype", "dtype and param_dtype must be float32 or bfloat16")
+    if c.train.steps < 1:
+        bad("train.steps", "must be >= 1")
+    if c.train.checkpoint_every < 1:
+        bad("train.checkpoint_every", "must be >= 1")
+    if not c.model.path and "init" not in c.model:
+        bad("model.path", "set a model path (HF folder, .gguf, 'smollm2') or a model.init block")
+    return c
+
+
+def _get(c, dotted: str):
+    for part in dotted.split("."):
+        c = c[part]
+    return c

@@ -1,0 +1,358 @@
+"""The URLVR training loop around the jitted step (`rl/step.py`).
+
+Per step: next prompt batch (grain, per-host shard) → the jitted rollout-and-loss step → host-side
+monitoring of the previous step's rollout (GT grading, URLVR metrics, Model Collapse Step, π*
+diagnostics) while the device runs the next one → JSONL + TensorBoard + progress bar → Orbax
+checkpoint every `train.checkpoint_every` steps (async, keep-N, atomic).
+
+Labels never enter the training signal of an unsupervised run: gold answers are used only for the
+metrics here and for evaluation.
+
+Resume: rerunning the same command with the same workdir restores parameters, optimizer state, the
+step, the data iterator and the collapse tracker from the newest checkpoint, truncates metrics.jsonl
+to that step, and continues; each step's PRNG key is fold_in(seed, step), so the resumed run repeats the
+uninterrupted one exactly.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from flax import nnx
+
+from urlvr_jax.config import validate
+from urlvr_jax.diagnostics.collapse import ModelCollapseTracker
+from urlvr_jax.diagnostics.metrics import step_metrics
+from urlvr_jax.diagnostics.optimal_policy import optimal_policy_diagnostics
+from urlvr_jax.rewards.answers import AnswerExtractor, answer_hash
+from urlvr_jax.rewards.grading import extract_boxed, grade_batch
+from urlvr_jax.rl.step import StepConfig, make_step
+from urlvr_jax.rollout.sampler import SamplingConfig
+from urlvr_jax.sharding import make_mesh, shard_batch
+from urlvr_jax.tokenizer import decode_responses, eos_ids_of, pad_id_of
+
+BINARY_REWARDS = ("majority_vote", "ground_truth")
+
+
+class TrainingStopped(RuntimeError):
+    """Training cannot continue (e.g. repeated non-finite updates); the last good checkpoint is intact."""
+
+
+# --------------------------------------------------------------------------------------------- setup
+def build_models(config, mesh):
+    """(policy, reference or None, tokenizer)."""
+    from urlvr_jax.main import resolve_model_path
+    from urlvr_jax.models.weights import load_model
+    from urlvr_jax.tokenizer import load_tokenizer
+
+    dtype, param_dtype = getattr(jnp, config.model.dtype), getattr(jnp, config.model.param_dtype)
+    path = resolve_model_path(config.model.path)
+    policy = load_model(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype, remat=config.model.remat)
+    tokenizer = load_tokenizer(resolve_model_path(config.model.tokenizer) if config.model.tokenizer else path)
+    reference = None
+    if needs_reference(config):
+        ref_path = path if config.model.reference == "same" else resolve_model_path(config.model.reference)
+        reference = load_model(ref_path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+    return policy, reference, tokenizer
+
+
+def needs_reference(config) -> bool:
+    return bool(config.rl.kl_coef) or bool(config.train.get("pistar_diagnostics", True))
+
+
+def load_problems(config):
+    """Training problems and the prompt builder for them."""
+    name = config.data.dataset
+    if name.startswith("synthetic/"):
+        from urlvr_jax.data import synthetic
+
+        family = name.split("/", 1)[1]
+        make = {"arithmetic": synthetic.make_arithmetic_dataset, "countdown": synthetic.make_countdown_dataset}
+        if family not in make:
+            raise ValueError(f"config.data.dataset={name!r}: unknown synthetic family; choose "
+                             f"synthetic/arithmetic or synthetic/countdown")
+        problems = make[family](config.data.synthetic_size, config.data.synthetic_seed, split=config.data.split)
+        if config.data.limit:
+            problems = problems[: config.data.limit]
+        return problems, lambda p, tok: synthetic.synthetic_prompt(p)
+    from urlvr_jax.data import build_prompt, load_math_dataset
+
+    problems = load_math_dataset(name, split=config.data.split, limit=config.data.limit or None)
+    return problems, lambda p, tok: build_prompt(p.problem, config.data.template, tok)
+
+
+def make_optimizer(config) -> optax.GradientTransformation:
+    lr = config.rl.learning_rate
+    if config.rl.lr_schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(config.rl.warmup_steps, 1), config.train.steps)
+    elif config.rl.warmup_steps:
+        schedule = optax.linear_schedule(0.0, lr, config.rl.warmup_steps)
+    else:
+        schedule = lr
+    return optax.chain(optax.clip_by_global_norm(config.rl.grad_clip),
+                       optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=config.rl.weight_decay))
+
+
+def step_config(config, tokenizer, model_cfg) -> StepConfig:
+    s = config.sampling
+    return StepConfig(
+        num_samples=config.rl.num_samples,
+        sampling=SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
+                                top_k=s.top_k),
+        reward=config.rl.reward, n_votes=config.rl.n_votes or None, n_train=config.rl.n_train or None,
+        advantage=config.rl.advantage, clip_low=config.rl.clip_low, clip_high=config.rl.clip_high,
+        dual_clip=config.rl.dual_clip or None, aggregation=config.rl.aggregation, kl_coef=config.rl.kl_coef,
+        kl_estimator=config.rl.kl_estimator, kl_in_reward=config.rl.kl_in_reward,
+        entropy_coef=config.rl.entropy_coef, mini_batches=config.rl.mini_batches,
+        micro_batch_groups=config.rl.micro_batch_groups, mask_truncated=config.rl.mask_truncated,
+        use_reference=needs_reference(config), eos_ids=tuple(eos_ids_of(tokenizer, model_cfg)),
+        pad_id=pad_id_of(tokenizer))
+
+
+def encode_fixed(tokenizer, texts, width: int):
+    """Left-padded ids/mask of exactly `width` columns (one compiled shape); too long is an error."""
+    ids = np.full((len(texts), width), pad_id_of(tokenizer), np.int32)
+    mask = np.zeros((len(texts), width), np.int32)
+    for i, t in enumerate(texts):
+        x = tokenizer(t)["input_ids"]
+        if len(x) > width:
+            raise ValueError(f"a prompt has {len(x)} tokens > config.data.max_prompt_length={width}: raise it")
+        ids[i, width - len(x):], mask[i, width - len(x):] = x, 1
+    return ids, mask
+
+
+# --------------------------------------------------------------------------------------------- logging
+class MetricsWriter:
+    """metrics.jsonl (one object per step) + TensorBoard; only process 0 writes."""
+
+    def __init__(self, workdir: Path, resume_step: int):
+        self.enabled = jax.process_index() == 0
+        self.path = workdir / "metrics.jsonl"
+        self.tb = None
+        if not self.enabled:
+            return
+        if self.path.exists():  # keep only what the restored checkpoint covers
+            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+            kept = [ln for ln in lines if json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in kept))
+        try:
+            from tensorboardX import SummaryWriter
+
+            self.tb = SummaryWriter(str(workdir / "tensorboard"))
+        except ImportError:  # pragma: no cover - a declared dependency
+            self.tb = None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step" and np.isfinite(v):
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self):
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --------------------------------------------------------------------------------------------- monitoring
+def monitor(out, problems, gold_ids, tokenizer, config, gt_by_hash: bool) -> dict[str, float]:
+    """Host-side metrics of one step's rollout (GT correctness is for monitoring only)."""
+    P = len(problems)
+    N, n = config.rl.num_samples, (config.rl.n_train or config.rl.num_samples)
+    tokens, mask, answer_ids, rewards, maj_ratio, maj_id, entropy, truncated, old_lp, ref_lp = jax.device_get(
+        (out.rollout.tokens, out.rollout.mask, out.answer_ids, out.rewards, out.majority_ratio, out.majority_id,
+         out.rollout.stats.entropy, out.rollout.truncated, out.old_logprob, out.ref_logprob))
+    T = tokens.shape[-1]
+    if gt_by_hash:
+        correct = (answer_ids == np.asarray(gold_ids)[:, None]) & (answer_ids >= 0)
+    else:
+        texts = decode_responses(tokenizer, tokens, mask)
+        answers = [extract_boxed(t) for t in texts]
+        correct = np.array(grade_batch(answers, [p.answer for p in problems for _ in range(N)]), bool).reshape(P, N)
+    binary = config.rl.reward in BINARY_REWARDS
+    label_correct = None
+    if config.rl.reward == "majority_vote":
+        # the majority (pseudo) label is correct iff a response carrying it is correct
+        carries = (answer_ids == maj_id[:, None]) & (maj_id[:, None] >= 0)
+        label_correct = np.any(carries & correct, axis=1)
+    m = mask.reshape(P, N, T)[:, :n]
+    metrics = step_metrics(rewards, correct[:, :n].astype(np.float32), m, binary_proxy=binary,
+                           label_correct=label_correct, majority_ratio=maj_ratio if binary else None,
+                           entropy=entropy.reshape(P, N, T)[:, :n], tokens=tokens.reshape(P, N, T)[:, :n],
+                           truncated=truncated.reshape(P, N)[:, :n], eos_id=(eos_ids_of(tokenizer) or [None])[0])
+    metrics["urlvr/pass_at_n"] = float(np.mean(np.any(correct, axis=1)))
+    if ref_lp is not None:
+        seq = lambda lp: (lp * mask).sum(-1).reshape(P, N)[:, :n]  # noqa: E731
+        metrics.update(optimal_policy_diagnostics(rewards, correct[:, :n], seq(ref_lp), config.rl.beta,
+                                                  policy_logprob=seq(old_lp)))
+    return {k: float(v) for k, v in metrics.items()}
+
+
+# --------------------------------------------------------------------------------------------- loop
+def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Run (or resume) a URLVR experiment; returns the final summary (also written to summary.json)."""
+    validate(config)
+    if config.train.multihost:
+        jax.distributed.initialize()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
+
+    mesh = make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor})
+    policy, reference, tokenizer = build_models(config, mesh)
+    rules = policy.rules
+    problems, prompt_fn = load_problems(config)
+    from urlvr_jax.data.pipeline import PromptLoader
+
+    loader = PromptLoader(problems, batch_size=config.data.prompt_batch_size, seed=config.train.seed,
+                          shard_index=jax.process_index(), shard_count=jax.process_count())
+    extractor = AnswerExtractor.from_tokenizer(tokenizer)
+    tx = make_optimizer(config)
+    graphdef, params = nnx.split(policy)
+    ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (graphdef, params)
+    opt_state = jax.jit(tx.init)(params)
+    step_cfg = step_config(config, tokenizer, policy.cfg)
+    step_fn = make_step(graphdef, ref_graphdef, tx, step_cfg, extractor)
+    gt_by_hash = config.data.dataset.startswith("synthetic/")
+
+    ckpt = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
+    tracker = ModelCollapseTracker(config.train.mcs_threshold, config.train.mcs_window,
+                                   stop_on="sustained" if config.train.stop_at_collapse else None)
+    start = 0
+    restored = ckpt.restore_latest(params, opt_state)
+    if restored is not None:
+        params, opt_state, meta = restored
+        start = meta["step"]
+        loader.set_state(meta["loader"])
+        tracker = ModelCollapseTracker.from_state_dict(meta["tracker"])
+        print(f"resumed from {workdir}/checkpoints at step {start}", file=sys.stderr)
+    writer = MetricsWriter(workdir, start)
+    stop = {"signal": None}
+    previous = signal.signal(signal.SIGTERM, lambda s, f: stop.__setitem__("signal", s))
+    base_key = jax.random.key(config.train.seed)
+    pool = ThreadPoolExecutor(max_workers=1)
+    pending: Future | None = None
+    consecutive_skips = 0
+    bar = _bar(config, start)
+    summary: dict[str, Any] = {}
+    try:
+        for step in range(start + 1, config.train.steps + 1):
+            t0 = time.perf_counter()
+            batch = next(loader)
+            texts = [prompt_fn(p, tokenizer) for p in batch]
+            ids, mask = encode_fixed(tokenizer, texts, config.data.max_prompt_length)
+            gold = np.array([answer_hash(p.answer) for p in batch], np.int32)
+            t_data = time.perf_counter() - t0
+            params, opt_state, out = step_fn(params, opt_state, ref_params, shard_batch(ids, rules),
+                                             shard_batch(mask, rules), jnp.asarray(gold),
+                                             jax.random.fold_in(base_key, step), extractor)
+            record_prev = pending.result() if pending is not None else None  # overlap: grade while device runs
+            if record_prev is not None:
+                _emit(record_prev, writer, tracker, bar)
+            out = jax.block_until_ready(out)
+            t_step = time.perf_counter() - t0 - t_data
+            device_metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
+            consecutive_skips = consecutive_skips + 1 if device_metrics["skipped_updates"] else 0
+            pending = pool.submit(_monitor_record, step, out, batch, gold, tokenizer, config, gt_by_hash,
+                                  device_metrics, {"time/data": t_data, "time/step": t_step}, loader.epoch)
+            if consecutive_skips >= config.train.max_consecutive_skips:
+                raise TrainingStopped(
+                    f"{consecutive_skips} consecutive steps had a non-finite loss or gradient (last: step {step}); "
+                    "stopping with the last good checkpoint intact. Lower rl.learning_rate or use float32.")
+            if step % config.train.checkpoint_every == 0 or step == config.train.steps or stop["signal"]:
+                record = pending.result()
+                pending = None
+                _emit(record, writer, tracker, bar)
+                ckpt.save(step, params, opt_state, {"step": step, "loader": loader.get_state(),
+                                                    "tracker": tracker.state_dict()})
+            if stop["signal"] or tracker.should_stop:
+                break
+        if pending is not None:
+            _emit(pending.result(), writer, tracker, bar)
+        summary = {"last_step": step, "stopped_by": "SIGTERM" if stop["signal"] else
+                   ("collapse" if tracker.should_stop else "steps"), "mcs": tracker.summary()}
+        if jax.process_index() == 0:
+            (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+    finally:
+        ckpt.wait()
+        bar.close()
+        writer.close()
+        pool.shutdown(wait=False)
+        signal.signal(signal.SIGTERM, previous)
+    return summary
+
+
+def _monitor_record(step, out, batch, gold, tokenizer, config, gt_by_hash, device_metrics, times, epoch):
+    t0 = time.perf_counter()
+    metrics = monitor(out, batch, gold, tokenizer, config, gt_by_hash)
+    n_tokens = float(np.asarray(jax.device_get(out.rollout.mask)).sum())
+    times = dict(times, **{"time/monitor": time.perf_counter() - t0})
+    return {"step": step, "epoch": epoch, **device_metrics, **metrics, **times,
+            "throughput/tokens_per_s": n_tokens / max(times["time/step"], 1e-9)}
+
+
+def _emit(record, writer: MetricsWriter, tracker: ModelCollapseTracker, bar) -> None:
+    if "urlvr/reward_accuracy" in record:
+        tracker.update(record["step"], record["urlvr/reward_accuracy"])
+    s = tracker.summary()
+    record["mcs/raw"] = -1 if s.get("mcs_raw") is None else s["mcs_raw"]
+    record["mcs/sustained"] = -1 if s.get("mcs_sustained") is None else s["mcs_sustained"]
+    writer.write(record)
+    bar.update(1)
+    bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3f}" for k in
+                     ("urlvr/gt_reward", "urlvr/proxy_reward", "urlvr/reward_accuracy") if k in record})
+
+
+def _bar(config, start):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=config.train.steps, initial=start, desc="urlvr", unit="step",
+                disable=not config.train.progress or jax.process_index() != 0)
+
+
+class Checkpointer:
+    """Orbax CheckpointManager: async saves, keep-N, atomic (a step dir appears only when complete)."""
+
+    def __init__(self, directory: Path, keep: int):
+        import orbax.checkpoint as ocp
+
+        self.ocp = ocp
+        self.mgr = ocp.CheckpointManager(
+            directory.absolute(),
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=True),
+        )
+
+    def save(self, step, params, opt_state, meta) -> None:
+        ocp = self.ocp
+        self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params,
+                                                                                  "opt_state": opt_state}),
+                                                    meta=ocp.args.JsonSave(meta)))
+
+    def restore_latest(self, params, opt_state):
+        ocp = self.ocp
+        step = self.mgr.latest_step()
+        if step is None:
+            return None
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                              {"params": params, "opt_state": opt_state})
+        got = self.mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
+                                                             meta=ocp.args.JsonRestore()))
+        return got["state"]["params"], got["state"]["opt_state"], got["meta"]
+
+    def wait(self):
+        self.mgr.wait_until_finished()

@@ -456,8 +456,11 @@ def _piece_hash(ex: AnswerExtractor, val: jax.Array, piece: jax.Array):
 
 @jax.jit
 def extract_answers(ex: AnswerExtractor, tokens: jax.Array, mask: jax.Array):
-    """Functional form of `AnswerExtractor.extract` (same arguments and results). Jitted: eager execution of
-    the prefix scan would dispatch hundreds of small ops; inside a larger jitted step it is simply inlined."""
+    """Functional form of `AnswerExtractor.extract` (same arguments and results). Jitted (eager execution
+    dispatches hundreds of small ops); inside a larger jitted step it is simply inlined.
+
+    Cost: one sequential scan over T of a [...]-shaped table lookup, then O(T + L) vectorised work per
+    response. CPU (2 busy cores), [64, 8, 7168]: 0.4 s per call, ~5 s to compile, < 0.5 GB peak."""
     tokens = jnp.asarray(tokens)
     mask = jnp.asarray(mask)
     if tokens.ndim < 1 or tokens.shape != mask.shape:
@@ -470,17 +473,20 @@ def extract_answers(ex: AnswerExtractor, tokens: jax.Array, mask: jax.Array):
     tok = jnp.clip(tokens.astype(jnp.int32), 0, ex.vocab_size - 1)
     t_idx = jnp.arange(T, dtype=jnp.int32)
 
-    # 1. marker automaton: state entering each token (function composition, parallel prefix scan)
-    S = ex.trans.shape[-1]
-    ident = jnp.arange(S, dtype=ex.trans.dtype)
-    f = jnp.where(valid[..., None], ex.trans[tok], ident)  # [..., T, S]: invalid tokens are identity
+    # 1. marker automaton: the state entering each token. A sequential scan over T with a [...]-shaped
+    # carry: O(T) tiny steps, O(size of the batch) memory. (A parallel prefix scan over function
+    # compositions needs [..., T, S] arrays per level and compiled ~3x slower; memory matters more here.)
+    trans = ex.trans.astype(jnp.int32)
 
-    def compose(a, b):  # a then b
-        return jnp.take_along_axis(b, a.astype(jnp.int32), axis=-1)
+    def step(state, xs):
+        tok_t, valid_t = xs
+        new = jnp.where(valid_t, trans[tok_t, state], state)  # invalid tokens leave the state alone
+        return new, state
 
-    F = jax.lax.associative_scan(compose, f, axis=f.ndim - 2)
-    after0 = F[..., 0].astype(jnp.int32)  # state after token t when starting from state 0
-    state_in = jnp.concatenate([jnp.zeros_like(after0[..., :1]), after0[..., :-1]], axis=-1)
+    lead = tok.shape[:-1]
+    _, state_in = jax.lax.scan(step, jnp.zeros(lead, jnp.int32),
+                               (jnp.moveaxis(tok, -1, 0), jnp.moveaxis(valid, -1, 0)), unroll=8)
+    state_in = jnp.moveaxis(state_in, 0, -1)  # [..., T]
     mpos = ex.match_pos[tok, state_in].astype(jnp.int32)
     mpos = jnp.where(valid, mpos, -1)
     t_star = jnp.max(jnp.where(mpos >= 0, t_idx, -1), axis=-1)

@@ -170,6 +170,29 @@ def test_device_matches_host_on_random_responses(bpes, extractors, name):
     assert 0.25 * P * N < n_answers < 0.9 * P * N, n_answers
 
 
+def test_sentencepiece_style_tokenizer():
+    """A Metaspace ("▁") BPE: token bytes come from the generic anchor-decoding path, not the byte alphabet."""
+    from tokenizers import SentencePieceBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    sp = SentencePieceBPETokenizer()
+    sp.train_from_iterator(_math_texts()[:200], vocab_size=1000, special_tokens=["<unk>", "<eos>"],
+                           show_progress=False)
+    tok = PreTrainedTokenizerFast(tokenizer_object=sp._tokenizer, eos_token="<eos>", unk_token="<unk>")
+    tb = token_bytes(tok)
+    assert tb[tok.convert_tokens_to_ids("▁and")] == b" and"  # the leading space survives
+    ex = AnswerExtractor.from_tokenizer(tok)
+    rng = np.random.default_rng(5)
+    ascii_frags = [f for f in FRAGS if f.isascii()]
+    texts = ["".join(ascii_frags[i] for i in rng.integers(0, len(ascii_frags), size=int(rng.integers(0, 10))))
+             + rng.choice(["", " \\boxed{ 35 }.", "\\fbox{\\frac{1}{2}}$"]) for _ in range(P0 * N0)]
+    tokens, mask, kept = batch_encode(tok, texts, P0, N0, T0, tok.eos_token_id)
+    aid = np.asarray(ex.extract(tokens, mask)[0]).reshape(-1)
+    ref = [answer_id_from_text(tok.decode(k, skip_special_tokens=True)) for k in kept]
+    np.testing.assert_array_equal(aid, ref)
+    assert sum(r >= 0 for r in ref) > 200
+
+
 def test_char_level_and_line_marker(bpes):
     """A char-level vocabulary (every marker spans 7 tokens) and an "Answer:" marker up to newline/EOS."""
     chars = sorted(set("".join(FRAGS) + "abcdefghijklmnopqrstuvwxyz0123456789 .:"))
@@ -247,7 +270,8 @@ def test_limitations_and_edge_cases(bpes, extractors):
     tokens, mask, _ = batch_encode(tok, texts, P0, N0, T0, tok.eos_token_id)
     aid = list(np.asarray(ex.extract(tokens, mask)[0])[0, : len(texts)])
     assert aid == [-1, -1, -1, -1, answer_hash("\\{1,2\\}"), answer_hash("b"), -1, answer_hash("{" * 9 + "x" + "}" * 9)]
-    assert [extract_boxed(t) for t in texts] == [None, None, None, None, "\\{1,2\\}", "b", None, "{" * 9 + "x" + "}" * 9]
+    assert [extract_boxed(t) for t in texts] == \
+        [None, None, None, None, "\\{1,2\\}", "b", None, "{" * 9 + "x" + "}" * 9]
 
 
 def test_sharded_extract_and_span_mask(bpes, extractors):

@@ -139,7 +139,8 @@ def answer_id_from_text(text: str | bytes, markers: Sequence[str] = BOX_MARKERS,
 # ----------------------------------------------------------------------------------------------------
 def _gpt2_byte_decoder() -> dict[str, int]:
     """Inverse of GPT-2's bytes_to_unicode (the alphabet of byte-level BPE vocabularies)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+          + list(range(ord("®"), ord("ÿ") + 1)))
     cs = bs[:]
     n = 0
     for b in range(256):

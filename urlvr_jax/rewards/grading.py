@@ -222,7 +222,8 @@ def _normalize_text(s: Optional[str]) -> str:
 
 
 _BASE_RE = re.compile(r"^([0-9A-Za-z]+)_\{?(\d{1,2})\}?$")
-_UNIT_POW_RE = re.compile(r"(?:\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z ]+\}|\b(?:" + _UNIT_WORDS + r"))\s*\^\s*\{?(\d)\}?")
+_UNIT_POW_RE = re.compile(
+    r"(?:\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z ]+\}|\b(?:" + _UNIT_WORDS + r"))\s*\^\s*\{?(\d)\}?")
 _DECIMALS_RE = re.compile(r"^-?\d*\.(\d+)$")
 
 
@@ -667,7 +668,8 @@ def grade_batch(
         if decided:
             out[i] = bool(res)
         else:
-            tasks.append({"op": "grade", "pred": ps, "gold": gs, "soft_s": SOFT_FRACTION * timeout_s if soft_timeout else 0.0})
+            soft_s = SOFT_FRACTION * timeout_s if soft_timeout else 0.0
+            tasks.append({"op": "grade", "pred": ps, "gold": gs, "soft_s": soft_s})
             where.append(i)
     if tasks:
         STATS.verified += len(tasks)

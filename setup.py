@@ -44,6 +44,7 @@ setup(
     entry_points={
         "console_scripts": [
             "urlvr-eval=urlvr_jax.main:eval_main",
+            "urlvr-train=urlvr_jax.main:train_main",
         ]
     },
 )

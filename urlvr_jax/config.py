@@ -22,6 +22,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.param_dtype = "float32"
     c.model.remat = False  # per-layer rematerialisation in the update
     c.model.reference = "same"  # frozen reference: 'same' (the initial policy) or a path
+    c.model.preset = ""  # architecture preset (models/presets.py) for dry runs without the checkpoint
 
     c.data = ml_collections.ConfigDict()
     c.data.dataset = "gsm8k"  # math set name / local path, or 'synthetic/arithmetic', 'synthetic/countdown'
@@ -82,6 +83,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.stop_at_collapse = False
     c.train.max_consecutive_skips = 3
     c.train.progress = True
+    c.train.pistar_diagnostics = True  # score with the frozen reference each step for the π* estimates
+    c.train.device_memory_gb = 0.0  # 0: ask the device (GPU/TPU); on CPU the check is skipped
     c.train.multihost = False  # call jax.distributed.initialize() (coordinator from the environment)
     return c
 
@@ -132,8 +135,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("train.steps", "must be >= 1")
     if c.train.checkpoint_every < 1:
         bad("train.checkpoint_every", "must be >= 1")
-    if not c.model.path and "init" not in c.model:
-        bad("model.path", "set a model path (HF folder, .gguf, 'smollm2') or a model.init block")
+    if not c.model.path and not c.model.preset:
+        bad("model.path", "set a model path (HF folder, .gguf, 'smollm2'), or model.preset for a --dry_run")
     return c
 
 

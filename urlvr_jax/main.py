@@ -81,5 +81,55 @@ def eval_main(argv=None) -> int:
     return 0
 
 
+TRAIN_HELP = """Run (or resume) a URLVR experiment.
+
+  urlvr-train --config=configs/default.py --workdir=runs/default
+  urlvr-train --config=configs/paper_default.py --config.rl.reward=self_certainty --workdir=runs/sc
+
+Every config key can be overridden as --config.<section>.<key>=<value>; unknown keys and wrong types are
+refused. Rerunning the same command with the same --workdir resumes from its newest checkpoint.
+--dry_run builds the model abstractly (jax.eval_shape), prints its size and memory estimate, and exits.
+"""
+
+
+def train_main(argv=None) -> int:
+    from absl import flags
+    from ml_collections import config_flags
+
+    fv = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)", flag_values=fv,
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, tensorboard/ and report go here", flag_values=fv)
+    flags.DEFINE_boolean("dry_run", False, "validate the config and build the model shapes only", flag_values=fv)
+    argv = list(sys.argv if argv is None else ["urlvr-train", *argv])
+    if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
+        print(TRAIN_HELP)
+        print(fv.get_help())
+        return 0
+    try:
+        fv(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        msg = str(e).strip("'\"").replace("\\n", " ")
+        print(f"urlvr-train: bad flag: {msg}\n(see urlvr-train --help)", file=sys.stderr)
+        return 2
+    if fv.config is None or (fv.workdir is None and not fv.dry_run):
+        print(f"urlvr-train: --config and --workdir are required\n\n{TRAIN_HELP}", file=sys.stderr)
+        return 2
+    if fv.dry_run:
+        from urlvr_jax.dry_run import dry_run
+
+        print(json.dumps(dry_run(fv.config), indent=2))
+        return 0
+    from urlvr_jax.train import train
+
+    if not fv.config.model.path:
+        print("urlvr-train: config.model.path is empty: point it at a local model folder, a .gguf file or "
+              "'smollm2' (presets only serve --dry_run)", file=sys.stderr)
+        return 2
+    summary = train(fv.config, fv.workdir)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(eval_main())

@@ -224,7 +224,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     extractor = AnswerExtractor.from_tokenizer(tokenizer)
     tx = make_optimizer(config)
     graphdef, params = nnx.split(policy)
-    ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (graphdef, params)
+    ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (graphdef, None)
     opt_state = jax.jit(tx.init)(params)
     step_cfg = step_config(config, tokenizer, policy.cfg)
     step_fn = make_step(graphdef, ref_graphdef, tx, step_cfg, extractor)

@@ -28,7 +28,7 @@ from flax import nnx
 from urlvr_jax.rewards.answers import AnswerExtractor
 from urlvr_jax.rewards.registry import GroupBatch, device_reward
 from urlvr_jax.rl.advantages import compute_advantages
-from urlvr_jax.rl.losses import count_valid, kl_penalty, policy_loss
+from urlvr_jax.rl.losses import METRIC_REDUCTIONS, count_valid, kl_penalty, policy_loss
 from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _generate, _score
 from urlvr_jax.rollout.stats import TokenStats
 
@@ -125,17 +125,19 @@ def _update(params, opt_state, graphdef, tx, cfg: StepConfig, data: dict[str, ja
         g_acc, loss_acc, met_acc = carry
         (loss, met), g = grad_fn(params, graphdef, cfg, mb, n_tokens, n_seqs)
         g_acc = jax.tree.map(jnp.add, g_acc, g)
-        met_acc = jax.tree.map(jnp.add, met_acc, met)
+        # with global counts, every metric is additive over micro-batches except maxima
+        met_acc = {k: jnp.maximum(met_acc[k], v) if METRIC_REDUCTIONS.get(k) == "max" else met_acc[k] + v
+                   for k, v in met.items()}
         return (g_acc, loss_acc + loss, met_acc), None
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     first = jax.tree.map(lambda v: v[0], micro)
     met_shape = jax.eval_shape(lambda: grad_fn(params, graphdef, cfg, first, n_tokens, n_seqs)[0][1])
-    met0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), met_shape)
+    met0 = {k: jnp.full(s.shape, -jnp.inf if METRIC_REDUCTIONS.get(k) == "max" else 0, s.dtype)
+            for k, s in met_shape.items()}
     (grads, loss, met), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), met0), micro)
-    met = jax.tree.map(lambda v: v / n_micro, met)  # micro-batch averages of the (already global) metrics
 
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)

@@ -1,0 +1,98 @@
+"""The jitted rollout-and-loss step: group integrity under micro-batching, and sharded = single device.
+
+Micro-batches of whole groups with an odd tail (P = 3 prompts, 2 groups per micro-batch) must give the
+same update as one full batch, because the token-mean normaliser is global; the 8-device sharded step
+must give the same rollout and update as one device. Tolerance 2e-5 absolute on parameters after one
+AdamW step (lr 1e-2) — float32 summation-order differences only.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from urlvr_jax.models.config import ModelConfig
+from urlvr_jax.models.weights import init_model, model_from_state_dict, state_dict
+from urlvr_jax.rewards.answers import AnswerExtractor
+from urlvr_jax.rl.step import StepConfig, make_step
+from urlvr_jax.rollout.sampler import SamplingConfig
+from urlvr_jax.sharding import make_mesh, shard_batch
+
+PIECES = ["<pad>", "<eos>", "\\boxed{", "}"] + [str(i) for i in range(10)] + list("abcdefghij+-*= \n")
+CFG = ModelConfig(family="llama", vocab_size=len(PIECES), hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=8, eos_token_ids=(1,))
+ATOL = 2e-5
+
+
+def boxed_bias_model(mesh):
+    """A random model nudged to emit '\\boxed{' and digits, so answers (and votes) actually occur."""
+    model = init_model(CFG, seed=1, mesh=mesh)
+    sd = state_dict(model)
+    sd["lm_head.weight"][2] += 0.5  # \boxed{
+    sd["lm_head.weight"][3] += 0.4  # }
+    sd["lm_head.weight"][4:8] += 0.3
+    return model_from_state_dict(CFG, sd, mesh=mesh)
+
+
+PROMPTS = jnp.array([[0, 5, 6, 7], [8, 9, 10, 11], [0, 0, 14, 15]], jnp.int32)
+PMASK = (PROMPTS > 0).astype(jnp.int32)
+GOLD = jnp.array([-1, -1, -1], jnp.int32)
+
+
+def run(model, cfg, rules=None):
+    ex = AnswerExtractor.from_token_strings(PIECES)
+    graphdef, params = nnx.split(model)
+    params = jax.tree.map(jnp.copy, params)  # the step donates its parameters; keep the model's intact
+    tx = optax.adamw(1e-2)
+    opt = tx.init(params)
+    step = make_step(graphdef, graphdef, tx, cfg, ex)
+    ref = jax.tree.map(jnp.copy, params)  # the frozen reference: its own buffers (params are donated)
+    params, opt, out = step(params, opt, ref, shard_batch(PROMPTS, rules), shard_batch(PMASK, rules), GOLD,
+                            jax.random.key(3), ex)
+    return jax.device_get(params), jax.device_get(out)
+
+
+BASE = StepConfig(num_samples=4, sampling=SamplingConfig(max_new_tokens=10, temperature=1.5), reward="token_entropy",
+                  eos_ids=(1,), pad_id=0, use_reference=True, kl_coef=0.01)
+
+
+@pytest.fixture(scope="module")
+def reference_run():
+    model = boxed_bias_model(make_mesh({"fsdp": 1}, jax.devices()[:1]))
+    return model, run(model, BASE)
+
+
+def leaves(p):
+    return [np.asarray(x) for x in jax.tree.leaves(p)]
+
+
+def test_step_updates_and_reports(reference_run):
+    model, (params, out) = reference_run
+    before = leaves(nnx.state(model))
+    assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(leaves(params), before)), "the update changed nothing"
+    assert out.rollout.tokens.shape == (12, 10) and out.rewards.shape == (3, 4)
+    assert np.ptp(np.asarray(out.rewards)) > 0
+    assert float(out.metrics["skipped_updates"]) == 0
+    # the sampler and the trainer's scoring pass agree on the log-probs of the sampled tokens
+    assert float(out.metrics["drift/logprob_abs_max"]) < 1e-4
+
+
+def test_micro_batches_with_odd_tail_equal_full_batch(reference_run):
+    model, (params_full, out_full) = reference_run
+    micro = StepConfig(**{**BASE.__dict__, "micro_batch_groups": 2})
+    params_micro, out_micro = run(model, micro)
+    np.testing.assert_array_equal(np.asarray(out_micro.rollout.tokens), np.asarray(out_full.rollout.tokens))
+    for a, b in zip(leaves(params_micro), leaves(params_full)):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+    np.testing.assert_allclose(float(out_micro.metrics["loss"]), float(out_full.metrics["loss"]), atol=1e-5)
+
+
+def test_sharded_step_equals_single_device(reference_run):
+    model, (params_full, out_full) = reference_run
+    mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 2}, jax.devices()[:2])
+    sharded = model_from_state_dict(CFG, state_dict(model), mesh=mesh)
+    params_s, out_s = run(sharded, BASE, rules=sharded.rules)
+    np.testing.assert_array_equal(np.asarray(out_s.rollout.tokens), np.asarray(out_full.rollout.tokens))
+    for a, b in zip(leaves(params_s), leaves(params_full)):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)

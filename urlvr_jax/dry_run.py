@@ -1,0 +1,110 @@
+"""Shape-level dry run and per-device memory estimate of a training config.
+
+`dry_run(config)` validates the config, builds the policy abstractly with `jax.eval_shape` (no weights,
+no memory), and estimates the bytes each device holds during a step. `check_fits` refuses a config
+whose estimate exceeds the device memory, and says which knob to turn.
+
+The estimate (per device, mesh data × fsdp × tensor = D devices, model-parallel M = fsdp × tensor):
+  parameters   P·b_param / M                    (policy; the reference adds the same again)
+  optimizer    2·P·4 / M                        (AdamW moments, float32)
+  gradients    P·4 / M
+  KV cache     2·L·(B·N / (data·fsdp))·(Tp+T)·K·hd·b / tensor
+  activations  (B·N / (data·fsdp))·(Tp+T)·D_model·4·(L if no remat else 2)   (residual stream per layer)
+  logits chunk (B·N / (data·fsdp))·chunk·V·4·3 / tensor                     (logits, softmax, grad)
+It is an estimate (XLA's buffer assignment differs), meant to catch configurations that cannot fit.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from urlvr_jax.config import validate
+from urlvr_jax.models.config import ModelConfig
+from urlvr_jax.models.transformer import Transformer
+
+
+def model_config_for(config) -> ModelConfig:
+    path = config.model.path
+    preset = config.model.get("preset", "")
+    if path and os.path.isdir(path):
+        return ModelConfig.from_file(path)
+    if preset:
+        from urlvr_jax.models.presets import preset_config
+
+        return preset_config(preset)
+    if path.endswith(".gguf") or path.lower().startswith("smollm2"):
+        from urlvr_jax.models.presets import preset_config
+
+        return preset_config("smollm2-135m")
+    raise FileNotFoundError(f"config.model.path={path!r} is not a local model folder and config.model.preset is "
+                            "empty: set one of them")
+
+
+def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float]:
+    mesh = {"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor}
+    known = 1
+    for v in mesh.values():
+        known *= v if v > 0 else 1
+    for k, v in mesh.items():
+        if v == -1:
+            mesh[k] = max(n_devices // known, 1)
+    model_par = mesh["fsdp"] * mesh["tensor"]
+    batch_par = mesh["data"] * mesh["fsdp"]
+    b_param = 2 if config.model.param_dtype == "bfloat16" else 4
+    b_act = 2 if config.model.dtype == "bfloat16" else 4
+    P = cfg.num_params()
+    rows = config.data.prompt_batch_size * config.rl.num_samples / batch_par
+    seq = config.data.max_prompt_length + config.sampling.max_new_tokens
+    reference = 1 if (config.rl.kl_coef or config.train.get("pistar_diagnostics", True)) else 0
+    gb = 1024 ** 3
+    est = {
+        "params": (1 + reference) * P * b_param / model_par,
+        "optimizer": 2 * P * 4 / model_par,
+        "gradients": P * 4 / model_par,
+        "kv_cache": 2 * cfg.num_layers * rows * seq * cfg.num_kv_heads * cfg.head_dim * b_act / mesh["tensor"],
+        "activations": rows * seq * cfg.hidden_size * 4 * (2 if config.model.remat else cfg.num_layers),
+        "logits_chunk": rows * min(128, config.sampling.max_new_tokens) * cfg.vocab_size * 4 * 3 / mesh["tensor"],
+    }
+    est = {k: v / gb for k, v in est.items()}
+    est["total"] = sum(est.values())
+    return {f"memory_gb/{k}": round(v, 3) for k, v in est.items()}
+
+
+def check_fits(config, cfg: ModelConfig, n_devices: int, device_memory_gb: float) -> dict[str, float]:
+    est = estimate_memory(config, cfg, n_devices)
+    total = est["memory_gb/total"]
+    if total > device_memory_gb:
+        biggest = max((k for k in est if k != "memory_gb/total"), key=est.get)
+        advice = {
+            "memory_gb/activations": "set config.model.remat=True or lower data.prompt_batch_size / rl.num_samples",
+            "memory_gb/kv_cache": "lower sampling.max_new_tokens, data.prompt_batch_size or rl.num_samples, or add "
+                                  "devices on mesh.data/fsdp",
+            "memory_gb/optimizer": "shard more: raise mesh.fsdp / mesh.tensor",
+            "memory_gb/params": "shard more (mesh.fsdp / mesh.tensor) or use model.param_dtype='bfloat16'",
+            "memory_gb/gradients": "shard more: raise mesh.fsdp / mesh.tensor",
+            "memory_gb/logits_chunk": "lower data.prompt_batch_size or raise mesh.tensor",
+        }[biggest]
+        raise MemoryError(f"this config needs about {total:.1f} GiB per device but a device has "
+                          f"{device_memory_gb:.1f} GiB; the largest part is {biggest.split('/')[1]} "
+                          f"({est[biggest]:.1f} GiB): {advice}")
+    return est
+
+
+def dry_run(config, n_devices: int | None = None) -> dict[str, Any]:
+    validate(config)
+    cfg = model_config_for(config)
+    abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+    n_params = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    if n_params != cfg.num_params():
+        raise AssertionError(f"abstract model has {n_params} parameters but the config implies {cfg.num_params()}")
+    n = n_devices or jax.device_count()
+    out = {"model": cfg.architecture, "params": n_params, "devices": n,
+           **estimate_memory(config, cfg, n)}
+    ids = jax.ShapeDtypeStruct((config.data.prompt_batch_size, config.data.max_prompt_length), jnp.int32)
+    logits = jax.eval_shape(lambda m, i: m(i), abstract, ids)
+    out["logits_shape"] = list(logits.shape)
+    return out

@@ -104,6 +104,19 @@ def make_optimizer(config) -> optax.GradientTransformation:
                        optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=config.rl.weight_decay))
 
 
+def init_opt_state(tx, params, mesh):
+    """Optimizer state placed explicitly: moments sharded like their parameters, scalars replicated.
+
+    (Left to jit, moments of replicated parameters can land on one device; the placement must also be
+    the same for a fresh and a restored run.)
+    """
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    shardings = jax.tree.map(lambda x: x.sharding, params)
+    return optax.tree_utils.tree_map_params(
+        tx, lambda x, s: jax.device_put(x, s), jax.jit(tx.init)(params), shardings,
+        transform_non_params=lambda x: jax.device_put(x, replicated))
+
+
 def step_config(config, tokenizer, model_cfg) -> StepConfig:
     s = config.sampling
     return StepConfig(
@@ -225,7 +238,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     tx = make_optimizer(config)
     graphdef, params = nnx.split(policy)
     ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (graphdef, None)
-    opt_state = jax.jit(tx.init)(params)
+    opt_state = init_opt_state(tx, params, mesh)
     step_cfg = step_config(config, tokenizer, policy.cfg)
     step_fn = make_step(graphdef, ref_graphdef, tx, step_cfg, extractor)
     gt_by_hash = config.data.dataset.startswith("synthetic/")
@@ -325,6 +338,9 @@ def _bar(config, start):
                 disable=not config.train.progress or jax.process_index() != 0)
 
 
+_device_copy = jax.jit(lambda tree: jax.tree.map(jnp.copy, tree))
+
+
 class Checkpointer:
     """Orbax CheckpointManager: async saves, keep-N, atomic (a step dir appears only when complete)."""
 
@@ -338,10 +354,11 @@ class Checkpointer:
         )
 
     def save(self, step, params, opt_state, meta) -> None:
+        """Start an async save. The arrays are first copied on device: the next step donates (overwrites)
+        the live parameter buffers while the background write may still be reading them."""
         ocp = self.ocp
-        self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave({"params": params,
-                                                                                  "opt_state": opt_state}),
-                                                    meta=ocp.args.JsonSave(meta)))
+        state = _device_copy({"params": params, "opt_state": opt_state})
+        self.mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
     def restore_latest(self, params, opt_state):
         ocp = self.ocp
@@ -352,7 +369,9 @@ class Checkpointer:
                               {"params": params, "opt_state": opt_state})
         got = self.mgr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target),
                                                              meta=ocp.args.JsonRestore()))
-        return got["state"]["params"], got["state"]["opt_state"], got["meta"]
+        # place every leaf exactly as the live state is placed (orbax may put scalars on one device)
+        state = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), got["state"], target)
+        return state["params"], state["opt_state"], got["meta"]
 
     def wait(self):
         self.mgr.wait_until_finished()

@@ -72,3 +72,37 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
     assert a == b
     # something was learned and logged, not a run of zeros
     assert any(r["grad_norm"] > 0 for r in a)
+
+
+def test_two_process_run_equals_single_process(tiny_model, tmp_path):
+    """jax.distributed with 2 processes x 4 CPU devices on 127.0.0.1 = 1 process x 8 devices."""
+    import socket
+
+    overrides = {"model.path": str(tiny_model), "data.dataset": "synthetic/arithmetic", "data.synthetic_size": 64,
+                 "data.max_prompt_length": 32, "data.prompt_batch_size": 8, "sampling.max_new_tokens": 8,
+                 "rl.num_samples": 2, "rl.reward": "token_entropy", "rl.learning_rate": 3e-3, "train.steps": 2,
+                 "train.checkpoint_every": 2, "train.progress": False}
+    single = run(overrides, tmp_path / "single", tmp_path / "cache1")
+    assert single.returncode == 0, single.stderr[-3000:]
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    multi = dict(overrides, **{"train.multihost": True, "train.coordinator_address": f"127.0.0.1:{port}",
+                               "train.num_processes": 2})
+    procs = []
+    for pid in range(2):
+        cfg_file = tmp_path / f"multi{pid}.json"
+        cfg_file.write_text(json.dumps(dict(multi, **{"train.process_id": pid})))
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=4")
+        procs.append(subprocess.Popen([sys.executable, str(HERE / "train_runner.py"), str(cfg_file),
+                                       str(tmp_path / "multi")], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    a, b = lines(tmp_path / "single"), lines(tmp_path / "multi")
+    assert [r["step"] for r in b] == [1, 2]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "actor/pg_loss", "grad_norm", "urlvr/proxy_reward_mean", "response/length_mean"):
+            assert abs(ra[key] - rb[key]) <= 1e-5 * max(1.0, abs(ra[key])), (key, ra[key], rb[key])

@@ -85,7 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.progress = True
     c.train.pistar_diagnostics = True  # score with the frozen reference each step for the π* estimates
     c.train.device_memory_gb = 0.0  # 0: ask the device (GPU/TPU); on CPU the check is skipped
-    c.train.multihost = False  # call jax.distributed.initialize() (coordinator from the environment)
+    c.train.multihost = False  # call jax.distributed.initialize()
+    c.train.coordinator_address = ""  # "host:port"; "" = JAX_COORDINATOR_ADDRESS or auto-detect (TPU, SLURM)
+    c.train.num_processes = 0  # 0 = JAX_NUM_PROCESSES or auto-detect
+    c.train.process_id = -1  # -1 = JAX_PROCESS_ID or auto-detect
     return c
 
 

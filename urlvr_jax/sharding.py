@@ -138,10 +138,39 @@ def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None], ru
 
 
 def shard_batch(x, rules: ShardingRules | None):
-    """Place a host batch [B, ...] on the mesh, split along B over (data, fsdp) when B divides evenly."""
+    """Place a host batch [B, ...] on the mesh, split along B over (data, fsdp) when B divides evenly.
+
+    Every process passes the same global batch; each one transfers only the rows of its own devices
+    (so this is also the multi-host path: no process sends data to another's devices).
+    """
     import jax.numpy as jnp
 
-    x = jnp.asarray(x)
     if rules is None:
-        return x
-    return jax.device_put(x, rules.sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, name="batch"))
+        return jnp.asarray(x)
+    x = np.asarray(x)
+    sharding = rules.sharding(("batch",) + (None,) * (x.ndim - 1), x.shape, name="batch")
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def replicate(x, mesh: Mesh):
+    """A host value placed whole on every device of the mesh (works on multi-host meshes too)."""
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = replicate(jax.random.key_data(x), mesh)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, NamedSharding(mesh, P()), lambda idx: x[idx])
+
+
+def to_host(tree):
+    """numpy copies of (possibly multi-host, sharded) arrays; a collective when not fully addressable."""
+
+    def one(x):
+        if x is None:
+            return None
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            from jax.experimental import multihost_utils
+
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(jax.device_get(x))
+
+    return jax.tree.map(one, tree, is_leaf=lambda x: x is None)

@@ -39,7 +39,7 @@ from urlvr_jax.rewards.answers import AnswerExtractor, answer_hash
 from urlvr_jax.rewards.grading import extract_boxed, grade_batch
 from urlvr_jax.rl.step import StepConfig, make_step
 from urlvr_jax.rollout.sampler import SamplingConfig
-from urlvr_jax.sharding import make_mesh, shard_batch
+from urlvr_jax.sharding import make_mesh, replicate, shard_batch, to_host
 from urlvr_jax.tokenizer import decode_responses, eos_ids_of, pad_id_of
 
 BINARY_REWARDS = ("majority_vote", "ground_truth")
@@ -50,6 +50,16 @@ class TrainingStopped(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------- setup
+def initialize_distributed(config) -> None:
+    """jax.distributed from config.train.{coordinator_address,num_processes,process_id} or the environment
+    (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID); on TPU pods / SLURM all may be empty."""
+    addr = config.train.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS") or None
+    nproc = config.train.num_processes or int(os.environ.get("JAX_NUM_PROCESSES", 0)) or None
+    pid = config.train.process_id if config.train.process_id >= 0 else (
+        int(os.environ["JAX_PROCESS_ID"]) if "JAX_PROCESS_ID" in os.environ else None)
+    jax.distributed.initialize(coordinator_address=addr, num_processes=nproc, process_id=pid)
+
+
 def build_models(config, mesh):
     """(policy, reference or None, tokenizer)."""
     from urlvr_jax.main import resolve_model_path
@@ -186,9 +196,9 @@ def monitor(out, problems, gold_ids, tokenizer, config, gt_by_hash: bool) -> dic
     """Host-side metrics of one step's rollout (GT correctness is for monitoring only)."""
     P = len(problems)
     N, n = config.rl.num_samples, (config.rl.n_train or config.rl.num_samples)
-    tokens, mask, answer_ids, rewards, maj_ratio, maj_id, entropy, truncated, old_lp, ref_lp = jax.device_get(
-        (out.rollout.tokens, out.rollout.mask, out.answer_ids, out.rewards, out.majority_ratio, out.majority_id,
-         out.rollout.stats.entropy, out.rollout.truncated, out.old_logprob, out.ref_logprob))
+    tokens, mask, answer_ids, rewards, maj_ratio, maj_id, entropy, truncated, old_lp, ref_lp = (
+        out.rollout.tokens, out.rollout.mask, out.answer_ids, out.rewards, out.majority_ratio, out.majority_id,
+        out.rollout.stats.entropy, out.rollout.truncated, out.old_logprob, out.ref_logprob)
     T = tokens.shape[-1]
     if gt_by_hash:
         correct = (answer_ids == np.asarray(gold_ids)[:, None]) & (answer_ids >= 0)
@@ -220,7 +230,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     """Run (or resume) a URLVR experiment; returns the final summary (also written to summary.json)."""
     validate(config)
     if config.train.multihost:
-        jax.distributed.initialize()
+        initialize_distributed(config)
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
@@ -232,9 +242,11 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     problems, prompt_fn = load_problems(config)
     from urlvr_jax.data.pipeline import PromptLoader
 
+    # Every process iterates the same global prompt order (prompts are small) and puts only its own rows
+    # on its devices (shard_batch), so a multi-host run sees exactly the batches of a single-host run.
     loader = PromptLoader(problems, batch_size=config.data.prompt_batch_size, seed=config.train.seed,
-                          shard_index=jax.process_index(), shard_count=jax.process_count())
-    extractor = AnswerExtractor.from_tokenizer(tokenizer)
+                          shard_index=0, shard_count=1)
+    extractor = jax.tree.map(lambda x: replicate(x, mesh), AnswerExtractor.from_tokenizer(tokenizer))
     tx = make_optimizer(config)
     graphdef, params = nnx.split(policy)
     ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (graphdef, None)
@@ -272,14 +284,15 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             gold = np.array([answer_hash(p.answer) for p in batch], np.int32)
             t_data = time.perf_counter() - t0
             params, opt_state, out = step_fn(params, opt_state, ref_params, shard_batch(ids, rules),
-                                             shard_batch(mask, rules), jnp.asarray(gold),
-                                             jax.random.fold_in(base_key, step), extractor)
+                                             shard_batch(mask, rules), replicate(gold, mesh),
+                                             replicate(jax.random.fold_in(base_key, step), mesh), extractor)
             record_prev = pending.result() if pending is not None else None  # overlap: grade while device runs
             if record_prev is not None:
                 _emit(record_prev, writer, tracker, bar)
             out = jax.block_until_ready(out)
             t_step = time.perf_counter() - t0 - t_data
-            device_metrics = {k: float(v) for k, v in jax.device_get(out.metrics).items()}
+            out = to_host(out)  # (a collective on multi-host runs: keep it on the main thread)
+            device_metrics = {k: float(v) for k, v in out.metrics.items()}
             consecutive_skips = consecutive_skips + 1 if device_metrics["skipped_updates"] else 0
             pending = pool.submit(_monitor_record, step, out, batch, gold, tokenizer, config, gt_by_hash,
                                   device_metrics, {"time/data": t_data, "time/step": t_step}, loader.epoch)
@@ -313,7 +326,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 def _monitor_record(step, out, batch, gold, tokenizer, config, gt_by_hash, device_metrics, times, epoch):
     t0 = time.perf_counter()
     metrics = monitor(out, batch, gold, tokenizer, config, gt_by_hash)
-    n_tokens = float(np.asarray(jax.device_get(out.rollout.mask)).sum())
+    n_tokens = float(np.asarray(out.rollout.mask).sum())
     times = dict(times, **{"time/monitor": time.perf_counter() - t0})
     return {"step": step, "epoch": epoch, **device_metrics, **metrics, **times,
             "throughput/tokens_per_s": n_tokens / max(times["time/step"], 1e-9)}

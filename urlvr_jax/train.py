@@ -202,6 +202,12 @@ def monitor(out, problems, gold_ids, tokenizer, config, gt_by_hash: bool) -> dic
     T = tokens.shape[-1]
     if gt_by_hash:
         correct = (answer_ids == np.asarray(gold_ids)[:, None]) & (answer_ids >= 0)
+    elif problems and problems[0].source.startswith("synthetic/"):
+        from urlvr_jax.data.synthetic import check_answer
+
+        texts = decode_responses(tokenizer, tokens, mask)
+        correct = np.array([check_answer(p, texts[i * N + j]) for i, p in enumerate(problems) for j in range(N)],
+                           bool).reshape(P, N)
     else:
         texts = decode_responses(tokenizer, tokens, mask)
         answers = [extract_boxed(t) for t in texts]
@@ -251,9 +257,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     graphdef, params = nnx.split(policy)
     ref_graphdef, ref_params = nnx.split(reference) if reference is not None else (graphdef, None)
     opt_state = init_opt_state(tx, params, mesh)
+    check_memory(config, policy.cfg)
     step_cfg = step_config(config, tokenizer, policy.cfg)
     step_fn = make_step(graphdef, ref_graphdef, tx, step_cfg, extractor)
-    gt_by_hash = config.data.dataset.startswith("synthetic/")
+    gt_by_hash = config.data.dataset == "synthetic/arithmetic"  # integer answers: exact text equality
 
     ckpt = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     tracker = ModelCollapseTracker(config.train.mcs_threshold, config.train.mcs_window,
@@ -272,6 +279,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     base_key = jax.random.key(config.train.seed)
     pool = ThreadPoolExecutor(max_workers=1)
     pending: Future | None = None
+    pending_eval: dict[str, float] = {}  # evaluation results ride on the next metrics record
     consecutive_skips = 0
     bar = _bar(config, start)
     summary: dict[str, Any] = {}
@@ -288,7 +296,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                                              replicate(jax.random.fold_in(base_key, step), mesh), extractor)
             record_prev = pending.result() if pending is not None else None  # overlap: grade while device runs
             if record_prev is not None:
-                _emit(record_prev, writer, tracker, bar)
+                _emit(_with(record_prev, pending_eval), writer, tracker, bar)
             out = jax.block_until_ready(out)
             t_step = time.perf_counter() - t0 - t_data
             out = to_host(out)  # (a collective on multi-host runs: keep it on the main thread)
@@ -296,6 +304,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             consecutive_skips = consecutive_skips + 1 if device_metrics["skipped_updates"] else 0
             pending = pool.submit(_monitor_record, step, out, batch, gold, tokenizer, config, gt_by_hash,
                                   device_metrics, {"time/data": t_data, "time/step": t_step}, loader.epoch)
+            if config.train.eval_every and step % config.train.eval_every == 0:
+                eval_metrics = run_eval(config, nnx.merge(graphdef, params), tokenizer, step)
+                pending_eval.update(eval_metrics)
             if consecutive_skips >= config.train.max_consecutive_skips:
                 raise TrainingStopped(
                     f"{consecutive_skips} consecutive steps had a non-finite loss or gradient (last: step {step}); "
@@ -303,17 +314,21 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if step % config.train.checkpoint_every == 0 or step == config.train.steps or stop["signal"]:
                 record = pending.result()
                 pending = None
-                _emit(record, writer, tracker, bar)
+                _emit(_with(record, pending_eval), writer, tracker, bar)
                 ckpt.save(step, params, opt_state, {"step": step, "loader": loader.get_state(),
                                                     "tracker": tracker.state_dict()})
             if stop["signal"] or tracker.should_stop:
                 break
         if pending is not None:
-            _emit(pending.result(), writer, tracker, bar)
+            _emit(_with(pending.result(), pending_eval), writer, tracker, bar)
         summary = {"last_step": step, "stopped_by": "SIGTERM" if stop["signal"] else
                    ("collapse" if tracker.should_stop else "steps"), "mcs": tracker.summary()}
         if jax.process_index() == 0:
             (workdir / "summary.json").write_text(json.dumps(summary, indent=2))
+            writer.close()
+            from urlvr_jax.report import make_report
+
+            summary["report"] = make_report(workdir, {"mcs": tracker.summary(), "stopped_by": summary["stopped_by"]})
     finally:
         ckpt.wait()
         bar.close()
@@ -321,6 +336,46 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         pool.shutdown(wait=False)
         signal.signal(signal.SIGTERM, previous)
     return summary
+
+
+def _with(record: dict, extra: dict) -> dict:
+    """Attach (and consume) pending evaluation metrics to a record."""
+    if extra:
+        record = {**record, **extra}
+        extra.clear()
+    return record
+
+
+def run_eval(config, model, tokenizer, step: int) -> dict[str, float]:
+    """Periodic evaluation (avg@k, pass@k, maj@k) through the evaluation API; a JSONL per evaluation."""
+    from urlvr_jax.evaluate import EVAL_SAMPLING, evaluate
+
+    name = config.train.eval_dataset or config.data.dataset
+    sampling = SamplingConfig(max_new_tokens=config.sampling.max_new_tokens, temperature=EVAL_SAMPLING.temperature,
+                              top_p=EVAL_SAMPLING.top_p)
+    result = evaluate(model, tokenizer, name, k=config.train.eval_k, sampling=sampling, limit=config.train.eval_limit,
+                      template=config.data.template, split="eval" if name.startswith("synthetic/") else "test",
+                      batch_size=min(config.data.prompt_batch_size, config.train.eval_limit), seed=step, progress=False)
+    k = config.train.eval_k
+    return {"eval/avg": result.summary[f"avg@{k}"], "eval/maj": result.summary[f"maj@{k}"],
+            "eval/pass": result.summary[f"pass@{k}"]}
+
+
+def check_memory(config, model_cfg) -> None:
+    """Refuse, before compiling, a configuration whose per-device estimate exceeds the device memory."""
+    from urlvr_jax.dry_run import check_fits, estimate_memory
+
+    limit = config.train.device_memory_gb
+    if not limit:
+        stats = jax.devices()[0].memory_stats() or {}
+        limit = stats.get("bytes_limit", 0) / 1024 ** 3
+    if limit:
+        est = check_fits(config, model_cfg, jax.device_count(), limit)
+    else:
+        est = estimate_memory(config, model_cfg, jax.device_count())
+    if jax.process_index() == 0:
+        print(f"estimated memory per device: {est['memory_gb/total']:.2f} GiB"
+              + (f" of {limit:.1f} GiB" if limit else " (device limit unknown: not checked)"), file=sys.stderr)
 
 
 def _monitor_record(step, out, batch, gold, tokenizer, config, gt_by_hash, device_metrics, times, epoch):

@@ -1,0 +1,117 @@
+"""Run report: `report.json` and PNG plots from a workdir's metrics.jsonl.
+
+    python -m urlvr_jax.report runs/default      # (re)build the report of a finished or running run
+
+Plots: GT accuracy vs proxy reward (the rise-then-fall picture), reward and label accuracy with the
+Model Collapse Step marked, entropy, response length, and the closed-form π* predicted accuracy
+ceiling against the GT accuracy training reached.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PANELS = [
+    ("accuracy_vs_proxy.png", "GT accuracy vs proxy reward",
+     [("urlvr/gt_reward_mean", "GT reward (training accuracy)"), ("urlvr/proxy_reward_mean", "proxy reward"),
+      ("eval/avg", "eval avg@k")]),
+    ("reward_and_label_accuracy.png", "Reward / label accuracy (MCS marked)",
+     [("urlvr/reward_accuracy", "reward accuracy"), ("urlvr/label_accuracy", "label accuracy"),
+      ("urlvr/majority_ratio", "majority ratio")]),
+    ("entropy.png", "Mean token entropy", [("response/entropy_mean", "entropy (nats)")]),
+    ("response_length.png", "Response length", [("response/length_mean", "tokens")]),
+    ("pistar_ceiling.png", "π* predicted accuracy vs reached",
+     [("pistar/accuracy", "π* accuracy (SNIS estimate)"), ("urlvr/gt_reward_mean", "policy GT accuracy")]),
+]
+
+
+def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
+    path = Path(workdir) / "metrics.jsonl"
+    records = []
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not a JSON object ({e.msg})") from e
+    return records
+
+
+def series(records, key):
+    steps = np.array([r["step"] for r in records if key in r and r[key] is not None], float)
+    vals = np.array([r[key] for r in records if key in r and r[key] is not None], float)
+    return steps, vals
+
+
+def summarize(records: list[dict[str, Any]], mcs: dict | None = None) -> dict[str, Any]:
+    """Headline numbers of a run: start / peak / final GT accuracy, MCS, π* ceiling."""
+    out: dict[str, Any] = {"steps": len(records)}
+    if not records:
+        return out
+    s, gt = series(records, "urlvr/gt_reward_mean")
+    if len(gt):
+        k = max(1, min(5, len(gt) // 5))  # smooth over a few steps: single steps are noisy
+        smooth = np.convolve(gt, np.ones(k) / k, mode="valid")
+        out.update(gt_accuracy_first=float(smooth[0]), gt_accuracy_peak=float(smooth.max()),
+                   gt_accuracy_peak_step=int(s[int(np.argmax(smooth)) + k - 1]), gt_accuracy_final=float(smooth[-1]),
+                   smoothing_window=k)
+    _, proxy = series(records, "urlvr/proxy_reward_mean")
+    if len(proxy):
+        out.update(proxy_reward_first=float(proxy[0]), proxy_reward_final=float(proxy[-1]))
+    _, ceiling = series(records, "pistar/accuracy")
+    if len(ceiling):
+        out["pistar_accuracy_first_steps"] = float(np.nanmean(ceiling[: max(1, len(ceiling) // 10)]))
+    if mcs is not None:
+        out["model_collapse_step"] = mcs
+    else:
+        last = records[-1]
+        out["model_collapse_step"] = {"raw": last.get("mcs/raw"), "sustained": last.get("mcs/sustained")}
+    return out
+
+
+def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write report.json and the PNG plots into workdir; returns the report dict."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    workdir = Path(workdir)
+    records = read_metrics(workdir)
+    report = summarize(records, (extra or {}).get("mcs"))
+    report.update({k: v for k, v in (extra or {}).items() if k != "mcs"})
+    mcs_step = (report.get("model_collapse_step") or {})
+    mcs_raw = mcs_step.get("mcs_raw", mcs_step.get("raw"))
+    plots = []
+    for fname, title, keys in PANELS:
+        drawn = False
+        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        for key, label in keys:
+            s, v = series(records, key)
+            if len(s):
+                ax.plot(s, v, label=label, marker="." if len(s) < 40 else None)
+                drawn = True
+        if not drawn:
+            plt.close(fig)
+            continue
+        if mcs_raw not in (None, -1) and "accuracy" in fname:
+            ax.axvline(mcs_raw, color="red", linestyle="--", label=f"MCS (raw) = {mcs_raw}")
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(workdir / fname, dpi=110)
+        plt.close(fig)
+        plots.append(fname)
+    report["plots"] = plots
+    (workdir / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    print(json.dumps(make_report(sys.argv[1]), indent=2, default=str))

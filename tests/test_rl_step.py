@@ -96,3 +96,29 @@ def test_sharded_step_equals_single_device(reference_run):
     np.testing.assert_array_equal(np.asarray(out_s.rollout.tokens), np.asarray(out_full.rollout.tokens))
     for a, b in zip(leaves(params_s), leaves(params_full)):
         np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+
+
+def test_dynamic_sampling_moves_whole_groups_and_fills_with_weightless_groups():
+    from urlvr_jax.rl.step import select_informative_groups
+
+    G, n, T = 5, 3, 4
+    tokens = jnp.arange(G * n * T).reshape(G, n, T)
+    data = {"tokens": tokens, "mask": jnp.ones((G, n, T), jnp.int32),
+            "advantages": jnp.arange(G * n, dtype=jnp.float32).reshape(G, n) + 1}
+    informative = jnp.array([False, True, False, True, True])
+    out, k = select_informative_groups(data, informative, 3)
+    assert k == 3
+    np.testing.assert_array_equal(np.asarray(out["tokens"]), np.asarray(tokens)[[1, 3, 4]])
+    assert np.asarray(out["mask"]).all()
+    out, _ = select_informative_groups(data, informative, 4)  # only 3 informative: one filler group
+    np.testing.assert_array_equal(np.asarray(out["tokens"])[:3], np.asarray(tokens)[[1, 3, 4]])
+    assert not np.asarray(out["mask"])[3].any() and not np.asarray(out["advantages"])[3].any()
+
+
+def test_dynamic_sampling_step_trains_on_at_most_the_kept_groups(reference_run):
+    model, _ = reference_run
+    cfg = StepConfig(**{**BASE.__dict__, "dynamic_sampling_groups": 2})
+    _, out = run(model, cfg)
+    assert int(out.metrics["dynamic/trained_groups"]) <= 2
+    assert int(out.metrics["dynamic/informative_groups"]) <= 3
+    assert out.rewards.shape == (3, 4)  # rewards of the whole pool are reported

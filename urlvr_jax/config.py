@@ -56,6 +56,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.mini_batches = 1
     c.rl.micro_batch_groups = 0
     c.rl.mask_truncated = False
+    c.rl.dynamic_sampling = False  # DAPO-style: drop zero-variance groups, refill from an oversampled pool
+    c.rl.oversample = 2.0  # pool = oversample x data.prompt_batch_size prompts per step (dynamic sampling)
     c.rl.beta = 0.05  # β of the closed-form π* diagnostics (the paper trains with no KL; β is nominal)
 
     c.sampling = ml_collections.ConfigDict()
@@ -122,6 +124,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("rl.mini_batches", f"must be in [1, data.prompt_batch_size={c.data.prompt_batch_size}]")
     if c.rl.lr_schedule not in ("constant", "cosine"):
         bad("rl.lr_schedule", "choose constant or cosine")
+    if c.rl.dynamic_sampling and c.rl.oversample < 1:
+        bad("rl.oversample", "must be >= 1 (the pool of prompts the informative groups are drawn from)")
     if c.rl.beta <= 0:
         bad("rl.beta", "must be > 0")
     if c.sampling.temperature <= 0:

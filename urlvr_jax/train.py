@@ -140,7 +140,15 @@ def step_config(config, tokenizer, model_cfg) -> StepConfig:
         entropy_coef=config.rl.entropy_coef, mini_batches=config.rl.mini_batches,
         micro_batch_groups=config.rl.micro_batch_groups, mask_truncated=config.rl.mask_truncated,
         use_reference=needs_reference(config), eos_ids=tuple(eos_ids_of(tokenizer, model_cfg)),
-        pad_id=pad_id_of(tokenizer))
+        pad_id=pad_id_of(tokenizer),
+        dynamic_sampling_groups=config.data.prompt_batch_size if config.rl.dynamic_sampling else 0)
+
+
+def pool_size(config) -> int:
+    """Prompts sampled per step: the batch, or the oversampled pool under dynamic sampling."""
+    if config.rl.dynamic_sampling:
+        return int(round(config.rl.oversample * config.data.prompt_batch_size))
+    return config.data.prompt_batch_size
 
 
 def encode_fixed(tokenizer, texts, width: int):
@@ -250,7 +258,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
     # Every process iterates the same global prompt order (prompts are small) and puts only its own rows
     # on its devices (shard_batch), so a multi-host run sees exactly the batches of a single-host run.
-    loader = PromptLoader(problems, batch_size=config.data.prompt_batch_size, seed=config.train.seed,
+    loader = PromptLoader(problems, batch_size=pool_size(config), seed=config.train.seed,
                           shard_index=0, shard_count=1)
     extractor = jax.tree.map(lambda x: replicate(x, mesh), AnswerExtractor.from_tokenizer(tokenizer))
     tx = make_optimizer(config)

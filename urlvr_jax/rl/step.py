@@ -27,7 +27,7 @@ from flax import nnx
 
 from urlvr_jax.rewards.answers import AnswerExtractor
 from urlvr_jax.rewards.registry import GroupBatch, device_reward
-from urlvr_jax.rl.advantages import compute_advantages
+from urlvr_jax.rl.advantages import compute_advantages, group_is_constant
 from urlvr_jax.rl.losses import METRIC_REDUCTIONS, count_valid, kl_penalty, policy_loss
 from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _generate, _score
 from urlvr_jax.rollout.stats import TokenStats
@@ -59,6 +59,9 @@ class StepConfig:
     eos_ids: tuple[int, ...] = ()
     pad_id: int = 0
     stop_sequences: tuple[tuple[int, ...], ...] = ()
+    # DAPO-style dynamic sampling, with static shapes: the step samples an oversampled pool of prompts and
+    # trains on the first `dynamic_sampling_groups` groups whose rewards are not all equal (0 = off).
+    dynamic_sampling_groups: int = 0
 
     @property
     def train_samples(self) -> int:
@@ -81,6 +84,23 @@ def _pad_groups(x: jax.Array, n_groups: int, multiple: int) -> jax.Array:
     """Pad the group axis (axis 0, [P, ...]) up to a multiple with zeros (weight-free groups)."""
     pad = (-n_groups) % multiple
     return jnp.pad(x, [(0, pad)] + [(0, 0)] * (x.ndim - 1)) if pad else x
+
+
+def select_informative_groups(data: dict[str, jax.Array], informative: jax.Array, n_groups: int):
+    """Keep the first `n_groups` informative groups (pool order); if fewer exist, fill with weight-free groups.
+
+    data: arrays with a leading group axis [G, ...]. Whole groups are moved, never split; a group that is
+    kept is kept entirely, and the filler groups carry mask 0 (no tokens, no gradient, not counted).
+    """
+    G = informative.shape[0]
+    if n_groups > G:
+        raise ValueError(f"dynamic sampling keeps {n_groups} groups but the pool has only {G}")
+    order = jnp.argsort(~informative, stable=True)[:n_groups]  # informative first, pool order kept
+    kept = informative[order]
+    out = {k: v[order] for k, v in data.items()}
+    out["mask"] = out["mask"] * kept[:, None, None].astype(out["mask"].dtype)
+    out["advantages"] = jnp.where(kept[:, None], out["advantages"], 0.0)
+    return out, n_groups
 
 
 def _loss_fn(params, graphdef, cfg: StepConfig, batch, n_tokens, n_seqs):
@@ -187,8 +207,12 @@ def rl_step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, ke
             "old_logprob": grouped(old.logprob)[:, :n], "advantages": advantages}
     if ref_logprob is not None:
         data["ref_logprob"] = grouped(ref_logprob)[:, :n]
+    informative = ~group_is_constant(rewards)
+    P_train = P
+    if cfg.dynamic_sampling_groups:
+        data, P_train = select_informative_groups(data, informative, cfg.dynamic_sampling_groups)
     # mini-batches: consecutive slices of whole groups, one optimizer step each
-    per = -(-P // cfg.mini_batches)
+    per = -(-P_train // cfg.mini_batches)
     losses, norms, finites, mets = [], [], [], []
     for i in range(cfg.mini_batches):
         chunk = {k: v[i * per:(i + 1) * per] for k, v in data.items()}
@@ -206,6 +230,9 @@ def rl_step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, ke
         "skipped_updates": jnp.sum(~jnp.stack(finites)).astype(jnp.int32),
         "drift/logprob_abs_mean": jnp.sum(drift) / jnp.maximum(jnp.sum(valid), 1.0),
         "drift/logprob_abs_max": jnp.max(drift),
+        "dynamic/informative_groups": jnp.sum(informative).astype(jnp.int32),
+        "dynamic/trained_groups": jnp.minimum(jnp.sum(informative), P_train).astype(jnp.int32)
+        if cfg.dynamic_sampling_groups else jnp.int32(P),
         **{f"actor/{k}": jnp.mean(jnp.stack([m[k] for m in mets])) for k in mets[0]},
     }
     out = StepOutput(rollout=rollout, answer_ids=answer_ids, rewards=rewards, advantages=advantages,

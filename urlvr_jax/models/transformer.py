@@ -184,26 +184,34 @@ class Transformer(nnx.Module):
         cos, sin = rope_cos_sin(cfg, positions)
         layer_params = {s.path[1]: getattr(self.layers, s.path[1])[...] for s in param_table(cfg) if s.path[0] == "layers"}
 
-        def body(h, xs):
-            p, kv = xs
-            h, new_kv = _block(cfg, dtype, p, h, cos, sin, attn_mask, kv, write_index, self.rules)
-            return h, new_kv
+        if cache is None:
+            def body(h, p):
+                return _block(cfg, dtype, p, h, cos, sin, attn_mask, None, write_index, self.rules)[0], None
 
-        if self.remat:
-            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-        kv_in = None if cache is None else (cache.k, cache.v)
-        x, kv_out = jax.lax.scan(body, x, (layer_params, kv_in))
+            if self.remat:
+                body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+            x, _ = jax.lax.scan(body, x, layer_params)
+            new_cache = None
+        else:
+            # The whole cache rides in the scan carry and each layer writes its new entries in place
+            # (dynamic_update_slice on a carried buffer): a decode step moves O(new tokens), not O(cache).
+            def body(carry, xs):
+                h, k_all, v_all = carry
+                p, layer = xs
+                h, (k_new, v_new), keys, values = _block_cached(cfg, dtype, p, h, cos, sin, attn_mask, k_all, v_all,
+                                                               layer, write_index, self.rules)
+                return (h, k_new, v_new), None
+
+            layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
+            (x, k_all, v_all), _ = jax.lax.scan(body, (x, cache.k, cache.v), (layer_params, layers))
+            new_cache = KVCache(k_all, v_all)
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps, cfg.post_norms)
-        new_cache = None if cache is None else KVCache(*kv_out)
         return x, new_cache
 
 
-def _block(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, kv, write_index, rules):
-    """One decoder layer. p: this layer's parameters; kv: (k_cache, v_cache) [B, S, K, hd] or None."""
+def _qkv(cfg: ModelConfig, dtype, p, w, x, cos, sin):
     eps = cfg.rms_norm_eps
-    w = {k: v.astype(dtype) for k, v in p.items()}
     attn_in = x if cfg.post_norms else rms_norm(x, p["norm1"], eps, False)
-
     q = jnp.einsum("btd,dhk->bthk", attn_in, w["q"])
     k = jnp.einsum("btd,dhk->bthk", attn_in, w["k"])
     v = jnp.einsum("btd,dhk->bthk", attn_in, w["v"])
@@ -215,18 +223,12 @@ def _block(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, kv, write_index, 
     elif cfg.qk_norm == "full":  # OLMo-2: one norm over the whole projection (all heads together)
         q = _rms_norm_multi(q, p["q_norm"], eps)
         k = _rms_norm_multi(k, p["k_norm"], eps)
-    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
-    if kv is None:
-        keys, values, new_kv = k, v, None
-    else:
-        k_cache, v_cache = kv
-        keys = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), write_index, axis=1)
-        values = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), write_index, axis=1)
-        new_kv = (keys, values)
-        keys, values = keys.astype(dtype), values.astype(dtype)
 
-    attn = attention(q, keys, values, attn_mask)
+def _finish(cfg: ModelConfig, p, w, x, attn, rules):
+    """Output projection, residual, MLP, residual."""
+    eps = cfg.rms_norm_eps
     attn = with_logical_constraint(attn, ("batch", "sequence", "act_heads", None), rules)
     out = jnp.einsum("bthk,hkd->btd", attn, w["o"])
     if cfg.o_bias:
@@ -247,7 +249,29 @@ def _block(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, kv, write_index, 
     if cfg.post_norms:
         out = rms_norm(out, p["norm2"], eps, True)
     x = x + out
-    return with_logical_constraint(x, ("batch", "sequence", "act_embed"), rules), new_kv
+    return with_logical_constraint(x, ("batch", "sequence", "act_embed"), rules)
+
+
+def _block(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, kv, write_index, rules):
+    """One decoder layer without a cache (full-sequence forward)."""
+    w = {k: v.astype(dtype) for k, v in p.items()}
+    q, k, v = _qkv(cfg, dtype, p, w, x, cos, sin)
+    return _finish(cfg, p, w, x, attention(q, k, v, attn_mask), rules), None
+
+
+def _block_cached(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, k_all, v_all, layer, write_index, rules):
+    """One decoder layer against the stacked cache k_all/v_all [L, B, S, K, hd]; writes this layer's
+    new keys/values at (layer, :, write_index) in place and attends over the layer's whole cache."""
+    w = {k: v.astype(dtype) for k, v in p.items()}
+    q, k, v = _qkv(cfg, dtype, p, w, x, cos, sin)
+    zero = jnp.zeros((), jnp.int32)
+    start = (layer, zero, jnp.asarray(write_index, jnp.int32), zero, zero)
+    k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
+    v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+    keys = jax.lax.dynamic_index_in_dim(k_all, layer, axis=0, keepdims=False).astype(dtype)
+    values = jax.lax.dynamic_index_in_dim(v_all, layer, axis=0, keepdims=False).astype(dtype)
+    x = _finish(cfg, p, w, x, attention(q, keys, values, attn_mask), rules)
+    return x, (k_all, v_all), keys, values
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

@@ -38,7 +38,8 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["urlvr_jax", "urlvr_jax.*"]),
     include_package_data=True,
-    package_data={"urlvr_jax": ["data/assets/**/*", "data/assets/*/*", "data/assets/*/*/*"]},
+    package_data={"urlvr_jax": ["data/assets/**/*", "data/assets/*/*", "data/assets/*/*/*",
+                                "models/ladder/*", "models/ladder/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

@@ -33,7 +33,7 @@ def tiny_model(tmp_path_factory):
     return path
 
 
-def run(overrides: dict, workdir: Path, cache: Path, kill_at: int | None = None) -> subprocess.CompletedProcess:
+def run(overrides: dict, workdir: Path, cache: Path, kill_at: int | str | None = None) -> subprocess.CompletedProcess:
     cfg_file = workdir.parent / f"{workdir.name}.json"
     cfg_file.write_text(json.dumps(overrides))
     env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8",
@@ -72,6 +72,13 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
     assert a == b
     # something was learned and logged, not a run of zeros
     assert any(r["grad_norm"] > 0 for r in a)
+    # SIGTERM (preemption notice): the run checkpoints the current step and exits cleanly
+    term = run(overrides, tmp_path / "term", cache, kill_at="term:3")
+    assert term.returncode == 0, term.stderr[-3000:]
+    summary = json.loads((tmp_path / "term" / "summary.json").read_text())
+    assert summary["stopped_by"] == "SIGTERM" and summary["last_step"] == 4
+    assert (tmp_path / "term" / "checkpoints" / "4").exists()
+    assert lines(tmp_path / "term") == a[:4]
 
 
 def test_two_process_run_equals_single_process(tiny_model, tmp_path):

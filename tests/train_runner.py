@@ -15,7 +15,11 @@ from urlvr_jax import train as train_mod
 def main():
     overrides = json.loads(open(sys.argv[1]).read())
     workdir = sys.argv[2]
-    kill_at = int(sys.argv[3]) if len(sys.argv) > 3 else None
+    kill_at, sig = None, signal.SIGKILL
+    if len(sys.argv) > 3:  # "N" = SIGKILL at step N; "term:N" = SIGTERM (preemption notice) at step N
+        spec = sys.argv[3]
+        sig = signal.SIGTERM if spec.startswith("term:") else signal.SIGKILL
+        kill_at = int(spec.split(":")[-1])
     config = base_config()
     for dotted, value in overrides.items():
         section, key = dotted.split(".")
@@ -34,7 +38,7 @@ def main():
 
         def write(self, record):
             if record["step"] == kill_at:
-                os.kill(os.getpid(), signal.SIGKILL)
+                os.kill(os.getpid(), sig)
             original(self, record)
 
         train_mod.MetricsWriter.write = write

@@ -92,7 +92,14 @@ def load_problems(config):
         if family not in make:
             raise ValueError(f"config.data.dataset={name!r}: unknown synthetic family; choose "
                              f"synthetic/arithmetic or synthetic/countdown")
-        problems = make[family](config.data.synthetic_size, config.data.synthetic_seed, split=config.data.split)
+        recipe_dir = _recipe_dir(config)
+        if recipe_dir is not None:  # a synthetic base model: train on the task distribution it was made for
+            from urlvr_jax.sft import problems_for_model
+
+            problems = problems_for_model(recipe_dir, config.data.synthetic_size, config.data.synthetic_seed,
+                                          split=config.data.split)
+        else:
+            problems = make[family](config.data.synthetic_size, config.data.synthetic_seed, split=config.data.split)
         if config.data.limit:
             problems = problems[: config.data.limit]
         return problems, lambda p, tok: synthetic.synthetic_prompt(p)
@@ -100,6 +107,13 @@ def load_problems(config):
 
     problems = load_math_dataset(name, split=config.data.split, limit=config.data.limit or None)
     return problems, lambda p, tok: build_prompt(p.problem, config.data.template, tok)
+
+
+def _recipe_dir(config) -> str | None:
+    from urlvr_jax.main import resolve_model_path
+
+    path = resolve_model_path(config.model.path)
+    return path if os.path.exists(os.path.join(path, "base_model_recipe.json")) else None
 
 
 def make_optimizer(config) -> optax.GradientTransformation:
@@ -359,10 +373,16 @@ def run_eval(config, model, tokenizer, step: int) -> dict[str, float]:
     from urlvr_jax.evaluate import EVAL_SAMPLING, evaluate
 
     name = config.train.eval_dataset or config.data.dataset
+    template = config.data.template
+    recipe_dir = _recipe_dir(config)
+    if name.startswith("synthetic/") and recipe_dir is not None:
+        from urlvr_jax.sft import problems_for_model
+
+        name, template = problems_for_model(recipe_dir, config.train.eval_limit, 20260308, split="eval"), "synthetic"
     sampling = SamplingConfig(max_new_tokens=config.sampling.max_new_tokens, temperature=EVAL_SAMPLING.temperature,
                               top_p=EVAL_SAMPLING.top_p)
     result = evaluate(model, tokenizer, name, k=config.train.eval_k, sampling=sampling, limit=config.train.eval_limit,
-                      template=config.data.template, split="eval" if name.startswith("synthetic/") else "test",
+                      template=template, split="eval" if str(name).startswith("synthetic/") else "test",
                       batch_size=min(config.data.prompt_batch_size, config.train.eval_limit), seed=step, progress=False)
     k = config.train.eval_k
     return {"eval/avg": result.summary[f"avg@{k}"], "eval/maj": result.summary[f"maj@{k}"],

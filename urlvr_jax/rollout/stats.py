@@ -40,6 +40,9 @@ def token_stats_from_logits(logits: jax.Array, tokens: jax.Array, temperature: f
     entropy = -jnp.sum(p * log_p, axis=-1)
     logprob = jnp.take_along_axis(log_p, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
     self_certainty = lse - jnp.mean(z, axis=-1)
-    top2 = jax.lax.top_k(p, 2)[0]
-    top_gap = top2[..., 0] - top2[..., 1]
+    # top-1 − top-2 with two max reductions (lax.top_k lowers to a full sort on XLA's CPU backend)
+    first = jnp.argmax(p, axis=-1)
+    p1 = jnp.max(p, axis=-1)
+    others = jnp.where(jnp.arange(p.shape[-1]) == first[..., None], -jnp.inf, p)
+    top_gap = p1 - jnp.max(others, axis=-1)
     return TokenStats(logprob=logprob, entropy=entropy, self_certainty=self_certainty, top_gap=top_gap)

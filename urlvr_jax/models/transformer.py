@@ -83,12 +83,14 @@ def param_table(cfg: ModelConfig) -> list[ParamSpec]:
 
 
 class KVCache(NamedTuple):
-    k: jax.Array  # [L, B, S, K, hd]
-    v: jax.Array  # [L, B, S, K, hd]
+    # [L, B, K, S, hd]: heads before positions, so attention reads each head's keys contiguously and a
+    # decode step writes one [B, K, 1, hd] slab in place
+    k: jax.Array
+    v: jax.Array
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.head_dim)
+    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
     return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
 
 
@@ -157,7 +159,7 @@ class Transformer(nnx.Module):
         position only, as a prefill needs) and the updated cache.
         """
         T = input_ids.shape[1]
-        S = cache.k.shape[2]
+        S = cache.k.shape[3]
         slots = jnp.arange(S)[None, :]
         query_slots = write_index + jnp.arange(T)[:, None]
         attn_mask = (slots <= query_slots)[None] & key_mask.astype(bool)[:, None, :]
@@ -265,25 +267,27 @@ def _block_cached(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, k_all, v_a
     w = {k: v.astype(dtype) for k, v in p.items()}
     q, k, v = _qkv(cfg, dtype, p, w, x, cos, sin)
     zero = jnp.zeros((), jnp.int32)
-    start = (layer, zero, jnp.asarray(write_index, jnp.int32), zero, zero)
-    k_all = jax.lax.dynamic_update_slice(k_all, k.astype(k_all.dtype)[None], start)
-    v_all = jax.lax.dynamic_update_slice(v_all, v.astype(v_all.dtype)[None], start)
+    start = (layer, zero, zero, jnp.asarray(write_index, jnp.int32), zero)
+    k_all = jax.lax.dynamic_update_slice(k_all, k.swapaxes(1, 2).astype(k_all.dtype)[None], start)
+    v_all = jax.lax.dynamic_update_slice(v_all, v.swapaxes(1, 2).astype(v_all.dtype)[None], start)
     keys = jax.lax.dynamic_index_in_dim(k_all, layer, axis=0, keepdims=False).astype(dtype)
     values = jax.lax.dynamic_index_in_dim(v_all, layer, axis=0, keepdims=False).astype(dtype)
-    x = _finish(cfg, p, w, x, attention(q, keys, values, attn_mask), rules)
+    x = _finish(cfg, p, w, x, attention(q, keys, values, attn_mask, kv_heads_first=True), rules)
     return x, (k_all, v_all), keys, values
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd]."""
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv_heads_first: bool = False) -> jax.Array:
+    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd] (or [B,K,S,hd] with kv_heads_first),
+    mask [B,T,S] bool -> [B,T,H,hd]."""
     B, T, H, hd = q.shape
-    K = k.shape[2]
+    K = k.shape[1] if kv_heads_first else k.shape[2]
+    kv = "bksd" if kv_heads_first else "bskd"
     qg = q.reshape(B, T, K, H // K, hd)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
     scores = scores / jnp.sqrt(jnp.float32(hd))
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
     return out.reshape(B, T, H, hd)
 
 

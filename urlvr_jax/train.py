@@ -351,6 +351,12 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             from urlvr_jax.report import make_report
 
             summary["report"] = make_report(workdir, {"mcs": tracker.summary(), "stopped_by": summary["stopped_by"]})
+        if jax.process_count() > 1:
+            # the other processes wait here (no deadline) while process 0 writes the report, instead of in
+            # jax.distributed's shutdown barrier, which times out
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("urlvr-train-finished")
     finally:
         ckpt.wait()
         bar.close()

@@ -1,0 +1,237 @@
+"""Shared helpers for the experiment scripts (experiments/*.py) on the synthetic world.
+
+One place for what every experiment does the same way, so the scripts differ only in their question:
+  experiment_config   a training config (configs/default.py + the experiment's knobs)
+  run_training        train(config, workdir), skipped when the workdir already holds a finished run
+  read_records/curve  metrics.jsonl records and one metric's (steps, values)
+  moving_average      trailing mean used for every smoothed curve
+  load_policy         a model with the parameters of a training checkpoint (or the base model)
+  sample_problems     N samples per problem at the RL temperature, graded by the exact checker
+  add_common_args     the flags every script takes (--out, --runs-dir, --smoke, --fresh)
+  write_json/markdown results files
+
+Runs (with checkpoints) go under runs/experiments/<name>/ (gitignored); results (tables, JSON, PNGs)
+under experiments/results/<name>/ (committed). The same seeds everywhere: train.seed = SEED, evaluation
+problems from EVAL_SEED (held-out split "eval", as the ladder measurement).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # scripts run as `python experiments/x.py` from a checkout
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+
+SEED = 0  # train.seed of every run
+EVAL_SEED = 20260308  # held-out evaluation problems (the seed the ladder was measured with)
+RUNGS = ("q0.1", "q0.3", "q0.45", "q0.6", "q0.8")  # the shipped ladder (urlvr_jax/models/ladder)
+RESULTS = ROOT / "experiments" / "results"
+RUNS = ROOT / "runs" / "experiments"
+
+
+def setup_jax(cache_dir: str | os.PathLike | None = None) -> None:
+    """Persistent XLA compilation cache: runs with the same shapes, reward and learning rate share one
+    compiled step, so a sweep pays each compilation once (a compile costs 30-70 s on a busy 2-core box).
+    Set URLVR_XLA_CACHE=off to disable."""
+    import jax
+
+    where = os.environ.get("URLVR_XLA_CACHE", str(cache_dir or (ROOT / "runs" / "xla_cache")))
+    if where == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", where)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def experiment_config(rung: str = "q0.3", reward: str = "majority_vote", *, steps: int = 100, prompts: int = 8,
+                      samples: int = 8, lr: float = 1e-3, seed: int = SEED, **overrides):
+    """configs/default.py (synthetic arithmetic, 48 new tokens, T = 1.0, GRPO, no KL) with the experiment's
+    knobs. Evaluation inside the trainer is off (experiments evaluate checkpoints themselves); progress on.
+    overrides: dotted keys, e.g. {"rl.mini_batches": 2, "train.checkpoint_every": 10}."""
+    from configs.default import get_config
+
+    c = get_config()
+    c.model.path = rung if "/" in rung else f"ladder/{rung}"
+    c.rl.reward = reward
+    c.rl.learning_rate = float(lr)
+    c.rl.num_samples = int(samples)
+    c.data.prompt_batch_size = int(prompts)
+    c.train.steps = int(steps)
+    c.train.seed = int(seed)
+    c.train.eval_every = 0
+    c.train.checkpoint_every = int(steps)  # the final step is always saved
+    c.train.keep_checkpoints = 1
+    c.train.progress = True
+    for key, value in overrides.items():
+        node = c
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        if leaf not in node:
+            raise KeyError(f"experiment_config: unknown config key {key!r}")
+        node[leaf] = value
+    return c
+
+
+def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False) -> dict[str, Any]:
+    """train(config, workdir) unless workdir holds a finished run of the same config (then reuse it).
+
+    Returns {"records": metrics records, "seconds": wall-clock of the training call (None if reused),
+    "reused": bool}. fresh=True deletes the workdir first.
+    """
+    import shutil
+
+    from urlvr_jax.train import train
+
+    workdir = Path(workdir)
+    cfg_json = json.loads(config.to_json_best_effort())
+    done = workdir / "experiment_done.json"
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    if done.exists() and json.loads(done.read_text()).get("config") == cfg_json:
+        return {"records": read_records(workdir), "seconds": json.loads(done.read_text())["seconds"], "reused": True}
+    if workdir.exists():  # a different or unfinished run: start over (the trainer would resume it)
+        shutil.rmtree(workdir)
+    t0 = time.perf_counter()
+    train(config, workdir)
+    seconds = time.perf_counter() - t0
+    done.write_text(json.dumps({"config": cfg_json, "seconds": seconds}))
+    return {"records": read_records(workdir), "seconds": seconds, "reused": False}
+
+
+def read_records(workdir: str | os.PathLike) -> list[dict[str, Any]]:
+    from urlvr_jax.report import read_metrics
+
+    return read_metrics(workdir)
+
+
+def curve(records: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, values) of one metric; records without the key (or with None) are skipped."""
+    pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
+    if not pts:
+        return np.zeros(0), np.zeros(0)
+    s, v = zip(*pts)
+    return np.asarray(s, float), np.asarray(v, float)
+
+
+def moving_average(x, k: int) -> np.ndarray:
+    """Trailing mean over the last min(k, i+1) values: same length as x, no look-ahead."""
+    x = np.asarray(x, float)
+    c = np.cumsum(np.insert(x, 0, 0.0))
+    idx = np.arange(1, x.size + 1)
+    lo = np.maximum(idx - int(k), 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def load_policy(model_path: str, workdir: str | os.PathLike | None = None, step: int | None = None):
+    """(model, tokenizer): the base model at `model_path` ('ladder/q0.3' or a folder), with the parameters of
+    checkpoint `step` (default: the newest) of the run in `workdir` when workdir is given."""
+    import orbax.checkpoint as ocp
+    from flax import nnx
+
+    from urlvr_jax.main import resolve_model_path
+    from urlvr_jax.models.weights import load_model
+    from urlvr_jax.tokenizer import load_tokenizer
+
+    path = resolve_model_path(model_path)
+    model, tokenizer = load_model(path), load_tokenizer(path)
+    if workdir is None:
+        return model, tokenizer
+    ckdir = Path(workdir).absolute() / "checkpoints"
+    steps = sorted(int(p.name) for p in ckdir.glob("[0-9]*") if (p / "state").exists())
+    if not steps:
+        raise FileNotFoundError(f"{ckdir}: no checkpoints (was the run finished?)")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+        raise FileNotFoundError(f"{ckdir}: no checkpoint for step {step}; have {steps}")
+    raw = ocp.StandardCheckpointer().restore(ckdir / str(step) / "state")["params"]
+    graphdef, params = nnx.split(model)
+    strip = lambda t: {k: (strip(v) if "value" not in v else v["value"]) for k, v in t.items()}  # noqa: E731
+    nnx.replace_by_pure_dict(params, strip(raw))
+    return nnx.merge(graphdef, params), tokenizer
+
+
+def eval_problems(model_path: str, n: int, seed: int = EVAL_SEED):
+    """n held-out problems (split "eval") from the distribution the base model was trained on."""
+    from urlvr_jax.main import resolve_model_path
+    from urlvr_jax.sft import problems_for_model
+
+    return problems_for_model(resolve_model_path(model_path), n, seed, split="eval")
+
+
+def sample_problems(model, tokenizer, problems, n_samples: int, *, seed: int = 0, temperature: float = 1.0,
+                    max_new_tokens: int = 48, batch_size: int = 32) -> dict[str, Any]:
+    """N samples per problem, graded exactly. Returns correct [P, N] bool, answers [P][N] (vote keys, None =
+    no answer), texts [P][N], certainty [P, N] (mean token log-prob)."""
+    from urlvr_jax.data.synthetic import check_answer
+    from urlvr_jax.sft import canonical_answer, sample_responses
+
+    texts, cert, _ = sample_responses(model, tokenizer, problems, n_samples, temperature, seed=seed,
+                                      batch_size=min(batch_size, len(problems)), max_new_tokens=max_new_tokens)
+    correct = np.array([[check_answer(p, t) for t in row] for p, row in zip(problems, texts)], bool)
+    answers = [[canonical_answer(t) for t in row] for row in texts]
+    return {"correct": correct, "answers": answers, "texts": texts, "certainty": cert}
+
+
+def majority(answers_row: Sequence) -> tuple[Any, float]:
+    """(majority answer, its share of all N samples) with first-seen tie-break; (None, 0.0) if no answers."""
+    counts: dict = {}
+    for a in answers_row:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    if not counts:
+        return None, 0.0
+    best = max(counts.values())
+    winner = next(a for a in answers_row if a is not None and counts[a] == best)
+    return winner, best / len(answers_row)
+
+
+def add_common_args(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    parser.add_argument("--out", default=str(RESULTS / name), help="results directory (tables, JSON, plots)")
+    parser.add_argument("--runs-dir", default=str(RUNS / name), help="training work directories (checkpoints)")
+    parser.add_argument("--smoke", action="store_true", help="a tiny version (a few steps) to check the wiring")
+    parser.add_argument("--fresh", action="store_true", help="rerun training even where a finished run exists")
+    return parser
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    return str(x)
+
+
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    def fmt(x):
+        if x is None:
+            return "—"
+        if isinstance(x, (float, np.floating)):
+            return "nan" if np.isnan(x) else f"{x:.3f}"
+        return str(x)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(x) for x in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

@@ -24,9 +24,25 @@ PANELS = [
       ("urlvr/majority_ratio", "majority ratio")]),
     ("entropy.png", "Mean token entropy", [("response/entropy_mean", "entropy (nats)")]),
     ("response_length.png", "Response length", [("response/length_mean", "tokens")]),
-    ("pistar_ceiling.png", "π* predicted accuracy vs reached",
-     [("pistar/accuracy", "π* accuracy (SNIS estimate)"), ("urlvr/gt_reward_mean", "policy GT accuracy")]),
+    ("pistar_ceiling.png", "π* predicted ceiling vs accuracy reached",
+     [("urlvr/gt_reward_mean", "policy GT accuracy (training batches)"), ("eval/avg", "eval avg@k"),
+      ("pistar/accuracy", "π* accuracy of the current policy (SNIS)")]),
 ]
+# Series drawn as a moving average (raw values faint behind): single steps of 16 prompts are noisy.
+SMOOTHED = {"urlvr/gt_reward_mean", "urlvr/proxy_reward_mean", "urlvr/reward_accuracy", "urlvr/label_accuracy",
+            "urlvr/majority_ratio", "response/entropy_mean", "response/length_mean", "pistar/accuracy"}
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average with a shrinking window at the start (same length as `values`)."""
+    c = np.cumsum(np.insert(values.astype(float), 0, 0.0))
+    idx = np.arange(1, len(values) + 1)
+    lo = np.maximum(idx - window, 0)
+    return (c[idx] - c[lo]) / (idx - lo)
+
+
+def _smoothing_window(n: int) -> int:
+    return int(np.clip(n // 20, 1, 10))
 
 
 def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
@@ -90,16 +106,29 @@ def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dic
     for fname, title, keys in PANELS:
         drawn = False
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
-        for key, label in keys:
+        for i, (key, label) in enumerate(keys):
             s, v = series(records, key)
-            if len(s):
-                ax.plot(s, v, label=label, marker="." if len(s) < 40 else None)
-                drawn = True
+            if not len(s):
+                continue
+            color = f"C{i}"
+            w = _smoothing_window(len(v)) if key in SMOOTHED else 1
+            if w > 1:
+                ax.plot(s, v, color=color, alpha=0.2, linewidth=0.8)
+                label = f"{label} ({w}-step mean)"
+                v = moving_average(v, w)
+            ax.plot(s, v, color=color, label=label, marker="." if len(s) < 40 else None)
+            drawn = True
         if not drawn:
             plt.close(fig)
             continue
+        if fname == "pistar_ceiling.png" and report.get("pistar_accuracy_first_steps") is not None:
+            ceiling = report["pistar_accuracy_first_steps"]
+            ax.axhline(ceiling, color="black", linestyle=":", label=f"π* ceiling predicted at start = {ceiling:.3f}")
+            if report.get("gt_accuracy_peak") is not None:
+                ax.scatter([report["gt_accuracy_peak_step"]], [report["gt_accuracy_peak"]], color="C0", zorder=5,
+                           label=f"peak reached = {report['gt_accuracy_peak']:.3f}")
         if mcs_raw not in (None, -1) and "accuracy" in fname:
-            ax.axvline(mcs_raw, color="red", linestyle="--", label=f"MCS (raw) = {mcs_raw}")
+            ax.axvline(mcs_raw, color="red", linestyle="--", label=f"MCS = {mcs_raw}")
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -244,19 +244,13 @@ def gsm8k_final_answer(solution: str) -> str:
 
 
 def last_boxed(text: str) -> str | None:
-    """Content of the last brace-matched \\boxed{...} (or \\fbox{...}) in text, else None."""
-    starts = [m.start() for m in re.finditer(r"\\(?:boxed|fbox)\s*\{", text)]
-    for start in reversed(starts):
-        i = text.index("{", start)
-        depth = 0
-        for j in range(i, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[i + 1:j]
-    return None
+    """Content of the last brace-matched \\boxed{...} (or \\fbox{...}) in text, else None.
+
+    The grader's extractor (one definition for data, rewards and evaluation).
+    """
+    from urlvr_jax.rewards.grading import extract_boxed
+
+    return extract_boxed(text)
 
 
 def strip_dapo_instruction(prompt: str) -> str:

@@ -352,8 +352,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
             summary["report"] = make_report(workdir, {"mcs": tracker.summary(), "stopped_by": summary["stopped_by"]})
         if jax.process_count() > 1:
-            # the other processes wait here (no deadline) while process 0 writes the report, instead of in
-            # jax.distributed's shutdown barrier, which times out
+            # the other processes wait here while process 0 writes the report, rather than in
+            # jax.distributed's shutdown barrier, which has a deadline
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("urlvr-train-finished")
@@ -401,7 +401,9 @@ def check_memory(config, model_cfg) -> None:
 
     limit = config.train.device_memory_gb
     if not limit:
-        stats = jax.devices()[0].memory_stats() or {}
+        # a local device: on a multi-process run jax.devices()[0] belongs to process 0, and asking another
+        # process's device raises on every process but 0 (which then waits for it in the next barrier)
+        stats = jax.local_devices()[0].memory_stats() or {}
         limit = stats.get("bytes_limit", 0) / 1024 ** 3
     if limit:
         est = check_fits(config, model_cfg, jax.device_count(), limit)
@@ -429,8 +431,10 @@ def _emit(record, writer: MetricsWriter, tracker: ModelCollapseTracker, bar) -> 
     record["mcs/sustained"] = -1 if s.get("mcs_sustained") is None else s["mcs_sustained"]
     writer.write(record)
     bar.update(1)
-    bar.set_postfix({k.split("/")[-1]: f"{record[k]:.3f}" for k in
-                     ("urlvr/gt_reward", "urlvr/proxy_reward", "urlvr/reward_accuracy") if k in record})
+    shown = {"gt_acc": "urlvr/gt_reward_mean", "proxy": "urlvr/proxy_reward_mean", "reward_acc": "urlvr/reward_accuracy"}
+    postfix = {name: f"{record[k]:.2f}" for name, k in shown.items() if k in record}
+    postfix["mcs"] = "-" if record["mcs/raw"] == -1 else record["mcs/raw"]
+    bar.set_postfix(postfix)
 
 
 def _bar(config, start):

@@ -93,11 +93,19 @@ def eval_main(argv=None) -> int:
 
 TRAIN_HELP = """Run (or resume) a URLVR experiment.
 
-  urlvr-train --config=configs/default.py --workdir=runs/default
-  urlvr-train --config=configs/paper_default.py --config.rl.reward=self_certainty --workdir=runs/sc
+  urlvr-train --config=configs/default.py --workdir=runs/default            # the default experiment (CPU, minutes)
+  urlvr-train --config=configs/default.py --config.model.path=ladder/q0.8 --workdir=runs/bad_prior
+  urlvr-train --config=configs/paper.py:self_certainty --config.model.path=/models/Qwen3-1.7B-Base --workdir=runs/sc
+  urlvr-train --config=configs/paper.py --dry_run                            # shapes + per-device memory, offline
 
+Config files: configs/default.py (synthetic world), configs/paper.py[:variant] (the paper's runs; variants
+default, self_certainty, token_entropy, trajectory_entropy, probability, ground_truth, ttrl, ttt_amc23,
+ttt_aime24, mcs_probe), configs/smollm2.py (SmolLM2-135M-Instruct on GSM8K). Every key, with its default and
+meaning, is in urlvr_jax/config.py:base_config(); sections: model, mesh, data, sampling, rl, train.
 Every config key can be overridden as --config.<section>.<key>=<value>; unknown keys and wrong types are
-refused. Rerunning the same command with the same --workdir resumes from its newest checkpoint.
+refused. Model paths: an HF folder, a .gguf file, 'smollm2', or 'ladder/<q0.1..q0.8>' (shipped tiny models).
+The workdir gets metrics.jsonl, tensorboard/, checkpoints/, report.json and PNG plots; rerunning the same
+command with the same --workdir resumes from its newest checkpoint.
 --dry_run builds the model abstractly (jax.eval_shape), prints its size and memory estimate, and exits.
 """
 

@@ -51,22 +51,42 @@ def setup_jax(cache_dir: str | os.PathLike | None = None) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
+def model_path(rung: str) -> str:
+    """'q0.3' -> 'ladder/q0.3' (a shipped rung); anything with a '/' is passed through."""
+    return rung if "/" in rung else f"ladder/{rung}"
+
+
 def experiment_config(rung: str = "q0.3", reward: str = "majority_vote", *, steps: int = 100, prompts: int = 8,
                       samples: int = 8, lr: float = 1e-3, seed: int = SEED, **overrides):
-    """configs/default.py (synthetic arithmetic, 48 new tokens, T = 1.0, GRPO, no KL) with the experiment's
-    knobs. Evaluation inside the trainer is off (experiments evaluate checkpoints themselves); progress on.
+    """The synthetic-world training config every experiment starts from (the values of configs/default.py
+    when these runs were made, pinned here so a later change of the default job does not change the
+    experiments): arithmetic prompts from the base model's recipe, 48 new tokens at T = 1.0, GRPO, no KL,
+    AdamW without weight decay. In-trainer evaluation is off (experiments evaluate checkpoints themselves).
     overrides: dotted keys, e.g. {"rl.mini_batches": 2, "train.checkpoint_every": 10}."""
-    from configs.default import get_config
+    from urlvr_jax.config import base_config
 
-    c = get_config()
-    c.model.path = rung if "/" in rung else f"ladder/{rung}"
-    c.rl.reward = reward
-    c.rl.learning_rate = float(lr)
-    c.rl.num_samples = int(samples)
+    c = base_config()
+    c.model.path = model_path(rung)
+    c.data.dataset = "synthetic/arithmetic"
+    c.data.split = "train"
+    c.data.synthetic_size = 4096
+    c.data.max_prompt_length = 32
+    c.data.template = "synthetic"
     c.data.prompt_batch_size = int(prompts)
+    c.rl.reward = reward
+    c.rl.num_samples = int(samples)
+    c.rl.advantage = "grpo"
+    c.rl.learning_rate = float(lr)
+    c.rl.weight_decay = 0.0
+    c.rl.beta = 0.05
+    c.sampling.max_new_tokens = 48
+    c.sampling.temperature = 1.0
     c.train.steps = int(steps)
     c.train.seed = int(seed)
     c.train.eval_every = 0
+    c.train.eval_dataset = "synthetic/arithmetic"
+    c.train.eval_limit = 64
+    c.train.eval_k = 4
     c.train.checkpoint_every = int(steps)  # the final step is always saved
     c.train.keep_checkpoints = 1
     c.train.progress = True
@@ -82,7 +102,8 @@ def experiment_config(rung: str = "q0.3", reward: str = "majority_vote", *, step
 
 
 def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False) -> dict[str, Any]:
-    """train(config, workdir) unless workdir holds a finished run of the same config (then reuse it).
+    """train(config, workdir) unless workdir holds a finished run of the same config (then reuse it;
+    see _same_run).
 
     Returns {"records": metrics records, "seconds": wall-clock of the training call (None if reused),
     "reused": bool}. fresh=True deletes the workdir first.
@@ -96,7 +117,7 @@ def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False) -> 
     done = workdir / "experiment_done.json"
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
-    if done.exists() and json.loads(done.read_text()).get("config") == cfg_json:
+    if done.exists() and _same_run(json.loads(done.read_text()).get("config") or {}, cfg_json):
         return {"records": read_records(workdir), "seconds": json.loads(done.read_text())["seconds"], "reused": True}
     if workdir.exists():  # a different or unfinished run: start over (the trainer would resume it)
         shutil.rmtree(workdir)
@@ -105,6 +126,20 @@ def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False) -> 
     seconds = time.perf_counter() - t0
     done.write_text(json.dumps({"config": cfg_json, "seconds": seconds}))
     return {"records": read_records(workdir), "seconds": seconds, "reused": False}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _same_run(old: dict, new: dict) -> bool:
+    """The finished run's config equals the new one on every key it has; keys added to base_config() after
+    the run are ignored (a new key's default keeps the old behaviour)."""
+    o, n = _flat(old), _flat(new)
+    return bool(o) and all(k in n and n[k] == v for k, v in o.items())
 
 
 def read_records(workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -131,8 +166,8 @@ def moving_average(x, k: int) -> np.ndarray:
     return (c[idx] - c[lo]) / (idx - lo)
 
 
-def load_policy(model_path: str, workdir: str | os.PathLike | None = None, step: int | None = None):
-    """(model, tokenizer): the base model at `model_path` ('ladder/q0.3' or a folder), with the parameters of
+def load_policy(rung: str, workdir: str | os.PathLike | None = None, step: int | None = None):
+    """(model, tokenizer): the base model `rung` ('q0.3', 'ladder/q0.3' or a folder), with the parameters of
     checkpoint `step` (default: the newest) of the run in `workdir` when workdir is given."""
     import orbax.checkpoint as ocp
     from flax import nnx
@@ -141,7 +176,7 @@ def load_policy(model_path: str, workdir: str | os.PathLike | None = None, step:
     from urlvr_jax.models.weights import load_model
     from urlvr_jax.tokenizer import load_tokenizer
 
-    path = resolve_model_path(model_path)
+    path = resolve_model_path(model_path(rung))
     model, tokenizer = load_model(path), load_tokenizer(path)
     if workdir is None:
         return model, tokenizer
@@ -159,12 +194,12 @@ def load_policy(model_path: str, workdir: str | os.PathLike | None = None, step:
     return nnx.merge(graphdef, params), tokenizer
 
 
-def eval_problems(model_path: str, n: int, seed: int = EVAL_SEED):
+def eval_problems(rung: str, n: int, seed: int = EVAL_SEED):
     """n held-out problems (split "eval") from the distribution the base model was trained on."""
     from urlvr_jax.main import resolve_model_path
     from urlvr_jax.sft import problems_for_model
 
-    return problems_for_model(resolve_model_path(model_path), n, seed, split="eval")
+    return problems_for_model(resolve_model_path(model_path(rung)), n, seed, split="eval")
 
 
 def sample_problems(model, tokenizer, problems, n_samples: int, *, seed: int = 0, temperature: float = 1.0,

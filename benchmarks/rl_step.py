@@ -19,11 +19,12 @@ advantages, and take one AdamW step on the PPO-clip token-mean loss. Both sides:
     aggregation (TRL's `loss_type="dapo"`), whole batch in one micro-batch; KL to the reference with the
     k3 estimator as a loss term when --kl-coef > 0 (TRL `beta`), else no reference model on either side.
 
-Differences in what is computed (not hidden by the timing): TRL skips the old-policy scoring pass when
-generation and optimisation are aligned (one update per rollout batch) and reuses the detached
-log-probs of the loss forward; ours always runs it (it gives the sampler-vs-trainer drift metrics and
-is required for several updates per batch). Ours computes per-token statistics (log-prob, entropy,
-self-certainty, top-2 gap) inside the sampling loop; transformers `generate` computes none.
+Differences in what is computed (not hidden by the timing): both sides skip the old-policy scoring
+pass with one update per rollout batch and use the detached log-probs of the loss forward as the old
+ones (ours: `StepConfig.old_policy_pass`, which still runs the pass for certainty rewards, KL in the
+reward, several mini-batches, n_train < N or dynamic sampling). Ours computes per-token statistics
+(log-prob, entropy, self-certainty, top-2 gap) inside the sampling loop and the sampler-vs-trainer
+log-prob drift; transformers `generate` computes none.
 
 Timing: ours is compiled and warmed up first (--warmup iterations; the first call compiles), then
 TRL's `trainer.train()` runs --warmup + --repeats steps, and after each timed TRL step (inside its
@@ -33,11 +34,11 @@ time from the end of that callback to the end of its next step (everything the t
 data loading, generation, reward, loss, backward, optimizer step, metric bookkeeping). Ours is one call
 of the jitted production step (`urlvr_jax.rl.step.make_step`) up to `block_until_ready`.
 
-Per-phase breakdown of ours: the phases are timed separately, each as its own jitted function
-(`generate_ids`, `score` for the policy / reference, the answer extraction + reward + advantages, and
-the loss + gradient + AdamW update via the step's own `_update`), alternating with the fused step. The
-production step fuses all of them into one XLA program, so the breakdown is indicative: its sum differs
-from the fused step's time.
+Per-phase breakdown of ours: the production step's phased form (`make_step(..., phased=True)`, what
+the trainer runs by default for its per-phase times: the same phase functions, one jitted function each
+— rollout, scoring (only when a pass runs), reward, update — with a sync after each), timed alternately
+with the fused step. Its sum differs from the fused step's time by the syncs and the lost cross-phase
+fusion.
 TRL's breakdown comes from timers wrapped around its own methods (`_generate_single_turn`,
 `_get_per_token_logps_and_entropies` under no_grad, `_calculate_rewards`, `training_step`).
 
@@ -310,12 +311,12 @@ class Ours:
                    "weight_decay": 0.0},
             "train": {"steps": args.warmup + args.repeats}}))
         self.graphdef, self.params0 = nnx.split(self.model)
-        ref_graphdef, self.ref_params = (nnx.split(self.reference) if self.reference is not None
-                                         else (self.graphdef, None))
+        self.ref_graphdef, self.ref_params = (nnx.split(self.reference) if self.reference is not None
+                                              else (self.graphdef, None))
         self.ids, self.mask = jnp.asarray(ids_np), jnp.asarray(mask_np)
         self.gold = jnp.full((P,), -1, jnp.int32)
         # the production step: one fused XLA program; params / opt_state are donated, so run it on copies
-        self.step = make_step(self.graphdef, ref_graphdef, self.tx, self.cfg, self.extractor)
+        self.step = make_step(self.graphdef, self.ref_graphdef, self.tx, self.cfg, self.extractor)
         self.params = jax.tree.map(jnp.copy, self.params0)
         self.opt = init_opt_state(self.tx, self.params, self.mesh)
         self.i = 0
@@ -350,66 +351,31 @@ class Ours:
                     loss=float(out.metrics["loss"]), prompt_width=int(self.ids.shape[1]))
 
     def phases(self) -> tuple[dict[str, float], float]:
-        """Median time of each phase as its own jitted function, and of the fused step timed alternately."""
+        """Median time of each phase of the production step's phased form (`make_step(..., phased=True)`:
+        the same phase functions, one jitted function each, a sync after each), timed alternately with
+        the fused step."""
         import jax
         import jax.numpy as jnp
 
-        from urlvr_jax.rewards.registry import GroupBatch, device_reward
-        from urlvr_jax.rl.advantages import compute_advantages
-        from urlvr_jax.rl.step import _update
-        from urlvr_jax.rollout.sampler import generate_ids, score
-        from urlvr_jax.rollout.stats import TokenStats
+        from urlvr_jax.rl.step import make_step
         from urlvr_jax.train import init_opt_state
 
-        args, cfg, model, tok = self.args, self.cfg, self.model, self.tok
-        P, N = args.prompts, args.samples
-        ids, mask, gold, graphdef, tx = self.ids, self.mask, self.gold, self.graphdef, self.tx
-        key = jax.random.key(args.seed + 1)
-        grouped = lambda x: x.reshape((P, N) + x.shape[1:])  # noqa: E731
+        phased = make_step(self.graphdef, self.ref_graphdef, self.tx, self.cfg, self.extractor, phased=True)
+        st = {"params": jax.tree.map(jnp.copy, self.params0)}
+        st["opt"] = init_opt_state(self.tx, st["params"], self.mesh)
+        key = jax.random.key(self.args.seed + 1)
 
-        def rollout():
-            return generate_ids(model, ids, mask, key, cfg.sampling, num_samples=N, eos_ids=[],
-                                pad_id=tok.pad_token_id)
+        def run_phased():
+            st["params"], st["opt"], out = phased(st["params"], st["opt"], self.ref_params, self.ids, self.mask,
+                                                  self.gold, key, self.extractor)
+            return dict(phased.last_times)
 
-        roll = rollout()
-        rep_ids, rep_mask = jnp.repeat(ids, N, axis=0), jnp.repeat(mask, N, axis=0)
-        do_score = lambda mdl: score(mdl, rep_ids, rep_mask, roll.tokens, roll.mask, 1.0, cfg.score_chunk)  # noqa: E731
-        old = do_score(model)
-        ref_lp = do_score(self.reference).logprob if self.reference is not None else None
-
-        @jax.jit
-        def reward_fn(tokens, rmask, stats, ex):
-            answer_ids, _, _ = ex.extract(grouped(tokens), grouped(rmask))
-            batch = GroupBatch(grouped(tokens), grouped(rmask), TokenStats(*(grouped(s) for s in stats)), answer_ids,
-                               None, gold)
-            r = device_reward("majority_vote", batch, vocab_size=model.cfg.vocab_size, n_train=N)
-            return r.rewards, compute_advantages("grpo", r.rewards)
-
-        _, adv = reward_fn(roll.tokens, roll.mask, old, self.extractor)
-        data = {"prompt_ids": ids, "prompt_mask": mask, "tokens": grouped(roll.tokens), "mask": grouped(roll.mask),
-                "old_logprob": grouped(old.logprob), "advantages": adv}
-        if ref_lp is not None:
-            data["ref_logprob"] = grouped(ref_lp)
-        update = jax.jit(lambda p, o, d: _update(p, o, graphdef, tx, cfg, d)[:2], donate_argnums=(0, 1))
-        ust = {"params": jax.tree.map(jnp.copy, self.params0)}
-        ust["opt"] = init_opt_state(tx, ust["params"], self.mesh)
-
-        def do_update():
-            ust["params"], ust["opt"] = update(ust["params"], ust["opt"], data)
-            return ust["params"]
-
-        fns = {"rollout": rollout, "scoring, policy": lambda: do_score(model)}
-        if self.reference is not None:
-            fns["scoring, reference"] = lambda: do_score(self.reference)
-        fns["reward + advantages"] = lambda: reward_fn(roll.tokens, roll.mask, old, self.extractor)
-        fns["loss + grad + AdamW update"] = do_update
-        for fn in fns.values():  # compile + warm up
-            for _ in range(args.warmup):
-                _timed(fn)
+        for _ in range(self.args.warmup):  # compile + warm up
+            run_phased()
         times = collections.defaultdict(list)
-        for _ in range(args.repeats):  # phases and the fused step alternately, under the same load
-            for name, fn in fns.items():
-                times[name].append(_timed(fn))
+        for _ in range(self.args.repeats):  # phased and fused alternately, under the same load
+            for name, t in run_phased().items():
+                times[name].append(t)
             times["fused"].append(_timed(self.full_step))
         fused = statistics.median(times.pop("fused"))
         return {k: statistics.median(v) for k, v in times.items()}, fused
@@ -461,15 +427,21 @@ def main(argv=None) -> float:
         print(f"  {k:<45s} {v:8.3f} s  {100 * v / trl['iteration']:5.1f}%")
     if "phases" in ours:
         tot = sum(ours["phases"].values())
-        print("\nours per-phase (each phase its own jitted function; the production step fuses them into one "
-              "program, so this is indicative):")
-        for k, v in ours["phases"].items():
-            print(f"  {k:<45s} {v:8.3f} s  {100 * v / tot:5.1f}% of the sum")
+        print("\nours per-phase (the step's phased form: one jitted function per phase, a sync after each):")
+        scoring = "scoring, policy" + (" + reference" if args.kl_coef else "")
+        labels = {"rollout": "rollout", "scoring": scoring, "reward": "reward + advantages",
+                  "update": "loss + grad + AdamW update"}
+        for k, label in labels.items():
+            if k in ours["phases"]:
+                v = ours["phases"][k]
+                print(f"  {label:<45s} {v:8.3f} s  {100 * v / tot:5.1f}% of the sum")
+            else:  # no scoring pass: the old log-probs come from the loss forward
+                print(f"  {label:<45s} {0.0:8.3f} s  (skipped: one update per rollout batch, no reference)")
         print(f"  {'sum of phases':<45s} {tot:8.3f} s  (fused step, timed alternately with the phases: "
               f"{ours['fused_in_phase_block']:.3f} s)")
         if platform == "gpu":
             tokens = P * N * (ours["prompt_width"] + T)
-            t_up = ours["phases"]["loss + grad + AdamW update"]
+            t_up = ours["phases"]["update"]
             flops = 6 * (n_params - n_embed) * tokens
             print(f"update MFU: 6 x {(n_params - n_embed) / 1e6:.2f}M params x {tokens} tokens / {t_up * 1e3:.2f} ms "
                   f"= {flops / t_up / 1e12:.2f} TFLOP/s = {100 * flops / t_up / (args.peak_tflops * 1e12):.2f}% of "

@@ -2,7 +2,9 @@
 
 Micro-batches of whole groups with an odd tail (P = 3 prompts, 2 groups per micro-batch) must give the
 same update as one full batch, because the token-mean normaliser is global; the 8-device sharded step
-must give the same rollout and update as one device (mesh fsdp 4 x tensor 2). Tolerance 2e-5 absolute on
+must give the same rollout and update as one device (mesh fsdp 4 x tensor 2); the phased step (one jitted
+function per phase, timed) must equal the fused one; skipping the redundant old-policy pass (one update
+per batch) must give the update and the old log-probs of the run that does the pass. Tolerance 2e-5 absolute on
 parameters after one SGD step with lr 1 (= on the gradients) — float32 summation-order differences only.
 """
 import jax
@@ -40,7 +42,7 @@ PMASK = (PROMPTS > 0).astype(jnp.int32)
 GOLD = jnp.array([-1, -1, -1], jnp.int32)
 
 
-def run(model, cfg, rules=None):
+def run(model, cfg, rules=None, phased=False):
     ex = AnswerExtractor.from_token_strings(PIECES)
     graphdef, params = nnx.split(model)
     params = jax.tree.map(jnp.copy, params)  # the step donates its parameters; keep the model's intact
@@ -48,7 +50,7 @@ def run(model, cfg, rules=None):
     # gradients (Adam's first step, g/(|g|+eps), would amplify float32 summation-order noise in tiny gradients)
     tx = optax.sgd(1.0)
     opt = tx.init(params)
-    step = make_step(graphdef, graphdef, tx, cfg, ex)
+    step = make_step(graphdef, graphdef, tx, cfg, ex, phased=phased)
     ref = jax.tree.map(jnp.copy, params)  # the frozen reference: its own buffers (params are donated)
     params, opt, out = step(params, opt, ref, shard_batch(PROMPTS, rules), shard_batch(PMASK, rules), GOLD,
                             jax.random.key(3), ex)
@@ -124,3 +126,43 @@ def test_dynamic_sampling_step_trains_on_at_most_the_kept_groups(reference_run):
     assert int(out.metrics["dynamic/trained_groups"]) <= 2
     assert int(out.metrics["dynamic/informative_groups"]) <= 3
     assert out.rewards.shape == (3, 4)  # rewards of the whole pool are reported
+
+
+def test_phased_step_equals_fused_step(reference_run):
+    model, (params_full, out_full) = reference_run
+    ex = AnswerExtractor.from_token_strings(PIECES)
+    graphdef, params = nnx.split(model)
+    tx = optax.sgd(1.0)
+    step = make_step(graphdef, graphdef, tx, BASE, ex, phased=True)
+    assert step.num_jitted == 4  # rollout, scoring (old policy + reference), reward, update
+    params_p, out_p = run(model, BASE, phased=True)
+    np.testing.assert_array_equal(np.asarray(out_p.rollout.tokens), np.asarray(out_full.rollout.tokens))
+    # different XLA fusion at the phase boundaries: float32 rounding only (entropy rewards differ by ~5e-7)
+    np.testing.assert_allclose(np.asarray(out_p.rewards), np.asarray(out_full.rewards), atol=1e-5, rtol=0)
+    for a, b in zip(leaves(params_p), leaves(params_full)):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+    for k in out_full.metrics:
+        np.testing.assert_allclose(float(out_p.metrics[k]), float(out_full.metrics[k]), atol=1e-5, err_msg=k)
+
+
+def test_skipping_the_redundant_old_policy_pass_changes_nothing(reference_run):
+    """Majority vote, one update per batch: old = stop_gradient(loss forward's log-probs) gives the update of
+    the run with the separate pass (whose ratios are 1 up to float32 noise), and the same old log-probs."""
+    model, _ = reference_run
+    mv = StepConfig(**{**BASE.__dict__, "reward": "majority_vote", "kl_coef": 0.0, "use_reference": False})
+    assert not mv.old_policy_pass
+    full = StepConfig(**{**mv.__dict__, "skip_redundant_old_pass": False})
+    assert full.old_policy_pass
+    # a certainty reward, KL in the reward, several mini-batches or TTRL's n_train < N keep the pass
+    for change in ({"reward": "self_certainty"}, {"kl_coef": 0.1, "kl_in_reward": True, "use_reference": True},
+                   {"mini_batches": 3}, {"n_train": 2}, {"dynamic_sampling_groups": 2}):
+        assert StepConfig(**{**mv.__dict__, **change}).old_policy_pass, change
+    params_s, out_s = run(model, mv)
+    params_f, out_f = run(model, full)
+    np.testing.assert_array_equal(np.asarray(out_s.rollout.tokens), np.asarray(out_f.rollout.tokens))
+    assert np.ptp(np.asarray(out_s.rewards)) > 0, "no reward signal: the comparison would be vacuous"
+    np.testing.assert_allclose(np.asarray(out_s.old_logprob), np.asarray(out_f.old_logprob), atol=1e-5, rtol=0)
+    for a, b in zip(leaves(params_s), leaves(params_f)):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
+    assert float(out_s.metrics["drift/logprob_abs_max"]) < 1e-4
+    assert float(out_s.metrics["actor/clip_frac"]) == 0.0 and float(out_s.metrics["actor/ratio_max"]) == 1.0

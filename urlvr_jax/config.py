@@ -85,7 +85,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.stop_at_collapse = False
     c.train.max_consecutive_skips = 3
     c.train.progress = True
-    c.train.pistar_diagnostics = True  # score with the frozen reference each step for the π* estimates
+    c.train.pistar_diagnostics = True  # π* estimates at each epoch end (loads the frozen reference model)
+    c.train.pistar_every_step = False  # also score with the reference every step for per-step π* estimates
+    c.train.eval_at_epoch_end = False  # an evaluation (train.eval_dataset) at each epoch end, in epochs.jsonl
+    c.train.phase_timing = True  # one jitted function per phase, timed; False: one fused program (time/step only)
     c.train.device_memory_gb = 0.0  # 0: ask the device (GPU/TPU); on CPU the check is skipped
     c.train.multihost = False  # call jax.distributed.initialize()
     c.train.coordinator_address = ""  # "host:port"; "" = JAX_COORDINATOR_ADDRESS or auto-detect (TPU, SLURM)

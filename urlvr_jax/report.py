@@ -4,7 +4,8 @@
 
 Plots: GT accuracy vs proxy reward (the rise-then-fall picture), reward and label accuracy with the
 Model Collapse Step marked, entropy, response length, and the closed-form π* predicted accuracy
-ceiling against the GT accuracy training reached.
+ceiling (per step when the run computed it, and at each epoch end from epochs.jsonl) against the GT
+accuracy training reached.
 """
 from __future__ import annotations
 
@@ -26,8 +27,12 @@ PANELS = [
     ("response_length.png", "Response length", [("response/length_mean", "tokens")]),
     ("pistar_ceiling.png", "π* predicted ceiling vs accuracy reached",
      [("urlvr/gt_reward_mean", "policy GT accuracy (training batches)"), ("eval/avg", "eval avg@k"),
-      ("pistar/accuracy", "π* accuracy of the current policy (SNIS)")]),
+      ("pistar/accuracy", "π* accuracy of the current policy (SNIS)"),
+      ("epochs:pistar/accuracy", "π* accuracy, epoch-end probe (SNIS)"),
+      ("epochs:pistar/policy_accuracy", "policy accuracy on the epoch-end probe")]),
 ]
+# keys written "epochs:<key>" are read from epochs.jsonl (one line per finished epoch), the others from
+# metrics.jsonl (one line per step)
 # Series drawn as a moving average (raw values faint behind): single steps of 16 prompts are noisy.
 SMOOTHED = {"urlvr/gt_reward_mean", "urlvr/proxy_reward_mean", "urlvr/reward_accuracy", "urlvr/label_accuracy",
             "urlvr/majority_ratio", "response/entropy_mean", "response/length_mean", "pistar/accuracy"}
@@ -45,8 +50,11 @@ def _smoothing_window(n: int) -> int:
     return int(np.clip(n // 20, 1, 10))
 
 
-def read_metrics(workdir: str | Path) -> list[dict[str, Any]]:
-    path = Path(workdir) / "metrics.jsonl"
+def read_metrics(workdir: str | Path, name: str = "metrics.jsonl") -> list[dict[str, Any]]:
+    """The records of metrics.jsonl (or of epochs.jsonl with name=...; [] when a run has no epochs.jsonl)."""
+    path = Path(workdir) / name
+    if name != "metrics.jsonl" and not path.exists():
+        return []
     records = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
@@ -63,8 +71,10 @@ def series(records, key):
     return steps, vals
 
 
-def summarize(records: list[dict[str, Any]], mcs: dict | None = None) -> dict[str, Any]:
-    """Headline numbers of a run: start / peak / final GT accuracy, MCS, π* ceiling."""
+def summarize(records: list[dict[str, Any]], mcs: dict | None = None,
+              epochs: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Headline numbers of a run: start / peak / final GT accuracy, MCS, π* ceiling (from per-step estimates
+    when the run made them, else from the first epoch-end probe in epochs.jsonl)."""
     out: dict[str, Any] = {"steps": len(records)}
     if not records:
         return out
@@ -81,6 +91,12 @@ def summarize(records: list[dict[str, Any]], mcs: dict | None = None) -> dict[st
     _, ceiling = series(records, "pistar/accuracy")
     if len(ceiling):
         out["pistar_accuracy_first_steps"] = float(np.nanmean(ceiling[: max(1, len(ceiling) // 10)]))
+    if epochs:
+        out["epochs"] = len(epochs)
+        _, by_epoch = series(epochs, "pistar/accuracy")
+        if len(by_epoch):
+            out["pistar_accuracy_by_epoch"] = [float(v) for v in by_epoch]
+            out.setdefault("pistar_accuracy_first_steps", float(by_epoch[0]))
     if mcs is not None:
         out["model_collapse_step"] = mcs
     else:
@@ -98,7 +114,8 @@ def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dic
 
     workdir = Path(workdir)
     records = read_metrics(workdir)
-    report = summarize(records, (extra or {}).get("mcs"))
+    epochs = read_metrics(workdir, "epochs.jsonl")
+    report = summarize(records, (extra or {}).get("mcs"), epochs)
     report.update({k: v for k, v in (extra or {}).items() if k != "mcs"})
     mcs_step = (report.get("model_collapse_step") or {})
     mcs_raw = mcs_step.get("mcs_raw", mcs_step.get("raw"))
@@ -107,7 +124,7 @@ def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dic
         drawn = False
         fig, ax = plt.subplots(figsize=(6.4, 3.6))
         for i, (key, label) in enumerate(keys):
-            s, v = series(records, key)
+            s, v = series(epochs, key[len("epochs:"):]) if key.startswith("epochs:") else series(records, key)
             if not len(s):
                 continue
             color = f"C{i}"

@@ -1,17 +1,27 @@
-"""The URLVR training loop around the jitted step (`rl/step.py`).
+"""The URLVR training loop around the RL step (`rl/step.py`).
 
-Per step: next prompt batch (grain, per-host shard) → the jitted rollout-and-loss step → host-side
-monitoring of the previous step's rollout (GT grading, URLVR metrics, Model Collapse Step, π*
-diagnostics) while the device runs the next one → JSONL + TensorBoard + progress bar → Orbax
-checkpoint every `train.checkpoint_every` steps (async, keep-N, atomic).
+Per step: next prompt batch (grain, per-host shard) → the step's four phases (rollout, scoring, reward,
+update; one jitted function each with `train.phase_timing`, else one fused program) → host-side
+grading of this step's rollout (GT correctness, URLVR metrics, Model Collapse Step) in a background
+thread while the device runs the next step → JSONL + TensorBoard + progress bar → Orbax checkpoint
+every `train.checkpoint_every` steps (async, keep-N, atomic). When the data iterator finishes an epoch:
+an `epochs.jsonl` line with the epoch's mean training metrics, the closed-form π* diagnostics on a
+fixed probe batch (policy and frozen reference scored on fresh samples) and, with
+`train.eval_at_epoch_end`, an evaluation.
+
+Per-step times in metrics.jsonl (seconds): time/rollout, time/scoring (absent when no scoring pass
+runs), time/reward, time/update (their sum: time/step), time/grading (host grading, overlapped with the
+next step), time/grading_wait (the part the loop waited for), time/idle (device idle before this step's
+rollout: data, transfers, logging, checkpoints, epoch work and evaluation), time/data; plus
+throughput/tokens_per_s (response tokens / time/step) and throughput/rollout_tokens_per_s.
 
 Labels never enter the training signal of an unsupervised run: gold answers are used only for the
 metrics here and for evaluation.
 
 Resume: rerunning the same command with the same workdir restores parameters, optimizer state, the
 step, the data iterator and the collapse tracker from the newest checkpoint, truncates metrics.jsonl
-to that step, and continues; each step's PRNG key is fold_in(seed, step), so the resumed run repeats the
-uninterrupted one exactly.
+and epochs.jsonl to that step, and continues; each step's PRNG key is fold_in(seed, step), so the
+resumed run repeats the uninterrupted one exactly.
 """
 from __future__ import annotations
 
@@ -37,7 +47,7 @@ from urlvr_jax.diagnostics.metrics import step_metrics
 from urlvr_jax.diagnostics.optimal_policy import optimal_policy_diagnostics
 from urlvr_jax.rewards.answers import AnswerExtractor, answer_hash
 from urlvr_jax.rewards.grading import extract_boxed, grade_batch
-from urlvr_jax.rl.step import StepConfig, make_step
+from urlvr_jax.rl.step import StepConfig, StepOutput, make_probe, make_step
 from urlvr_jax.rollout.sampler import SamplingConfig
 from urlvr_jax.sharding import make_mesh, replicate, shard_batch, to_host
 from urlvr_jax.tokenizer import decode_responses, eos_ids_of, pad_id_of
@@ -78,7 +88,14 @@ def build_models(config, mesh):
 
 
 def needs_reference(config) -> bool:
+    """Whether the frozen reference model is loaded (KL, or the π* diagnostics)."""
     return bool(config.rl.kl_coef) or bool(config.train.get("pistar_diagnostics", True))
+
+
+def reference_every_step(config) -> bool:
+    """Whether each step scores with the reference (KL needs it; π* needs it only at epoch ends by default)."""
+    return bool(config.rl.kl_coef) or (bool(config.train.get("pistar_diagnostics", True))
+                                       and bool(config.train.get("pistar_every_step", False)))
 
 
 def load_problems(config):
@@ -153,7 +170,7 @@ def step_config(config, tokenizer, model_cfg) -> StepConfig:
         kl_estimator=config.rl.kl_estimator, kl_in_reward=config.rl.kl_in_reward,
         entropy_coef=config.rl.entropy_coef, mini_batches=config.rl.mini_batches,
         micro_batch_groups=config.rl.micro_batch_groups, mask_truncated=config.rl.mask_truncated,
-        use_reference=needs_reference(config), eos_ids=tuple(eos_ids_of(tokenizer, model_cfg)),
+        use_reference=reference_every_step(config), eos_ids=tuple(eos_ids_of(tokenizer, model_cfg)),
         pad_id=pad_id_of(tokenizer),
         dynamic_sampling_groups=config.data.prompt_batch_size if config.rl.dynamic_sampling else 0)
 
@@ -179,18 +196,21 @@ def encode_fixed(tokenizer, texts, width: int):
 
 # --------------------------------------------------------------------------------------------- logging
 class MetricsWriter:
-    """metrics.jsonl (one object per step) + TensorBoard; only process 0 writes."""
+    """metrics.jsonl (one object per step), epochs.jsonl (one per finished epoch) + TensorBoard; only
+    process 0 writes."""
 
     def __init__(self, workdir: Path, resume_step: int):
         self.enabled = jax.process_index() == 0
         self.path = workdir / "metrics.jsonl"
+        self.epochs_path = workdir / "epochs.jsonl"
         self.tb = None
         if not self.enabled:
             return
-        if self.path.exists():  # keep only what the restored checkpoint covers
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln)["step"] <= resume_step]
-            self.path.write_text("".join(ln + "\n" for ln in kept))
+        for path in (self.path, self.epochs_path):
+            if path.exists():  # keep only what the restored checkpoint covers
+                lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+                kept = [ln for ln in lines if json.loads(ln)["step"] <= resume_step]
+                path.write_text("".join(ln + "\n" for ln in kept))
         try:
             from tensorboardX import SummaryWriter
 
@@ -199,18 +219,41 @@ class MetricsWriter:
             self.tb = None
 
     def write(self, record: dict[str, Any]) -> None:
+        self._write(self.path, record, "")
+
+    def write_epoch(self, record: dict[str, Any]) -> None:
+        self._write(self.epochs_path, record, "epoch/")
+
+    def _write(self, path: Path, record: dict[str, Any], tb_prefix: str) -> None:
         if not self.enabled:
             return
-        with open(self.path, "a", encoding="utf-8") as f:
+        with open(path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.tb is not None:
             for k, v in record.items():
-                if isinstance(v, (int, float)) and k != "step" and np.isfinite(v):
-                    self.tb.add_scalar(k, v, record["step"])
+                if isinstance(v, (int, float)) and k not in ("step", "epoch") and np.isfinite(v):
+                    self.tb.add_scalar(tb_prefix + k, v, record["step"])
+
+    def epoch_means(self, epoch: int) -> dict[str, float]:
+        """Means over the steps of `epoch` of every numeric per-step metric (timings and counters aside)."""
+        if not self.enabled or not self.path.exists():
+            return {}
+        rows = [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+        rows = [r for r in rows if r.get("epoch") == epoch]
+        keys = [k for k in (rows[0] if rows else {}) if not k.startswith(("time/", "throughput/", "mcs/"))
+                and k not in ("step", "epoch") and isinstance(rows[0][k], (int, float))]
+        out: dict[str, float] = {"steps": len(rows)}
+        for k in keys:
+            vals = [float(r[k]) for r in rows if isinstance(r.get(k), (int, float))]
+            finite = [v for v in vals if np.isfinite(v)]
+            if finite:
+                out[f"mean/{k}"] = float(np.mean(finite))
+        return out
 
     def close(self):
         if self.tb is not None:
             self.tb.close()
+            self.tb = None
 
 
 # --------------------------------------------------------------------------------------------- monitoring
@@ -281,8 +324,10 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     opt_state = init_opt_state(tx, params, mesh)
     check_memory(config, policy.cfg)
     step_cfg = step_config(config, tokenizer, policy.cfg)
-    step_fn = make_step(graphdef, ref_graphdef, tx, step_cfg, extractor)
+    step_fn = make_step(graphdef, ref_graphdef, tx, step_cfg, extractor, phased=config.train.phase_timing)
     gt_by_hash = config.data.dataset == "synthetic/arithmetic"  # integer answers: exact text equality
+    epoch_probe = EpochProbe(config, problems, prompt_fn, tokenizer, graphdef, ref_graphdef, step_cfg, mesh, rules,
+                             gt_by_hash) if config.train.pistar_diagnostics else None
 
     ckpt = Checkpointer(workdir / "checkpoints", config.train.keep_checkpoints)
     tracker = ModelCollapseTracker(config.train.mcs_threshold, config.train.mcs_window,
@@ -305,44 +350,68 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     consecutive_skips = 0
     bar = _bar(config, start)
     summary: dict[str, Any] = {}
+
+    def collect():
+        """Wait for the pending grading record and write it, with the time the loop waited for it."""
+        nonlocal pending
+        if pending is None:
+            return
+        t0 = time.perf_counter()
+        record, times = pending.result()
+        pending = None
+        times["time/grading_wait"] = time.perf_counter() - t0
+        _emit(_with((record, times), pending_eval), writer, tracker, bar)
+
+    device_free_since = time.perf_counter()  # when the device finished its last piece of training work
     try:
         for step in range(start + 1, config.train.steps + 1):
             t0 = time.perf_counter()
+            epoch = loader.epoch  # of the batch's first record
             batch = next(loader)
             texts = [prompt_fn(p, tokenizer) for p in batch]
             ids, mask = encode_fixed(tokenizer, texts, config.data.max_prompt_length)
             gold = np.array([answer_hash(p.answer) for p in batch], np.int32)
-            t_data = time.perf_counter() - t0
-            params, opt_state, out = step_fn(params, opt_state, ref_params, shard_batch(ids, rules),
-                                             shard_batch(mask, rules), replicate(gold, mesh),
-                                             replicate(jax.random.fold_in(base_key, step), mesh), extractor)
-            record_prev = pending.result() if pending is not None else None  # overlap: grade while device runs
-            if record_prev is not None:
-                _emit(_with(record_prev, pending_eval), writer, tracker, bar)
-            out = jax.block_until_ready(out)
-            t_step = time.perf_counter() - t0 - t_data
+            times = {"time/data": time.perf_counter() - t0}
+            inputs = (shard_batch(ids, rules), shard_batch(mask, rules), replicate(gold, mesh),
+                      replicate(jax.random.fold_in(base_key, step), mesh), extractor)
+            t_start = time.perf_counter()
+            times["time/idle"] = t_start - device_free_since
+            params, opt_state, out = step_fn(params, opt_state, ref_params, *inputs)
+            if config.train.phase_timing:  # ran phase by phase, synchronously
+                device_free_since = time.perf_counter()
+                times.update({f"time/{k}": v for k, v in step_fn.last_times.items()})
+                times["time/step"] = sum(step_fn.last_times.values())
+                collect()  # the previous step's grading ran in the background during this step
+            else:  # one fused program, dispatched asynchronously: write the previous record meanwhile
+                collect()
+                out = jax.block_until_ready(out)
+                device_free_since = time.perf_counter()
+                times["time/step"] = device_free_since - t_start
             out = to_host(out)  # (a collective on multi-host runs: keep it on the main thread)
             device_metrics = {k: float(v) for k, v in out.metrics.items()}
             consecutive_skips = consecutive_skips + 1 if device_metrics["skipped_updates"] else 0
             pending = pool.submit(_monitor_record, step, out, batch, gold, tokenizer, config, gt_by_hash,
-                                  device_metrics, {"time/data": t_data, "time/step": t_step}, loader.epoch)
+                                  device_metrics, times, epoch)
             if config.train.eval_every and step % config.train.eval_every == 0:
-                eval_metrics = run_eval(config, nnx.merge(graphdef, params), tokenizer, step)
-                pending_eval.update(eval_metrics)
+                t_eval = time.perf_counter()
+                pending_eval.update(run_eval(config, nnx.merge(graphdef, params), tokenizer, step))
+                pending_eval["time/eval"] = time.perf_counter() - t_eval
             if consecutive_skips >= config.train.max_consecutive_skips:
                 raise TrainingStopped(
                     f"{consecutive_skips} consecutive steps had a non-finite loss or gradient (last: step {step}); "
                     "stopping with the last good checkpoint intact. Lower rl.learning_rate or use float32.")
+            if loader.epoch > epoch:  # this batch finished epoch `epoch`
+                collect()
+                epoch_record = end_of_epoch(config, epoch, step, writer, epoch_probe, params, ref_params,
+                                            graphdef, tokenizer, extractor)
+                writer.write_epoch(epoch_record)
             if step % config.train.checkpoint_every == 0 or step == config.train.steps or stop["signal"]:
-                record = pending.result()
-                pending = None
-                _emit(_with(record, pending_eval), writer, tracker, bar)
+                collect()
                 ckpt.save(step, params, opt_state, {"step": step, "loader": loader.get_state(),
                                                     "tracker": tracker.state_dict()})
             if stop["signal"] or tracker.should_stop:
                 break
-        if pending is not None:
-            _emit(_with(pending.result(), pending_eval), writer, tracker, bar)
+        collect()
         summary = {"last_step": step, "stopped_by": "SIGTERM" if stop["signal"] else
                    ("collapse" if tracker.should_stop else "steps"), "mcs": tracker.summary()}
         if jax.process_index() == 0:
@@ -366,12 +435,60 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     return summary
 
 
-def _with(record: dict, extra: dict) -> dict:
-    """Attach (and consume) pending evaluation metrics to a record."""
+class EpochProbe:
+    """The closed-form π* diagnostics between epochs (diagnostics/optimal_policy.py): sample N responses
+    for a fixed probe batch (the first data.prompt_batch_size training problems) with the current policy,
+    score them with the policy and the frozen reference, reward them with the training reward, and
+    estimate π*'s accuracy ceiling, entropy and KLs by self-normalised importance sampling. GT answers
+    enter only the diagnostics. One jitted program, compiled at the first epoch end."""
+
+    def __init__(self, config, problems, prompt_fn, tokenizer, graphdef, ref_graphdef, step_cfg, mesh, rules,
+                 gt_by_hash):
+        import dataclasses
+
+        self.config, self.tokenizer, self.mesh, self.gt_by_hash = config, tokenizer, mesh, gt_by_hash
+        self.batch = list(problems[: config.data.prompt_batch_size])
+        ids, mask = encode_fixed(tokenizer, [prompt_fn(p, tokenizer) for p in self.batch],
+                                 config.data.max_prompt_length)
+        self.ids, self.mask = shard_batch(ids, rules), shard_batch(mask, rules)
+        self.gold = np.array([answer_hash(p.answer) for p in self.batch], np.int32)
+        cfg = dataclasses.replace(step_cfg, use_reference=True, skip_redundant_old_pass=False, dynamic_sampling_groups=0)
+        self.fn = make_probe(graphdef, ref_graphdef, cfg)
+        self.key = jax.random.key(config.train.seed + 0x5EED)
+
+    def __call__(self, epoch: int, params, ref_params, extractor) -> dict[str, float]:
+        out = self.fn(params, ref_params, self.ids, self.mask, replicate(self.gold, self.mesh),
+                      replicate(jax.random.fold_in(self.key, epoch), self.mesh), extractor)
+        out = to_host(out)
+        metrics = monitor(out, self.batch, self.gold, self.tokenizer, self.config, self.gt_by_hash)
+        # π* and the probe's own accuracy / reward, under a probe/ prefix where not already pistar/
+        return {(k if k.startswith("pistar/") else f"probe/{k}"): v for k, v in metrics.items()}
+
+
+def end_of_epoch(config, epoch: int, step: int, writer: MetricsWriter, probe: EpochProbe | None, params, ref_params,
+                 graphdef, tokenizer, extractor) -> dict[str, Any]:
+    """The epochs.jsonl line of a finished epoch (every process runs the probe and evaluation: they are
+    collectives on multi-host runs; process 0 writes)."""
+    record: dict[str, Any] = {"epoch": epoch, "step": step}
+    record.update(writer.epoch_means(epoch))
+    if probe is not None:
+        t0 = time.perf_counter()
+        record.update(probe(epoch, params, ref_params, extractor))
+        record["time/pistar_probe"] = time.perf_counter() - t0
+    if config.train.eval_at_epoch_end:
+        t0 = time.perf_counter()
+        record.update(run_eval(config, nnx.merge(graphdef, params), tokenizer, step))
+        record["time/eval"] = time.perf_counter() - t0
+    return record
+
+
+def _with(record_and_times: tuple[dict, dict], extra: dict) -> tuple[dict, dict]:
+    """Attach (and consume) pending evaluation metrics to a (record, times) pair."""
+    record, times = record_and_times
     if extra:
         record = {**record, **extra}
         extra.clear()
-    return record
+    return record, times
 
 
 def run_eval(config, model, tokenizer, step: int) -> dict[str, float]:
@@ -415,15 +532,21 @@ def check_memory(config, model_cfg) -> None:
 
 
 def _monitor_record(step, out, batch, gold, tokenizer, config, gt_by_hash, device_metrics, times, epoch):
+    """(This step's metrics record, its times) — runs in the grading thread."""
     t0 = time.perf_counter()
     metrics = monitor(out, batch, gold, tokenizer, config, gt_by_hash)
     n_tokens = float(np.asarray(out.rollout.mask).sum())
-    times = dict(times, **{"time/monitor": time.perf_counter() - t0})
-    return {"step": step, "epoch": epoch, **device_metrics, **metrics, **times,
-            "throughput/tokens_per_s": n_tokens / max(times["time/step"], 1e-9)}
+    times["time/grading"] = time.perf_counter() - t0
+    record = {"step": step, "epoch": epoch, **device_metrics, **metrics,
+              "throughput/tokens_per_s": n_tokens / max(times["time/step"], 1e-9)}
+    if "time/rollout" in times:
+        record["throughput/rollout_tokens_per_s"] = n_tokens / max(times["time/rollout"], 1e-9)
+    return record, times
 
 
-def _emit(record, writer: MetricsWriter, tracker: ModelCollapseTracker, bar) -> None:
+def _emit(record_and_times, writer: MetricsWriter, tracker: ModelCollapseTracker, bar) -> None:
+    record, times = record_and_times
+    record = {**record, **times}
     if "urlvr/reward_accuracy" in record:
         tracker.update(record["step"], record["urlvr/reward_accuracy"])
     s = tracker.summary()

@@ -1,14 +1,17 @@
-"""The jitted rollout-and-loss step: sample, score, reward, advantage, update — one XLA program.
+"""The rollout-and-loss step: sample, score, reward, advantage, update — one XLA program.
 
-    prompts [P, Tp] ──► sampler (policy params, read in place) ──► tokens [P·N, T] + sampler stats
-                   ──► scoring pass, pre-update policy (old log-probs, entropies, self-certainty)
-                   ──► scoring pass, frozen reference (only when KL or π* diagnostics need it)
-                   ──► answer extraction on token ids ──► reward by name (registry) ──► advantages
-                   ──► for each mini-batch: grad of the PPO loss summed over micro-batches of whole
+    prompts [P, Tp] ──► rollout: sampler (policy params, read in place) ──► tokens [P·N, T] + sampler stats
+                   ──► scoring: pre-update policy (old log-probs, entropies, self-certainty) — skipped when
+                       redundant (StepConfig.old_policy_pass) — and the frozen reference when KL needs it
+                   ──► reward: answer extraction on token ids ──► reward by name (registry) ──► advantages
+                   ──► update: for each mini-batch, grad of the PPO loss summed over micro-batches of whole
                        groups (exact global token-mean) ──► optax update (skipped if non-finite)
 
-Nothing leaves the device inside the step; it returns the new parameters/optimizer state, the
-rollout (for host-side grading, logging and diagnostics) and a dict of scalar metrics.
+`make_step` jits the four phases as one program; `make_step(..., phased=True)` runs them as four jitted
+functions with a sync after each and records each phase's wall-clock time (the trainer's default, for
+the per-phase times in metrics.jsonl). Nothing leaves the device inside the step; it returns the new
+parameters/optimizer state, the rollout (for host-side grading, logging and diagnostics) and a dict of
+scalar metrics.
 
 Group integrity: rows are prompt-major ([P, N] groups contiguous). A micro-batch holds whole groups;
 when P is not a multiple of the micro-batch size the last one is padded with masked copies that carry
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from typing import Any, NamedTuple
 
 import jax
@@ -26,7 +30,7 @@ import optax
 from flax import nnx
 
 from urlvr_jax.rewards.answers import AnswerExtractor
-from urlvr_jax.rewards.registry import GroupBatch, device_reward
+from urlvr_jax.rewards.registry import CERTAINTY, GroupBatch, device_reward
 from urlvr_jax.rl.advantages import compute_advantages, group_is_constant
 from urlvr_jax.rl.losses import METRIC_REDUCTIONS, count_valid, kl_penalty, policy_loss
 from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _generate, _score
@@ -62,10 +66,23 @@ class StepConfig:
     # DAPO-style dynamic sampling, with static shapes: the step samples an oversampled pool of prompts and
     # trains on the first `dynamic_sampling_groups` groups whose rewards are not all equal (0 = off).
     dynamic_sampling_groups: int = 0
+    # Skip the old-policy scoring pass when it is redundant: with one update per rollout batch the
+    # pre-update policy is the current one, so the loss forward's own (stop-gradient) log-probs are the
+    # old ones. It is still run when something needs the old statistics before the update (certainty
+    # rewards, KL in the reward) or on rows the update does not see (n_train < N, dynamic sampling).
+    skip_redundant_old_pass: bool = True
 
     @property
     def train_samples(self) -> int:
         return self.n_train or self.num_samples
+
+    @property
+    def old_policy_pass(self) -> bool:
+        """Whether the step runs a separate scoring pass with the pre-update policy."""
+        redundant = (self.mini_batches == 1 and self.reward not in CERTAINTY
+                     and not (self.kl_coef and self.kl_in_reward)
+                     and self.train_samples == self.num_samples and not self.dynamic_sampling_groups)
+        return not (redundant and self.skip_redundant_old_pass)
 
 
 class StepOutput(NamedTuple):
@@ -105,22 +122,27 @@ def select_informative_groups(data: dict[str, jax.Array], informative: jax.Array
 
 def _loss_fn(params, graphdef, cfg: StepConfig, batch, n_tokens, n_seqs):
     model = nnx.merge(graphdef, params)
-    stats = _score(model, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["mask"],
+    stats = _score(model, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["score_mask"],
                    cfg.sampling.temperature if not cfg.sampling.greedy else 1.0, cfg.score_chunk, remat_chunks=True)
+    # Without an old-policy pass (one update per rollout batch) the pre-update policy IS the current one:
+    # old = stop_gradient(logprob), so ratio = 1 with the gradient of logprob (what TRL/verl do then).
+    old = batch["old_logprob"] if "old_logprob" in batch else jax.lax.stop_gradient(stats.logprob)
     loss, metrics = policy_loss(
-        stats.logprob, batch["old_logprob"], batch["advantages"], batch["mask"], clip_low=cfg.clip_low,
+        stats.logprob, old, batch["advantages"], batch["mask"], clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, dual_clip=cfg.dual_clip, aggregation=cfg.aggregation,
         ref_logprob=batch.get("ref_logprob") if cfg.kl_coef and not cfg.kl_in_reward else None,
         kl_coef=0.0 if cfg.kl_in_reward else cfg.kl_coef, kl_estimator=cfg.kl_estimator,
         entropy=stats.entropy if cfg.entropy_coef else None, entropy_coef=cfg.entropy_coef,
         global_num_tokens=n_tokens, global_num_seqs=n_seqs, max_response_length=cfg.sampling.max_new_tokens)
-    return loss, metrics
+    return loss, (metrics, jax.lax.stop_gradient(stats.logprob))
 
 
 def _update(params, opt_state, graphdef, tx, cfg: StepConfig, data: dict[str, jax.Array]):
     """One optimizer step over one mini-batch; gradients summed over micro-batches of whole groups.
 
     data: arrays with a leading group axis [G, n_train, ...] (prompt arrays [G, ...]).
+    Returns (params, opt_state, loss, grad_norm, finite, metrics, logprob [G, n_train, T]) where logprob is
+    the loss forward's (pre-update) log-probs of the response tokens.
     """
     G = data["tokens"].shape[0]
     m = cfg.micro_batch_groups or G
@@ -143,19 +165,20 @@ def _update(params, opt_state, graphdef, tx, cfg: StepConfig, data: dict[str, ja
 
     def accumulate(carry, mb):
         g_acc, loss_acc, met_acc = carry
-        (loss, met), g = grad_fn(params, graphdef, cfg, mb, n_tokens, n_seqs)
+        (loss, (met, logprob)), g = grad_fn(params, graphdef, cfg, mb, n_tokens, n_seqs)
         g_acc = jax.tree.map(jnp.add, g_acc, g)
         # with global counts, every metric is additive over micro-batches except maxima
         met_acc = {k: jnp.maximum(met_acc[k], v) if METRIC_REDUCTIONS.get(k) == "max" else met_acc[k] + v
                    for k, v in met.items()}
-        return (g_acc, loss_acc + loss, met_acc), None
+        return (g_acc, loss_acc + loss, met_acc), logprob
 
     zeros = jax.tree.map(jnp.zeros_like, params)
     first = jax.tree.map(lambda v: v[0], micro)
-    met_shape = jax.eval_shape(lambda: grad_fn(params, graphdef, cfg, first, n_tokens, n_seqs)[0][1])
+    met_shape = jax.eval_shape(lambda: grad_fn(params, graphdef, cfg, first, n_tokens, n_seqs)[0][1][0])
     met0 = {k: jnp.full(s.shape, -jnp.inf if METRIC_REDUCTIONS.get(k) == "max" else 0, s.dtype)
             for k, s in met_shape.items()}
-    (grads, loss, met), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), met0), micro)
+    (grads, loss, met), logprob = jax.lax.scan(accumulate, (zeros, jnp.float32(0), met0), micro)
+    logprob = logprob.reshape((n_micro * m, n) + logprob.shape[2:])[:G]
 
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
@@ -163,67 +186,106 @@ def _update(params, opt_state, graphdef, tx, cfg: StepConfig, data: dict[str, ja
     new_params = optax.apply_updates(params, updates)
     # A non-finite loss or gradient skips the update (parameters and optimizer state unchanged).
     keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-    return keep(new_params, params), keep(new_opt_state, opt_state), loss, grad_norm, finite, met
+    return keep(new_params, params), keep(new_opt_state, opt_state), loss, grad_norm, finite, met, logprob
 
 
-def rl_step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, *, graphdef, ref_graphdef, tx,
-            cfg: StepConfig, extractor: AnswerExtractor) -> tuple[Any, Any, StepOutput]:
-    """One URLVR iteration (pure; jit it with `make_step`). gold_ids [P] (−1 = unknown) for metrics only."""
-    P = prompt_ids.shape[0]
-    N, n = cfg.num_samples, cfg.train_samples
+# ------------------------------------------------------------------------------------------ phases
+# The step is four phases. `rl_step` runs them as one XLA program; `PhasedStep` runs each as its own
+# jitted function with a sync after it, to time them. Both compute the same thing.
+class Rewarded(NamedTuple):
+    answer_ids: jax.Array  # [P, N] int32, −1 = no answer
+    rewards: jax.Array  # [P, n_train] (after any KL-in-reward penalty)
+    advantages: jax.Array  # [P, n_train]
+    majority_id: jax.Array  # [P]
+    majority_ratio: jax.Array  # [P]
+    informative: jax.Array  # [P] bool: rewards not all equal within the group
+
+
+def rollout_phase(params, prompt_ids, prompt_mask, key, *, graphdef, cfg: StepConfig) -> Rollout:
+    """Sample N responses per prompt with the policy. prompt_ids/mask [P, Tp] → Rollout [P·N, T]."""
     policy = nnx.merge(graphdef, params)
     sample_key, _ = jax.random.split(key)
-    rollout = _generate(policy, prompt_ids, prompt_mask, sample_key, sampling=cfg.sampling, num_samples=N,
-                        eos_ids=cfg.eos_ids, stop_seqs=cfg.stop_sequences, pad_id=cfg.pad_id)
+    return _generate(policy, prompt_ids, prompt_mask, sample_key, sampling=cfg.sampling, num_samples=cfg.num_samples,
+                     eos_ids=cfg.eos_ids, stop_seqs=cfg.stop_sequences, pad_id=cfg.pad_id)
+
+
+def scoring_phase(params, ref_params, prompt_ids, prompt_mask, tokens, mask, *, graphdef, ref_graphdef,
+                  cfg: StepConfig) -> tuple[TokenStats | None, jax.Array | None]:
+    """(old-policy TokenStats [P·N, T] or None when skipped, reference log-probs [P·N, T] or None)."""
+    N = cfg.num_samples
     rep_ids, rep_mask = jnp.repeat(prompt_ids, N, axis=0), jnp.repeat(prompt_mask, N, axis=0)
     temperature = 1.0 if cfg.sampling.greedy else cfg.sampling.temperature
-    old = _score(policy, rep_ids, rep_mask, rollout.tokens, rollout.mask, temperature, cfg.score_chunk)
-    old = jax.tree.map(jax.lax.stop_gradient, old)
+    old = None
+    if cfg.old_policy_pass:
+        old = _score(nnx.merge(graphdef, params), rep_ids, rep_mask, tokens, mask, temperature, cfg.score_chunk)
+        old = jax.tree.map(jax.lax.stop_gradient, old)
     ref_logprob = None
     if cfg.use_reference:
-        reference = nnx.merge(ref_graphdef, ref_params)
-        ref_logprob = _score(reference, rep_ids, rep_mask, rollout.tokens, rollout.mask, temperature,
+        ref_logprob = _score(nnx.merge(ref_graphdef, ref_params), rep_ids, rep_mask, tokens, mask, temperature,
                              cfg.score_chunk).logprob
+    return old, ref_logprob
 
-    T = rollout.tokens.shape[1]
+
+def reward_phase(rollout: Rollout, old: TokenStats | None, ref_logprob, gold_ids, extractor: AnswerExtractor, *,
+                 cfg: StepConfig, vocab_size: int) -> Rewarded:
+    """Answer extraction on token ids, reward by name, KL-in-reward penalty, advantages (all [P, ·])."""
+    N, n = cfg.num_samples, cfg.train_samples
+    P = rollout.tokens.shape[0] // N
     grouped = lambda x: x.reshape((P, N) + x.shape[1:])  # noqa: E731
     tokens, mask = grouped(rollout.tokens), grouped(rollout.mask)
     answer_ids, _, _ = extractor.extract(tokens, mask)
-    stats = TokenStats(*(grouped(s) for s in old))
+    # certainty rewards read the old policy's statistics (old_policy_pass is on for them); the others
+    # read none, and get the sampler's when that pass is skipped
+    stats = TokenStats(*(grouped(s) for s in (old if old is not None else rollout.stats)))
     reward_out = device_reward(cfg.reward, GroupBatch(tokens, mask, stats, answer_ids, None, gold_ids),
-                               vocab_size=policy.cfg.vocab_size, n_votes=cfg.n_votes, n_train=n)
+                               vocab_size=vocab_size, n_votes=cfg.n_votes, n_train=n)
     rewards = reward_out.rewards
     if cfg.kl_coef and cfg.kl_in_reward:
         kl_tok = kl_penalty(grouped(old.logprob)[:, :n], grouped(ref_logprob)[:, :n], cfg.kl_estimator)
         kl_seq = jnp.sum(kl_tok * mask[:, :n], -1)
         rewards = rewards - cfg.kl_coef * kl_seq
+    advantages = compute_advantages(cfg.advantage, rewards)
+    return Rewarded(answer_ids, rewards, advantages, reward_out.majority_id, reward_out.majority_ratio,
+                    ~group_is_constant(rewards))
 
+
+def update_phase(params, opt_state, prompt_ids, prompt_mask, rollout: Rollout, old: TokenStats | None, ref_logprob,
+                 rewarded: Rewarded, *, graphdef, tx, cfg: StepConfig):
+    """Mini-batches × micro-batches of whole groups → optax updates. Returns (params, opt_state, old_logprob
+    [P·N, T] — the scoring pass's, or the loss forward's when that pass is skipped — , metrics)."""
+    N, n = cfg.num_samples, cfg.train_samples
+    P = prompt_ids.shape[0]
+    grouped = lambda x: x.reshape((P, N) + x.shape[1:])  # noqa: E731
+    tokens, mask = grouped(rollout.tokens), grouped(rollout.mask)
     train_mask = mask[:, :n]
     if cfg.mask_truncated:
         train_mask = train_mask * (~grouped(rollout.truncated)[:, :n])[..., None]
-    advantages = compute_advantages(cfg.advantage, rewards)
-
     data = {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "tokens": tokens[:, :n], "mask": train_mask,
-            "old_logprob": grouped(old.logprob)[:, :n], "advantages": advantages}
+            "score_mask": mask[:, :n], "advantages": rewarded.advantages}
+    if old is not None:
+        data["old_logprob"] = grouped(old.logprob)[:, :n]
     if ref_logprob is not None:
         data["ref_logprob"] = grouped(ref_logprob)[:, :n]
-    informative = ~group_is_constant(rewards)
     P_train = P
     if cfg.dynamic_sampling_groups:
-        data, P_train = select_informative_groups(data, informative, cfg.dynamic_sampling_groups)
+        data, P_train = select_informative_groups(data, rewarded.informative, cfg.dynamic_sampling_groups)
     # mini-batches: consecutive slices of whole groups, one optimizer step each
     per = -(-P_train // cfg.mini_batches)
-    losses, norms, finites, mets = [], [], [], []
+    losses, norms, finites, mets, logprobs = [], [], [], [], []
     for i in range(cfg.mini_batches):
         chunk = {k: v[i * per:(i + 1) * per] for k, v in data.items()}
         if chunk["tokens"].shape[0] == 0:
             continue
-        params, opt_state, loss, gnorm, finite, met = _update(params, opt_state, graphdef, tx, cfg, chunk)
-        losses.append(loss), norms.append(gnorm), finites.append(finite), mets.append(met)
+        params, opt_state, loss, gnorm, finite, met, lp = _update(params, opt_state, graphdef, tx, cfg, chunk)
+        losses.append(loss), norms.append(gnorm), finites.append(finite), mets.append(met), logprobs.append(lp)
+    if old is not None:
+        old_logprob = old.logprob
+    else:  # one mini-batch over all P groups and all N samples, in order (see StepConfig.old_policy_pass)
+        old_logprob = logprobs[0].reshape(rollout.tokens.shape)
 
     valid = rollout.mask.astype(jnp.float32)
-    sampler_lp, trainer_lp = rollout.stats.logprob, old.logprob
-    drift = jnp.abs(sampler_lp - trainer_lp) * valid
+    drift = jnp.abs(rollout.stats.logprob - old_logprob) * valid  # sampler vs trainer
+    informative = rewarded.informative
     metrics = {
         "loss": jnp.mean(jnp.stack(losses)),
         "grad_norm": jnp.mean(jnp.stack(norms)),
@@ -235,14 +297,103 @@ def rl_step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, ke
         if cfg.dynamic_sampling_groups else jnp.int32(P),
         **{f"actor/{k}": jnp.mean(jnp.stack([m[k] for m in mets])) for k in mets[0]},
     }
-    out = StepOutput(rollout=rollout, answer_ids=answer_ids, rewards=rewards, advantages=advantages,
-                     majority_id=reward_out.majority_id, majority_ratio=reward_out.majority_ratio,
-                     old_logprob=old.logprob, ref_logprob=ref_logprob, metrics=metrics)
-    return params, opt_state, out
+    return params, opt_state, old_logprob, metrics
 
 
-def make_step(graphdef, ref_graphdef, tx, cfg: StepConfig, extractor: AnswerExtractor):
-    """The jitted step; parameters and optimizer state are donated (updated in place)."""
+def _output(rollout, rewarded: Rewarded, old_logprob, ref_logprob, metrics) -> StepOutput:
+    return StepOutput(rollout=rollout, answer_ids=rewarded.answer_ids, rewards=rewarded.rewards,
+                      advantages=rewarded.advantages, majority_id=rewarded.majority_id,
+                      majority_ratio=rewarded.majority_ratio, old_logprob=old_logprob, ref_logprob=ref_logprob,
+                      metrics=metrics)
+
+
+def rl_step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, *, graphdef, ref_graphdef, tx,
+            cfg: StepConfig, extractor: AnswerExtractor) -> tuple[Any, Any, StepOutput]:
+    """One URLVR iteration (pure; jit it with `make_step`). gold_ids [P] (−1 = unknown) for metrics only."""
+    rollout = rollout_phase(params, prompt_ids, prompt_mask, key, graphdef=graphdef, cfg=cfg)
+    old, ref_logprob = scoring_phase(params, ref_params, prompt_ids, prompt_mask, rollout.tokens, rollout.mask,
+                                     graphdef=graphdef, ref_graphdef=ref_graphdef, cfg=cfg)
+    vocab_size = nnx.merge(graphdef, params).cfg.vocab_size
+    rewarded = reward_phase(rollout, old, ref_logprob, gold_ids, extractor, cfg=cfg, vocab_size=vocab_size)
+    params, opt_state, old_logprob, metrics = update_phase(params, opt_state, prompt_ids, prompt_mask, rollout, old,
+                                                           ref_logprob, rewarded, graphdef=graphdef, tx=tx, cfg=cfg)
+    return params, opt_state, _output(rollout, rewarded, old_logprob, ref_logprob, metrics)
+
+
+PHASES = ("rollout", "scoring", "reward", "update")
+
+
+class PhasedStep:
+    """The same step as `make_step`'s, run as one jitted function per phase with a sync after each, so
+    that every phase's wall-clock time is measured (`last_times`, seconds; 'scoring' is absent when there
+    is neither an old-policy nor a reference pass). Same signature and results as the fused step; it
+    costs one device-to-host sync per phase and gives up cross-phase fusion (see benchmarks/README.md).
+    """
+
+    def __init__(self, graphdef, ref_graphdef, tx, cfg: StepConfig):
+        self.cfg, self.graphdef = cfg, graphdef
+        self.has_scoring = cfg.old_policy_pass or cfg.use_reference
+        self._rollout = jax.jit(functools.partial(rollout_phase, graphdef=graphdef, cfg=cfg))
+        self._scoring = jax.jit(functools.partial(scoring_phase, graphdef=graphdef, ref_graphdef=ref_graphdef,
+                                                  cfg=cfg))
+        self._update = jax.jit(functools.partial(update_phase, graphdef=graphdef, tx=tx, cfg=cfg),
+                               donate_argnums=(0, 1))
+        self._reward = None  # built on the first call (needs the vocabulary size)
+        self.last_times: dict[str, float] = {}
+
+    @property
+    def num_jitted(self) -> int:
+        return 3 + int(self.has_scoring)
+
+    def __call__(self, params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor):
+        times = {}
+
+        def timed(name, fn, *args):
+            t0 = time.perf_counter()
+            out = jax.block_until_ready(fn(*args))
+            times[name] = time.perf_counter() - t0
+            return out
+
+        rollout = timed("rollout", self._rollout, params, prompt_ids, prompt_mask, key)
+        old = ref_logprob = None
+        if self.has_scoring:
+            old, ref_logprob = timed("scoring", self._scoring, params, ref_params, prompt_ids, prompt_mask,
+                                     rollout.tokens, rollout.mask)
+        if self._reward is None:
+            vocab_size = nnx.merge(self.graphdef, params).cfg.vocab_size
+            self._reward = jax.jit(functools.partial(reward_phase, cfg=self.cfg, vocab_size=vocab_size))
+        rewarded = timed("reward", self._reward, rollout, old, ref_logprob, gold_ids, extractor)
+        params, opt_state, old_logprob, metrics = timed(
+            "update", self._update, params, opt_state, prompt_ids, prompt_mask, rollout, old, ref_logprob, rewarded)
+        self.last_times = times
+        return params, opt_state, _output(rollout, rewarded, old_logprob, ref_logprob, metrics)
+
+
+def make_step(graphdef, ref_graphdef, tx, cfg: StepConfig, extractor: AnswerExtractor | None = None, *,
+              phased: bool = False):
+    """The step as one jitted program (parameters and optimizer state donated), or, with phased=True, as a
+    `PhasedStep` (one jitted function per phase, timed). Both are called as
+    step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor)."""
+    if phased:
+        return PhasedStep(graphdef, ref_graphdef, tx, cfg)
     fn = functools.partial(rl_step, graphdef=graphdef, ref_graphdef=ref_graphdef, tx=tx, cfg=cfg)
     return jax.jit(lambda p, o, r, ids, m, g, k, ex: fn(p, o, r, ids, m, g, k, extractor=ex), donate_argnums=(0, 1))
 
+
+def make_probe(graphdef, ref_graphdef, cfg: StepConfig):
+    """A jitted rollout → scoring (old policy and reference) → reward program with no update, for the π*
+    diagnostics between epochs: probe(params, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor)
+    → StepOutput (metrics empty). cfg must have use_reference and old_policy_pass on."""
+    if not (cfg.use_reference and cfg.old_policy_pass):
+        raise ValueError("make_probe: the probe scores with both the policy and the reference; set "
+                         "use_reference=True and skip_redundant_old_pass=False in its StepConfig")
+
+    def probe(params, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor):
+        rollout = rollout_phase(params, prompt_ids, prompt_mask, key, graphdef=graphdef, cfg=cfg)
+        old, ref_logprob = scoring_phase(params, ref_params, prompt_ids, prompt_mask, rollout.tokens, rollout.mask,
+                                         graphdef=graphdef, ref_graphdef=ref_graphdef, cfg=cfg)
+        vocab_size = nnx.merge(graphdef, params).cfg.vocab_size
+        rewarded = reward_phase(rollout, old, ref_logprob, gold_ids, extractor, cfg=cfg, vocab_size=vocab_size)
+        return _output(rollout, rewarded, old.logprob, ref_logprob, {})
+
+    return jax.jit(probe)

@@ -160,7 +160,9 @@ def test_finding1(executed):
         row = res["table"][reward]
         gt = [r["urlvr/gt_reward_mean"] for r in records]
         assert abs(row["gt_first"] - gt[0]) < EXACT
-        assert max(gt) >= row["gt_peak"] - EXACT and row["gt_peak"] >= min(gt) - EXACT  # a trailing mean of gt
+        trailing = [np.mean(gt[max(0, i - 4):i + 1]) for i in range(len(gt))]  # 5-step trailing mean
+        assert abs(row["gt_peak"] - max(trailing)) < EXACT and abs(row["gt_final"] - trailing[-1]) < EXACT
+        assert row["gt_peak_step"] == records[int(np.argmax(trailing))]["step"]
         assert abs(row["proxy_first"] - records[0]["urlvr/proxy_reward_mean"]) < EXACT
         assert row["mcs_raw"] == _first_below(records)
     mv = _metrics(res["workdirs"]["majority_vote"])

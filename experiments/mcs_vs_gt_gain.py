@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import time
 from pathlib import Path
@@ -103,9 +104,10 @@ def plot(out: Path, rows: list, records: dict, stats: dict, p: dict) -> list[str
     plt = C.pyplot()
     gain = [r["gt_gain"] for r in rows]
     err = [2 * r["gt_gain_se"] for r in rows]
-    preds = [("mcs_sustained_ranked", "MCS (sustained; censored = budget+1)"), ("mcs_half_ranked", "MCS@0.5 (censored = budget+1)"),
+    preds = [("mcs_raw_ranked", "MCS (raw, the headline; censored = budget+1)"),
+             ("mcs_sustained_ranked", "MCS (sustained; censored = budget+1)"), ("mcs_half_ranked", "MCS@0.5 (censored = budget+1)"),
              ("mean_reward_accuracy", "mean reward accuracy of the probe"), ("passk_gain", f"pass@{p['eval_samples']} − pass@1 (base)")]
-    fig, axes = plt.subplots(1, len(preds), figsize=(4.6 * len(preds), 3.8))
+    fig, axes = plt.subplots(1, len(preds), figsize=(4.4 * len(preds), 3.8))
     for ax, (key, label) in zip(axes, preds):
         x = [r[key] for r in rows]
         ax.errorbar(x, gain, yerr=err, fmt="o", capsize=3)
@@ -146,7 +148,7 @@ def plot(out: Path, rows: list, records: dict, stats: dict, p: dict) -> list[str
     return [f"{NAME}.png", "mcs_curves.png"]
 
 
-def markdown(rows: list, stats: dict, p: dict) -> str:
+def markdown(rows: list, stats: dict, prior: dict, p: dict) -> str:
     cen = lambda x, r: str(x) if x is not None else f">{r['steps_run']}"  # noqa: E731
     k = p["eval_samples"]
     table = C.markdown_table(
@@ -156,13 +158,17 @@ def markdown(rows: list, stats: dict, p: dict) -> str:
           cen(r["mcs_sustained"], r), cen(r["mcs_half"], r), r["mean_reward_accuracy"],
           f"{r['reward_accuracy_first5']:.2f} → {r['reward_accuracy_last5']:.2f}", r["gt_avg"], r["gt_gain"],
           r["gt_gain_se"], f"{r['mcs_seconds']:.0f}", f"{r['gt_seconds']:.0f}"] for r in rows])
-    st = C.markdown_table(["predictor of GT gain", "Spearman ρ", "exact p (n = 5: min 0.017)", "n"],
-                          [[k, v["rho"], v["p_exact"], v["n"]] for k, v in stats.items()])
+    st = C.markdown_table(["predictor", "Spearman ρ with GT gain", "exact p", "Spearman ρ with base maj@N (the prior)",
+                           "exact p", "n"],
+                          [[k, v["rho"], v["p_exact"], prior[k]["rho"], prior[k]["p_exact"], v["n"]]
+                           for k, v in stats.items()])
     return (f"# Finding 2: Model Collapse Step vs GT gain across the ladder\n\n"
             f"MCS probe: majority vote, lr {p['mcs_lr']:g}, ≤ {p['mcs_steps']} steps (stop at sustained MCS); "
             f"GT run: ground_truth, lr {p['gt_lr']:g}, {p['gt_steps']} steps; both {p['prompts']} prompts × "
             f"{p['samples']} samples, seed {C.SEED}. Held-out: {p['eval_problems']} eval problems × "
-            f"{p['eval_samples']} samples, T = 1.0. RA = reward accuracy.\n\n" + table + "\n" + st)
+            f"{p['eval_samples']} samples, T = 1.0. RA = reward accuracy. Exact p: share of the {math.factorial(len(rows))} "
+            f"orderings with |ρ| at least as large (with n = 5 the smallest possible p is 2/120 = 0.017).\n\n"
+            + table + "\n" + st)
 
 
 def main(argv=None) -> dict:
@@ -199,18 +205,20 @@ def main(argv=None) -> dict:
     gain = [r["gt_gain"] for r in rows]
     stats = {k: spearman([r[k] for r in rows], gain) for k in
              ("mcs_raw_ranked", "mcs_sustained_ranked", "mcs_half_ranked", "mean_reward_accuracy", "passk_gain")}
+    prior = {k: spearman([r[k] for r in rows], [r["base_maj"] for r in rows]) for k in stats}
     plots = plot(out, rows, records, stats, p)
-    md = markdown(rows, stats, p)
+    md = markdown(rows, stats, prior, p)
     (out / f"{NAME}.md").write_text(md)
     C.write_json(out / f"{NAME}.json", {
         "params": p, "seed": C.SEED, "eval_seed": C.EVAL_SEED, "rows": rows, "spearman_with_gt_gain": stats,
+        "spearman_with_base_maj": prior,
         "total_seconds": time.perf_counter() - t_all, "plots": plots,
         "curves": {rung: {"mcs_reward_accuracy": C.curve(v["mcs"], "urlvr/reward_accuracy")[1].round(4).tolist(),
                           "mcs_gt_accuracy": C.curve(v["mcs"], "urlvr/gt_reward_mean")[1].round(4).tolist(),
                           "gt_run_gt_accuracy": C.curve(v["gt"], "urlvr/gt_reward_mean")[1].round(4).tolist()}
                    for rung, v in records.items()}})
     print(md)
-    return {"rows": rows, "stats": stats}
+    return {"rows": rows, "stats": stats, "prior": prior}
 
 
 if __name__ == "__main__":

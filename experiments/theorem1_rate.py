@@ -16,7 +16,8 @@ Data: majority-vote runs that other experiments make (reused when present, train
 probes of mcs_vs_gt_gain.py (5 rungs, lr 3e-3, checkpoints every 10 steps) and the majority-vote run of
 rise_fall.py (q0.3, lr 1e-3, checkpoints every 20 steps). At step 0 and at every checkpoint, `probe`
 held-out problems × `samples` samples at T = 1.0 (fixed seed): p_i(k) = share of samples giving prompt i's
-initial majority answer m_i (majority of the base model's samples, first-seen tie-break).
+initial majority answer m_i (majority of a separate sample of the base model, first-seen tie-break, so
+that p_i(0) is not inflated by the selection of the winner).
 
     python experiments/theorem1_rate.py          # ~6 min of probing once the runs exist
     python experiments/theorem1_rate.py --smoke  # wiring check (reuses / makes the smoke runs)
@@ -41,12 +42,15 @@ import numpy as np  # noqa: E402
 NAME = "theorem1_rate"
 FULL = dict(probe=64, samples=16)
 SMOKE = dict(probe=8, samples=4)
-RATE_GRID = np.concatenate([np.linspace(0, 0.05, 51)[:-1], np.geomspace(0.05, 20, 400)])  # per-step 1/β
+RATE_GRID = np.concatenate([np.linspace(0, 0.05, 51)[:-1], np.geomspace(0.05, 20, 400)])  # per-step 1/β >= 0
+SIGNED_GRID = np.concatenate([-RATE_GRID[:0:-1], RATE_GRID])  # descriptive fit: the mass may also shrink
 
 
 def logistic(l0, rate, steps):
     """p_k = sigmoid(l0 + k·rate): l0 [P], steps [K] -> [P, K]."""
-    return 1.0 / (1.0 + np.exp(-(np.asarray(l0)[:, None] + rate * np.asarray(steps, float)[None, :])))
+    from scipy.special import expit  # overflow-free sigmoid
+
+    return expit(np.asarray(l0, float)[:, None] + rate * np.asarray(steps, float)[None, :])
 
 
 def smoothed_logit(p, n: int):
@@ -55,40 +59,54 @@ def smoothed_logit(p, n: int):
     return np.log((c + 0.5) / (n - c + 0.5))
 
 
-def fit_rate(p: np.ndarray, l0: np.ndarray, steps) -> float:
-    """The single rate minimising Σ (p_ik − sigmoid(l0_i + k·rate))² over the prompts given (grid + refine)."""
-    err = [np.sum((p - logistic(l0, r, steps)) ** 2) for r in RATE_GRID]
+def fit_rate(p: np.ndarray, l0: np.ndarray, steps, grid=RATE_GRID) -> float:
+    """The single rate minimising Σ (p_ik − sigmoid(l0_i + k·rate))² over the prompts given (grid + refine).
+    grid=RATE_GRID: Theorem 1's family (rate = 1/β >= 0); SIGNED_GRID also allows a shrinking mass."""
+    err = [np.sum((p - logistic(l0, r, steps)) ** 2) for r in grid]
     j = int(np.argmin(err))
-    lo, hi = RATE_GRID[max(j - 1, 0)], RATE_GRID[min(j + 1, len(RATE_GRID) - 1)]
+    lo, hi = grid[max(j - 1, 0)], grid[min(j + 1, len(grid) - 1)]
     fine = np.linspace(lo, hi, 101)
     return float(fine[int(np.argmin([np.sum((p - logistic(l0, r, steps)) ** 2) for r in fine]))])
 
 
 def trajectories(rung: str, workdir: Path, problems, samples: int) -> dict:
-    """Probe the base model and every checkpoint of a run: p [P, K] of the initial majority, accuracy, flips."""
+    """Probe the base model and every checkpoint of a run: p [P, K] of the initial majority, accuracy, flips.
+
+    The initial majority m_i comes from a SEPARATE base-model sample (seed EVAL_SEED + 2): taking it from
+    the same samples that measure p_i(0) would bias p_i(0) upward (the winner of a vote is, by selection,
+    over-counted) and make any later probe look like a fall. p_i(k) is then measured with seed
+    EVAL_SEED + 1 at every step, step 0 included.
+    """
     ck = sorted(int(q.name) for q in (workdir / "checkpoints").glob("[0-9]*") if (q / "state").exists())
     steps = [0] + ck
+    base_model, tok = C.load_policy(rung)
+    chooser = C.sample_problems(base_model, tok, problems, samples, seed=C.EVAL_SEED + 2)
     probes = []
     for s in steps:
-        model, tok = C.load_policy(rung, workdir if s else None, s or None)
+        model, tok = (base_model, tok) if s == 0 else C.load_policy(rung, workdir, s)
         probes.append(C.sample_problems(model, tok, problems, samples, seed=C.EVAL_SEED + 1))
-    base = probes[0]
-    init = [C.majority(row)[0] for row in base["answers"]]
+    init = [C.majority(row)[0] for row in chooser["answers"]]
     keep = [i for i, m in enumerate(init) if m is not None]
     P, N = len(keep), samples
     p = np.array([[pr["answers"][i].count(init[i]) / N for pr in probes] for i in keep])
-    init_correct = np.array([base["correct"][i][base["answers"][i].index(init[i])] for i in keep], bool)
-    final = probes[-1]
-    fmaj = [C.majority(final["answers"][i])[0] for i in keep]
-    fmaj_correct = np.array([m is not None and final["correct"][i][final["answers"][i].index(m)]
-                             for i, m in zip(keep, fmaj)], bool)
+    init_correct = np.array([chooser["correct"][i][chooser["answers"][i].index(init[i])] for i in keep], bool)
+
+    def maj_correct(probe):
+        out = []
+        for i in keep:
+            m = C.majority(probe["answers"][i])[0]
+            out.append(m is not None and bool(probe["correct"][i][probe["answers"][i].index(m)]))
+        return np.array(out, bool), [C.majority(probe["answers"][i])[0] for i in keep]
+
+    first_ok, _ = maj_correct(probes[0])
+    final_ok, final_maj = maj_correct(probes[-1])
     return {"steps": steps, "p": p, "init_correct": init_correct, "n_prompts": P, "n_dropped": len(init) - P,
-            "final_majority_is_initial": float(np.mean([m == init[i] for i, m in zip(keep, fmaj)])),
-            "flips_right_to_wrong": int(np.sum(init_correct & ~fmaj_correct)),
-            "flips_wrong_to_right": int(np.sum(~init_correct & fmaj_correct)),
+            "final_majority_is_initial": float(np.mean([m == init[i] for i, m in zip(keep, final_maj)])),
+            "flips_right_to_wrong": int(np.sum(first_ok & ~final_ok)),
+            "flips_wrong_to_right": int(np.sum(~first_ok & final_ok)),
             "accuracy": [float(pr["correct"].mean()) for pr in probes],
-            "maj_accuracy_initial": float(init_correct.mean()), "maj_accuracy_final": float(fmaj_correct.mean()),
-            "top_answer_share_final": _top_share(final)}
+            "maj_accuracy_initial": float(init_correct.mean()), "maj_accuracy_final": float(final_ok.mean()),
+            "top_answer_share_final": _top_share(probes[-1])}
 
 
 def _top_share(probe) -> float:
@@ -101,6 +119,7 @@ def analyse(t: dict, samples: int) -> dict:
     l0 = smoothed_logit(p[:, 0], samples)
     fit, test = np.arange(len(p)) % 2 == 0, np.arange(len(p)) % 2 == 1
     rate = fit_rate(p[fit], l0[fit], steps)
+    signed = fit_rate(p[fit], l0[fit], steps, SIGNED_GRID)
     pred = logistic(l0[test], rate, steps)
     obs = p[test]
     rmse = float(np.sqrt(np.mean((pred - obs)[:, 1:] ** 2)))
@@ -108,12 +127,16 @@ def analyse(t: dict, samples: int) -> dict:
     # RMSE that binomial sampling noise alone would give if the predicted p were exactly right
     rmse_floor = float(np.sqrt(np.mean(pred[:, 1:] * (1 - pred[:, 1:]) / samples)))
     ss_res, ss_tot = np.sum((pred - obs)[:, 1:] ** 2), np.sum((obs[:, 1:] - obs[:, 1:].mean()) ** 2)
-    per_prompt = np.array([fit_rate(p[i:i + 1], l0[i:i + 1], steps) for i in range(len(p))])
+    per_prompt = np.array([fit_rate(p[i:i + 1], l0[i:i + 1], steps, SIGNED_GRID) for i in range(len(p))])
     from scipy.stats import spearmanr
 
     rho = float(spearmanr(per_prompt, p[:, 0]).statistic) if np.ptp(per_prompt) > 0 else float("nan")
     ic = t["init_correct"]
-    return {"rate": rate, "rho_contraction": float(np.exp(-rate)), "beta_eff": (1 / rate) if rate > 0 else float("inf"),
+    dp = p[:, 1] - p[:, 0]  # change of the initial majority's mass over the first probed interval
+    return {"rate": rate, "signed_rate": signed, "first_interval": int(steps[1]),
+            "dp_first_right": float(dp[ic].mean()) if ic.any() else float("nan"),
+            "dp_first_wrong": float(dp[~ic].mean()) if (~ic).any() else float("nan"),
+            "p_mean": p.mean(axis=0).round(4).tolist(), "rho_contraction": float(np.exp(-rate)), "beta_eff": (1 / rate) if rate > 0 else float("inf"),
             "rmse_test": rmse, "rmse_no_change": rmse_static, "rmse_noise_floor": rmse_floor, "r2_test": float(1 - ss_res / ss_tot) if ss_tot > 0 else float("nan"),
             "spearman_rate_p0": rho, "rate_median_init_right": float(np.median(per_prompt[ic])) if ic.any() else float("nan"),
             "rate_median_init_wrong": float(np.median(per_prompt[~ic])) if (~ic).any() else float("nan"),
@@ -174,7 +197,7 @@ def plot(out: Path, results: dict) -> list[str]:
         ax.scatter(p0[~ic] + 0.004 * k, rate[~ic], marker="x", s=14, color=f"C{k}", label=f"{name} (maj wrong)")
     ax.set_yscale("symlog", linthresh=0.01)
     ax.set_xlabel("initial majority mass p_0")
-    ax.set_ylabel("per-prompt fitted rate (1/step)")
+    ax.set_ylabel("per-prompt fitted rate, unconstrained (1/step)")
     ax.set_title("Theorem 1: the rate should not depend on p_0 or correctness", fontsize=9)
     ax.legend(fontsize=5, ncol=2)
     ax.grid(alpha=0.3)
@@ -188,14 +211,17 @@ def markdown(results: dict, p: dict) -> str:
     rows = []
     for name, r in results.items():
         a, t = r["analysis"], r["traj"]
-        rows.append([name, f"{r['lr']:g}", f"0–{t['steps'][-1]} ({len(t['steps'])})", a["rate"], a["rho_contraction"],
+        rows.append([name, f"{r['lr']:g}", f"0–{t['steps'][-1]} ({len(t['steps'])})",
+                     f"{a['dp_first_right']:+.3f} / {a['dp_first_wrong']:+.3f} (0→{a['first_interval']})",
+                     " ".join(f"{x:.2f}" for x in a["p_mean"]), a["signed_rate"], a["rate"], a["rho_contraction"],
                      a["rmse_test"], a["rmse_noise_floor"], a["rmse_no_change"], a["r2_test"], a["spearman_rate_p0"],
                      f"{a['rate_median_init_right']:.3f} / {a['rate_median_init_wrong']:.3f}",
                      t["final_majority_is_initial"], f"{t['flips_right_to_wrong']} / {t['flips_wrong_to_right']} of {t['n_prompts']}",
                      t["maj_accuracy_initial"], t["accuracy"][-1], t["maj_accuracy_final"], t["top_answer_share_final"]])
-    head = ["run", "lr", "steps probed (n)", "fitted 1/β_eff per step", "odds contraction e^{−1/β_eff}",
+    head = ["run", "lr", "steps probed (n)", "Δp first interval: maj right / wrong (Theorem 1: > 0)",
+            "mean p_k over probes", "unconstrained fitted rate", "Theorem-1 fit 1/β_eff ≥ 0", "e^{−1/β_eff}",
             "RMSE Theorem 1 (held-out half)", "RMSE if only sampling noise", "RMSE no-change", "R²", "Spearman(rate_i, p0_i)",
-            "median rate_i: maj right / wrong", "final maj = initial maj", "majority flips right→wrong / wrong→right",
+            "median rate_i (unconstrained): maj right / wrong", "final maj = initial maj", "majority flips right→wrong / wrong→right",
             "ceiling (initial maj acc)", "final avg acc", "final maj acc", "top-answer share (final)"]
     return (f"# Finding 6: Theorem 1 rate, predicted vs observed\n\n{p['probe']} held-out probe problems × "
             f"{p['samples']} samples (T = 1.0) at step 0 and every checkpoint; the rate is fitted on the even "

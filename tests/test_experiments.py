@@ -74,8 +74,11 @@ def test_theorem1_rate_smoke(smoke):
         t = run["trajectory"]
         p = np.array(t["p"])
         assert p.shape[1] == len(t["steps"]) and t["steps"][0] == 0
-        assert np.all(p[:, 0] > 0)  # the initial majority is, by definition, among the base samples
-        assert 0 <= run["analysis"]["rate"] <= 20.0  # inside the fitted grid
+        n = res["params"]["samples"]
+        np.testing.assert_allclose(p * n, np.round(p * n), atol=1e-9)  # shares of n samples
+        assert np.all((p >= 0) & (p <= 1))
+        np.testing.assert_allclose(run["analysis"]["p_mean"], p.mean(axis=0), atol=1e-4)
+        assert 0 <= run["analysis"]["rate"] <= 20.0 and abs(run["analysis"]["signed_rate"]) <= 20.0  # inside the grids
 
 
 # ------------------------------------------------------------------ analysis helpers vs exact references
@@ -88,6 +91,10 @@ def test_fit_rate_recovers_a_known_logistic_rate():
     for true in (0.0, 0.013, 0.2, 1.5):
         p = T.logistic(l0, true, steps)
         assert abs(T.fit_rate(p, l0, steps) - true) <= 0.01 * true + 1e-3  # noise-free: grid resolution only
+        assert abs(T.fit_rate(p, l0, steps, T.SIGNED_GRID) - true) <= 0.01 * true + 1e-3
+    p = T.logistic(l0, -0.2, steps)  # a shrinking mass: the theorem's family (rate >= 0) can only say 0
+    assert T.fit_rate(p, l0, steps) == 0.0
+    assert abs(T.fit_rate(p, l0, steps, T.SIGNED_GRID) + 0.2) <= 0.002
 
 
 def test_logistic_is_theorem1_closed_form():

@@ -384,7 +384,7 @@ for ax, reward in zip(axes[0], REWARDS):
     twin.plot(s, smooth(proxy), color="tab:blue")
     twin.set_ylabel("proxy reward", color="tab:blue")
     mcs = runs[reward][-1].get("mcs/raw", -1)
-    if reward == "majority_vote" and mcs != -1:
+    if mcs != -1:
         ax.axvline(mcs, color="red", ls="--", label=f"MCS = {mcs}")
     ax.set_title(reward)
     ax.legend(loc="lower left", fontsize=8)
@@ -395,9 +395,10 @@ show(fig)
 ## Reward accuracy and the Model Collapse Step
 
 Reward accuracy is the share of responses whose proxy reward equals their true reward (for self-certainty:
-the group's most certain response is the one counted as "rewarded"). The MCS is defined on the majority-vote
-run: the first step with reward accuracy below 1% (`raw`, the paper's definition) and the first step of 5
-consecutive such steps (`sustained`). A run whose reward accuracy stays above 1% has no MCS within the budget.
+the group's most certain response is the one counted as "rewarded"). The MCS is the first step with reward
+accuracy below 1% (`raw`, the paper's definition, which the paper applies to majority-vote runs; the trainer
+records it for every reward) and the first step of 5 consecutive such steps (`sustained`). A run whose reward
+accuracy stays above 1% has no MCS within the budget (None).
 '''),
     code('''
 def arc(records):

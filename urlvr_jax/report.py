@@ -107,10 +107,8 @@ def summarize(records: list[dict[str, Any]], mcs: dict | None = None,
 
 def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """Write report.json and the PNG plots into workdir; returns the report dict."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # Figure objects without pyplot: no global backend switch (a notebook calling this keeps its inline plots)
+    from matplotlib.figure import Figure
 
     workdir = Path(workdir)
     records = read_metrics(workdir)
@@ -122,7 +120,8 @@ def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dic
     plots = []
     for fname, title, keys in PANELS:
         drawn = False
-        fig, ax = plt.subplots(figsize=(6.4, 3.6))
+        fig = Figure(figsize=(6.4, 3.6))
+        ax = fig.subplots()
         for i, (key, label) in enumerate(keys):
             s, v = series(epochs, key[len("epochs:"):]) if key.startswith("epochs:") else series(records, key)
             if not len(s):
@@ -136,7 +135,6 @@ def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dic
             ax.plot(s, v, color=color, label=label, marker="." if len(s) < 40 else None)
             drawn = True
         if not drawn:
-            plt.close(fig)
             continue
         if fname == "pistar_ceiling.png" and report.get("pistar_accuracy_first_steps") is not None:
             ceiling = report["pistar_accuracy_first_steps"]
@@ -152,7 +150,6 @@ def make_report(workdir: str | Path, extra: dict[str, Any] | None = None) -> dic
         ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(workdir / fname, dpi=110)
-        plt.close(fig)
         plots.append(fname)
     report["plots"] = plots
     (workdir / "report.json").write_text(json.dumps(report, indent=2, default=str))

@@ -172,12 +172,16 @@ def _update(params, opt_state, graphdef, tx, cfg: StepConfig, data: dict[str, ja
                    for k, v in met.items()}
         return (g_acc, loss_acc + loss, met_acc), logprob
 
-    zeros = jax.tree.map(jnp.zeros_like, params)
     first = jax.tree.map(lambda v: v[0], micro)
-    met_shape = jax.eval_shape(lambda: grad_fn(params, graphdef, cfg, first, n_tokens, n_seqs)[0][1][0])
-    met0 = {k: jnp.full(s.shape, -jnp.inf if METRIC_REDUCTIONS.get(k) == "max" else 0, s.dtype)
-            for k, s in met_shape.items()}
-    (grads, loss, met), logprob = jax.lax.scan(accumulate, (zeros, jnp.float32(0), met0), micro)
+    if n_micro == 1:  # no accumulation loop (and no zero gradient tree) for a single micro-batch
+        (loss, (met, logprob)), grads = grad_fn(params, graphdef, cfg, first, n_tokens, n_seqs)
+        logprob = logprob[None]
+    else:
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        met_shape = jax.eval_shape(lambda: grad_fn(params, graphdef, cfg, first, n_tokens, n_seqs)[0][1][0])
+        met0 = {k: jnp.full(s.shape, -jnp.inf if METRIC_REDUCTIONS.get(k) == "max" else 0, s.dtype)
+                for k, s in met_shape.items()}
+        (grads, loss, met), logprob = jax.lax.scan(accumulate, (zeros, jnp.float32(0), met0), micro)
     logprob = logprob.reshape((n_micro * m, n) + logprob.shape[2:])[:G]
 
     grad_norm = optax.tree.norm(grads)

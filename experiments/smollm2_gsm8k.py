@@ -41,7 +41,8 @@ from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ROOT, RESULTS, RUNS, curve, markdown_table, pyplot, read_records, run_training, setup_jax, write_json  # noqa: E402,E501
+from common import (ROOT, RESULTS, RUNS, curve, markdown_table, pyplot, read_records, run_training,  # noqa: E402
+                    setup_jax, write_json)
 
 NAME = "smollm2_gsm8k"
 DEFAULT_CACHE = Path(os.environ.get("URLVR_CACHE", Path.home() / ".cache" / "urlvr_jax")) / "smollm2-135m-instruct-hf"
@@ -191,7 +192,8 @@ def write_markdown(results: dict, runs: dict[str, list[dict]], path: Path) -> st
     for name, records in runs.items():
         lines += ["", f"## Per step: {name}", ""]
         lines.append(markdown_table(
-            ["step", "loss", "grad norm", "zero-var groups"] + [c for _, c, _ in METRICS] + ["step s", "rollout s", "update s"],
+            ["step", "loss", "grad norm", "zero-var groups"] + [c for _, c, _ in METRICS]
+            + ["step s", "rollout s", "update s"],
             [[r["step"], r["loss"], r["grad_norm"], r.get("urlvr/zero_variance_frac")] + [r.get(k) for k, _, _ in METRICS]
              + [round(r[k], 1) if k in r else None for k in ("time/step", "time/rollout", "time/update")]
              for r in records]))
@@ -271,8 +273,10 @@ def eval_report(dirs: list[Path], out: Path) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--runs", nargs="+", default=list(RUN_VARIANTS), choices=list(RUN_VARIANTS), help="which runs")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--runs", nargs="+", default=list(RUN_VARIANTS), choices=list(RUN_VARIANTS),
+                   help="which runs")
     p.add_argument("--steps", type=int, default=3, help="steps of the majority-vote run (mv)")
     p.add_argument("--probe-steps", type=int, default=3, help="max steps of the MCS probe (stops at the sustained MCS)")
     p.add_argument("--prompts", type=int, default=2, help="prompts per step")

@@ -92,15 +92,18 @@ def test_parameters_changed_within_adamw_bound(run):
     raw = ocp.StandardCheckpointer().restore((run / "checkpoints" / str(STEPS) / "state").absolute())["params"]
     strip = lambda t: {k: (strip(v) if "value" not in v else v["value"]) for k, v in t.items()}  # noqa: E731
     trained = strip(raw)
-    flat0 = {jax.tree_util.keystr(k): np.asarray(v, np.float32) for k, v in jax.tree_util.tree_leaves_with_path(initial)}
-    flat1 = {jax.tree_util.keystr(k): np.asarray(v, np.float32) for k, v in jax.tree_util.tree_leaves_with_path(trained)}
+    def flat(tree):
+        return {jax.tree_util.keystr(k): np.asarray(v, np.float32) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+    flat0, flat1 = flat(initial), flat(trained)
     assert flat0.keys() == flat1.keys()
     changed_total, n_total = 0, 0
     for name, a in flat0.items():
         b = flat1[name]
         assert b.shape == a.shape and np.all(np.isfinite(b)), name
         delta = np.abs(b.astype(np.float64) - a.astype(np.float64))
-        bound = STEPS * LR * ADAM_TWO_STEP_BOUND + STEPS * LR * WD * np.abs(a) + 2 * np.spacing(np.abs(a) + np.float32(LR * STEPS))
+        ulp = np.spacing(np.abs(a) + np.float32(LR * STEPS))
+        bound = STEPS * LR * ADAM_TWO_STEP_BOUND + STEPS * LR * WD * np.abs(a) + 2 * ulp
         worst = np.argmax(delta - bound)
         assert np.all(delta <= bound), f"{name}: |Δ|={delta.flat[worst]:.3g} > bound {bound.flat[worst]:.3g}"
         assert np.any(delta > 0), f"{name}: unchanged after {STEPS} updates"

@@ -1,0 +1,668 @@
+"""Finding 5 of the paper (§7.5): external rewards vs an intrinsic one on Countdown.
+
+The paper: on Countdown, self-verification (the policy judges its own solutions; checking is easier than
+solving) keeps improving, near GT supervision, while the trajectory-entropy reward degrades. Here, from one
+synthetic Countdown base model, three arms with the same RL seeds, prompts and hyper-parameters:
+
+  countdown           the exact Countdown checker (urlvr_jax.rewards.external.countdown_response_reward:
+                      the boxed expression uses the given numbers and hits the target) — a programmatic
+                      verifier that needs no labels; on this task it coincides with GT supervision
+  self_verification   the policy itself judges each of its solutions (one sampled verdict,
+                      \\boxed{True}/\\boxed{False}, parsed by urlvr_jax.rewards.external.parse_verdict)
+  trajectory_entropy  (1/T) Σ_t log π(y_t), the intrinsic certainty reward (urlvr_jax.rewards.registry)
+
+The base model. A tiny Llama (82k parameters) trained with urlvr_jax.sft's recipe (two data phases:
+correct/noisy traces, then traces with the systematic "greedy" wrong path at rate --q; noise 0.3) on
+Countdown with 3 numbers from 1..9 and targets 10..40 (larger tasks are out of reach for this model:
+see TASK below), with verification pairs mixed into both phases so that self-verification
+means something for a model this small: prompt "V: make <target> from <numbers> by <expression>\nA: ",
+completion = the step-by-step evaluation of the expression, the value compared with the target
+("10!=11" / "11=11") and the verdict \boxed{True}/\boxed{False} (the exact checker's). The judged
+expressions are drawn from the same trace distribution (correct, systematic and noisy paths), so the
+verifier has seen the kinds of mistakes the solver makes; it was never taught to check which numbers
+were used.
+
+The trainer (urlvr_jax.train) computes rewards on device by name and has no host-side reward path, so
+this script runs its own small GRPO loop with the same pieces: the sampler (generate_ids), a host
+reward, compute_advantages("grpo"), policy_loss (PPO clip, token-mean, one update per batch as in the
+trainer with mini_batches = 1), urlvr_jax.train.make_optimizer, the trainer's prompt loader and metrics
+(step_metrics, ModelCollapseTracker). tests/test_experiments_c2.py checks that one step of this loop
+equals one step of the trainer's rl_step (same tokens, rewards and parameter update).
+
+    python experiments/external_rewards.py                   # base model + 3 arms x RL seeds 0, 1 x 100 steps
+    python experiments/external_rewards.py --arms countdown trajectory_entropy --steps 40
+    python experiments/external_rewards.py --smoke
+
+Writes to --out: results.md, results.json (settings, base-model recipe and prior, table, every per-step
+record), external_rewards.png. Under --runs-dir: base_model/ (the Countdown base model, reused when its
+recipe matches; --rebuild to force) and <arm>/metrics.jsonl (reused when the settings match; --fresh).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import shutil
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import EVAL_SEED, add_common_args, curve, moving_average, pyplot, setup_jax, write_json  # noqa: E402
+from dataset_size import SMOOTH, fmt, machine_line, md_table, mean_first_last, measure  # noqa: E402
+
+NAME = "external_rewards"
+ARMS = ("countdown", "self_verification", "trajectory_entropy")
+BINARY = ("countdown", "self_verification")
+VERIFY_PREFIX = "V: "
+MAX_EXPR_CHARS = 24  # longer boxed answers are not sent to the verifier (reward 0): they do not fit its prompt
+VERSION = 1  # of the base-model recipe below (part of the cache key)
+EVAL_DRAWS = 1  # seed of the held-out evaluation draws: the same at every evaluation, in every arm and run
+
+
+# ----------------------------------------------------------------------------------------------------
+# Verification traces
+# ----------------------------------------------------------------------------------------------------
+def _fmt_value(v: Fraction) -> str:
+    return str(v.numerator) if v.denominator == 1 else f"{v.numerator}/{v.denominator}"
+
+
+def _fmt_operand(v: Fraction) -> str:
+    s = _fmt_value(v)
+    return f"({s})" if (v < 0 or v.denominator != 1) else s
+
+
+def evaluation_lines(expression: str) -> tuple[Fraction | None, list[str]]:
+    """Evaluate an expression step by step, post-order, in the solve traces' format ("9+7=16").
+
+    Returns (value, lines); value None if it does not parse or divides by zero (lines then stop there).
+    """
+    from urlvr_jax.data.synthetic import ExpressionError, parse_expression
+
+    try:
+        tree = parse_expression(expression)
+    except ExpressionError:
+        return None, []
+    lines: list[str] = []
+
+    def go(t) -> Fraction | None:
+        if isinstance(t, int):
+            return Fraction(t)
+        op, left, right = t
+        a = go(left)
+        b = go(right) if a is not None else None
+        if a is None or b is None or (op == "/" and b == 0):
+            return None
+        c = {"+": a + b, "-": a - b, "*": a * b}[op] if op != "/" else a / b
+        lines.append(f"{_fmt_operand(a)}{op}{_fmt_operand(b)}={_fmt_value(c)}")
+        return c
+
+    return go(tree), lines
+
+
+def verification_prompt(problem, expression: str) -> str:
+    return f"{VERIFY_PREFIX}{problem.problem} by {expression}\nA: "
+
+
+def verification_completion(problem, expression: str) -> str:
+    """Evaluate, compare with the target, verdict (the exact checker's)."""
+    from urlvr_jax.data.synthetic import check_answer
+
+    value, lines = evaluation_lines(expression)
+    target = problem.extra["target"]
+    if value is not None:
+        lines.append(f"{_fmt_value(value)}{'=' if value == target else '!='}{target}")
+    verdict = "True" if check_answer(problem, f"\\boxed{{{expression}}}") else "False"
+    return "\n".join(lines + [f"\\boxed{{{verdict}}}"])
+
+
+def verification_pairs(problems, q: float, family_params, seed: int, per_problem: int
+                       ) -> tuple[list[tuple[str, str]], dict]:
+    """(prompt, completion) pairs judging the expressions of SFT traces drawn with systematic rate q and
+    the base model's error process `family_params` (its recipe's)."""
+    from urlvr_jax.data import synthetic as syn
+    from urlvr_jax.rewards.grading import extract_boxed
+
+    traces = syn.make_sft_traces(problems, q, family_params, seed=seed, samples_per_problem=per_problem)
+    by_id = {p.id: p for p in problems}
+    pairs, n_true = [], 0
+    for t in traces.traces:
+        p = by_id[t.problem_id]
+        expr = extract_boxed(t.completion)
+        completion = verification_completion(p, expr)
+        n_true += completion.endswith("{True}")
+        pairs.append((verification_prompt(p, expr), completion))
+    return pairs, {"pairs": len(pairs), "true_fraction": n_true / max(len(pairs), 1), "paths": traces.path_counts()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The Countdown base model (solver + verifier)
+# ----------------------------------------------------------------------------------------------------
+# The task: 3 numbers from 1..9, targets 10..40 (~730 train-split and ~190 eval-split problems). Larger
+# tasks are beyond this model size and budget. The default Countdown task of urlvr_jax.sft (4 numbers from
+# 1..12, targets 10..99), built with build_base_model's defaults: held-out avg@16 0.004, pass@16 0.06 —
+# no reward signal. 3 numbers from 1..12, targets 10..60 (this recipe, 2000 problems): avg@8 0.06,
+# pass@8 0.30, and the verifier below chance (accuracy 0.43): the model had not learned the arithmetic
+# (products up to 144; "11*1=51"), so it could neither solve nor check.
+TASK = {"n_numbers": 3, "max_number": 9, "target_range": (10, 40)}
+
+
+def base_recipe(args) -> dict:
+    return {"version": VERSION, "q": args.q, "seed": args.base_seed, "task": {**TASK, "target_range": list(TASK["target_range"])},
+            "sft_steps": args.sft_steps, "n_problems": args.n_problems, "traces_per_problem": args.traces_per_problem,
+            "verify_per_problem": args.verify_per_problem, "size": "tiny", "lr": 1e-2, "batch_size": 32}
+
+
+def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
+    """Train the Countdown base model (solver + verifier) into out_dir/model, or reuse a matching one.
+
+    build_base_model's recipe (urlvr_jax.sft: tiny Llama, AdamW lr 1e-2, batch 32, two data phases in one
+    run: skill traces at q = 0, then the last third of the steps on traces with systematic rate q; the
+    countdown error process of sft.DEFAULT_FAMILY_PARAMS), with verification pairs (verification_pairs)
+    added to both phases (the same pairs, a quarter of the rows at the defaults).
+    """
+    import numpy as np
+
+    from urlvr_jax.data import synthetic as syn
+    from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
+    from urlvr_jax.models.weights import init_model, save_model
+    from urlvr_jax.sft import (DEFAULT_FAMILY_PARAMS, RECIPE_FILE, base_model_config, encode_sft_examples,
+                               make_problems, train_sft_arrays)
+
+    recipe = base_recipe(args)
+    meta_file = out_dir / "c2_recipe.json"
+    if meta_file.exists() and not args.rebuild and json.loads(meta_file.read_text()).get("recipe") == recipe:
+        return {**json.loads(meta_file.read_text()), "reused": True}
+    t0 = time.perf_counter()
+    fp = {"countdown": dict(DEFAULT_FAMILY_PARAMS["countdown"])}
+    problems = make_problems("countdown", args.n_problems, args.base_seed, "train", TASK)
+    skill = syn.make_sft_traces(problems, 0.0, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
+    traces = syn.make_sft_traces(problems, args.q, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
+    verify, vstats = verification_pairs(problems, args.q, fp, seed=args.base_seed + 1,
+                                        per_problem=args.verify_per_problem)
+    tok = build_synthetic_tokenizer()
+    phase1 = [(t.prompt, t.completion) for t in skill.traces] + verify
+    phase2 = [(t.prompt, t.completion) for t in traces.traces] + verify
+    ids, mask = encode_sft_examples(tok, phase1 + phase2)  # one width for both phases: one compiled step
+    n = len(phase1)
+    cfg = base_model_config("tiny")
+    model = init_model(cfg, seed=args.base_seed)
+    prior_steps = args.sft_steps // 3
+    model, losses = train_sft_arrays(model, ids[:n], mask[:n], args.sft_steps, 32, 1e-2, args.base_seed, progress=progress,
+                                     then=(args.sft_steps - prior_steps, ids[n:], mask[n:]))
+    final = out_dir / "model"
+    save_model(model, final, tokenizer=tok)
+    sft_recipe = {"q": args.q, "family": "countdown", "task": recipe["task"], "family_params": {"countdown": {
+        "rules": list(fp["countdown"]["rules"]), "noise": fp["countdown"]["noise"]}}, "size": "tiny",
+        "num_params": cfg.num_params(), "seed": args.base_seed, "steps": args.sft_steps, "prior_steps": prior_steps,
+        "batch_size": 32, "lr": 1e-2, "n_problems": args.n_problems, "made_by": "experiments/external_rewards.py"}
+    (final / RECIPE_FILE).write_text(json.dumps(sft_recipe, indent=2))  # problems_for_model reads family + task
+    meta = {"recipe": recipe, "model_dir": str(final), "num_params": cfg.num_params(), "rows_per_phase": n,
+            "solve_paths_skill_phase": skill.path_counts(), "solve_paths": traces.path_counts(),
+            "verification_data": vstats, "loss_first10": float(np.mean(losses[:10])),
+            "loss_last10": float(np.mean(losses[-10:])), "seconds": time.perf_counter() - t0}
+    meta_file.write_text(json.dumps(meta, indent=1))
+    return {**meta, "reused": False}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The GRPO loop with a host-side reward
+# ----------------------------------------------------------------------------------------------------
+def response_logprob(model, prompt_ids, prompt_mask, tokens, mask, temperature: float = 1.0):
+    """log π(y_t) [B, T] of the response tokens (prompt left-padded [B, Tp], response [B, T]); differentiable."""
+    import jax
+    import jax.numpy as jnp
+
+    ids = jnp.concatenate([prompt_ids, tokens], axis=1)
+    full_mask = jnp.concatenate([prompt_mask, mask], axis=1)
+    hidden = model.hidden_states(ids, full_mask)
+    Tp, T = prompt_ids.shape[1], tokens.shape[1]
+    logits = model.logits(hidden[:, Tp - 1: Tp + T - 1]).astype(jnp.float32) / temperature
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0] * mask
+
+
+@functools.lru_cache(maxsize=8)
+def make_update(graphdef, tx, clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 3.0,
+                max_response_length: int | None = None):
+    """Jitted update (params, opt_state, prompt_ids [P,Tp], prompt_mask, tokens [P,N,T], mask, advantages [P,N]).
+
+    One optimizer step on the whole batch, PPO-clip loss with token-mean aggregation over the global token
+    count, old log-probs = the pre-update policy's (the same forward with its gradient stopped: ratio 1 on
+    policy, as in the trainer with mini_batches = 1); a non-finite loss or gradient skips the update.
+    """
+    import jax
+    import jax.numpy as jnp
+    import optax
+    from flax import nnx
+
+    from urlvr_jax.rl.losses import count_valid, policy_loss
+
+    def loss_fn(params, ids, pmask, tokens, mask, adv, n_tokens, n_seqs):
+        model = nnx.merge(graphdef, params)
+        lp = response_logprob(model, ids, pmask, tokens, mask)
+        return policy_loss(lp, jax.lax.stop_gradient(lp), adv, mask, clip_low=clip_low, clip_high=clip_high,
+                           dual_clip=dual_clip, aggregation="token-mean", global_num_tokens=n_tokens,
+                           global_num_seqs=n_seqs, max_response_length=max_response_length)
+
+    def update(params, opt_state, prompt_ids, prompt_mask, tokens, mask, advantages):
+        P, N, T = tokens.shape
+        ids = jnp.repeat(prompt_ids, N, axis=0)
+        pmask = jnp.repeat(prompt_mask, N, axis=0)
+        tokens, mask, adv = tokens.reshape(P * N, T), mask.reshape(P * N, T), advantages.reshape(P * N)
+        n_tokens, n_seqs = count_valid(mask)
+        (loss, met), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, ids, pmask, tokens, mask, adv,
+                                                                       n_tokens, n_seqs)
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = tx.update(grads, opt_state, params)
+        new_params = optax.apply_updates(params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        return keep(new_params, params), keep(new_opt, opt_state), {**met, "grad_norm": grad_norm,
+                                                                    "skipped": (~finite).astype(jnp.int32)}
+
+    return jax.jit(update, donate_argnums=(0, 1))
+
+
+def rollout(model, tokenizer, prompt_ids, prompt_mask, key, num_samples: int, max_new_tokens: int):
+    """The trainer's sampling: key split like rl_step, temperature 1, full vocabulary."""
+    import jax
+
+    from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
+    from urlvr_jax.tokenizer import eos_ids_of, pad_id_of
+
+    sample_key, _ = jax.random.split(key)
+    return generate_ids(model, prompt_ids, prompt_mask, sample_key, SamplingConfig(max_new_tokens=max_new_tokens),
+                        num_samples=num_samples, eos_ids=tuple(eos_ids_of(tokenizer, model.cfg)),
+                        pad_id=pad_id_of(tokenizer))
+
+
+def trajectory_entropy_reward(tokens, mask, stats, vocab_size: int):
+    """[P, N] through the registry's on-device estimator (the same definition the trainer uses)."""
+    from urlvr_jax.rewards.registry import GroupBatch, device_reward
+
+    return device_reward("trajectory_entropy", GroupBatch(tokens, mask, stats), vocab_size=vocab_size).rewards
+
+
+def countdown_rewards(texts: Sequence[str], problems, N: int):
+    import numpy as np
+
+    from urlvr_jax.rewards.external import countdown_response_reward
+
+    return np.array([[countdown_response_reward(texts[i * N + j], p.extra["numbers"], p.extra["target"])
+                      for j in range(N)] for i, p in enumerate(problems)], np.float32)
+
+
+def self_verification(model, tokenizer, texts: Sequence[str], problems, N: int, key, width: int,
+                      max_new_tokens: int, temperature: float, top_p: float):
+    """Rewards [P, N] from one verdict of `model` per solution, the parsed mask and the verdict texts.
+
+    A response without a boxed answer, or one longer than MAX_EXPR_CHARS, gets reward 0 without a verdict.
+    """
+    import jax
+    import numpy as np
+
+    from urlvr_jax.rewards.external import self_verification_rewards
+    from urlvr_jax.rewards.grading import extract_boxed
+    from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
+    from urlvr_jax.tokenizer import decode_responses, eos_ids_of, pad_id_of
+    from urlvr_jax.train import encode_fixed
+
+    P = len(problems)
+    exprs = [extract_boxed(t) for t in texts]
+    ask = [e is not None and 0 < len(e.strip()) <= MAX_EXPR_CHARS for e in exprs]
+    prompts = [verification_prompt(problems[i // N], exprs[i].strip()) if ask[i] else
+               verification_prompt(problems[i // N], "0") for i in range(P * N)]  # fixed shape; unused if not ask
+    ids, mask = encode_fixed(tokenizer, prompts, width)
+    out = generate_ids(model, ids, mask, key, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                            top_p=top_p),
+                       num_samples=1, eos_ids=tuple(eos_ids_of(tokenizer, model.cfg)), pad_id=pad_id_of(tokenizer))
+    tok, m = jax.device_get((out.tokens, out.mask))
+    verdicts = decode_responses(tokenizer, tok, m)
+    verdicts = [v if a else None for v, a in zip(verdicts, ask)]
+    rewards, parsed = self_verification_rewards([[verdicts[i * N + j] for j in range(N)] for i in range(P)])
+    return rewards, parsed, np.array(ask, bool).reshape(P, N), verdicts
+
+
+@functools.lru_cache(maxsize=8)
+def make_tx(lr: float, steps: int):
+    """The trainer's optimizer (AdamW + global-norm clip 1.0, constant lr) with the default config's
+    weight decay 0; cached so every arm shares one update function (one compilation)."""
+    from urlvr_jax.config import base_config
+    from urlvr_jax.train import make_optimizer
+
+    c = base_config()
+    c.rl.learning_rate, c.rl.weight_decay, c.train.steps = float(lr), 0.0, int(steps)
+    return make_optimizer(c)
+
+
+def run_arm(arm: str, seed: int, args, model_dir: str, train_problems, heldout, workdir: Path) -> dict[str, Any]:
+    """One GRPO run with reward `arm` and RL seed `seed` (prompt order, sampling keys); metrics.jsonl in
+    workdir (reused when done.json matches the settings). Returns records, the MCS summary, wall-clock and
+    examples (the first two prompts' responses of the last step, with the verdicts of self-verification)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+    from tqdm.auto import tqdm
+
+    from urlvr_jax.data.pipeline import PromptLoader
+    from urlvr_jax.data.synthetic import check_answer, synthetic_prompt
+    from urlvr_jax.diagnostics.collapse import ModelCollapseTracker
+    from urlvr_jax.diagnostics.metrics import step_metrics
+    from urlvr_jax.evaluate import EVAL_SAMPLING
+    from urlvr_jax.models.weights import load_model
+    from urlvr_jax.rl.advantages import compute_advantages
+    from urlvr_jax.tokenizer import decode_responses, eos_ids_of, load_tokenizer
+    from urlvr_jax.train import encode_fixed
+
+    settings = {"arm": arm, "seed": seed, **{k: v for k, v in vars(args).items() if k not in (
+        "out", "runs_dir", "fresh", "arms", "rebuild", "build_only", "seeds")}}
+    done = workdir / "done.json"
+    if done.exists() and not args.fresh and json.loads(done.read_text())["settings"] == settings:
+        d = json.loads(done.read_text())
+        recs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+        return {"records": recs, "mcs": d["mcs"], "wall_s": d["wall_s"], "examples": d["examples"], "reused": True}
+    if workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True)
+    tok = load_tokenizer(model_dir)
+    policy = load_model(model_dir)
+    graphdef, params = nnx.split(policy)
+    params = jax.tree.map(lambda x: x.copy(), params)  # the update donates its inputs
+    tx = make_tx(args.lr, args.steps)
+    opt_state = tx.init(params)
+    update = make_update(graphdef, tx, max_response_length=args.max_new_tokens)
+    loader = PromptLoader(train_problems, batch_size=args.prompts, seed=seed, shard_index=0, shard_count=1)
+    tracker = ModelCollapseTracker(0.01, 5, stop_on=None)  # the trainer's defaults (train.mcs_*)
+    base_key = jax.random.key(seed)
+    N = args.samples
+    eos = (eos_ids_of(tok) or [None])[0]
+    t_start = time.perf_counter()
+
+    def evaluate_now():  # the same draws at every evaluation and in every arm
+        m = measure(nnx.merge(graphdef, params), tok, heldout, args.samples_eval, args.max_new_tokens, EVAL_DRAWS)
+        return {f"eval/{k}": v for k, v in m.items()}
+
+    records = [{"step": 0, **evaluate_now()}]
+    bar = tqdm(range(1, args.steps + 1), desc=arm, unit="step", disable=args.smoke, leave=False)
+    for step in bar:
+        t0 = time.perf_counter()
+        batch = next(loader)
+        ids, pmask = encode_fixed(tok, [synthetic_prompt(p) for p in batch], args.prompt_width)
+        key = jax.random.fold_in(base_key, step)
+        model = nnx.merge(graphdef, params)
+        ro = rollout(model, tok, ids, pmask, key, N, args.max_new_tokens)
+        tokens, mask, stats = ro.tokens, ro.mask, ro.stats
+        P, T = len(batch), tokens.shape[-1]
+        g = lambda x: x.reshape((P, N) + x.shape[1:])  # noqa: E731
+        host_tokens, host_mask, truncated = (np.asarray(x) for x in jax.device_get((tokens, mask, ro.truncated)))
+        texts = decode_responses(tok, host_tokens, host_mask)
+        correct = np.array([check_answer(batch[i // N], t) for i, t in enumerate(texts)], bool).reshape(P, N)
+        extra, verdicts = {}, [None] * len(texts)
+        if arm == "countdown":
+            rewards = countdown_rewards(texts, batch, N)
+        elif arm == "self_verification":
+            rewards, parsed, asked, verdicts = self_verification(model, tok, texts, batch, N, jax.random.fold_in(key, 1),
+                                                          args.verify_width, args.verdict_tokens,
+                                                          EVAL_SAMPLING.temperature, EVAL_SAMPLING.top_p)
+            extra = verdict_metrics(rewards, correct, parsed, asked)
+        else:
+            rewards = np.asarray(trajectory_entropy_reward(g(tokens), g(mask), type(stats)(*(g(s) for s in stats)),
+                                                           policy.cfg.vocab_size))
+        adv = compute_advantages("grpo", jax.numpy.asarray(rewards))
+        t_reward = time.perf_counter() - t0
+        params, opt_state, met = update(params, opt_state, ids, pmask, g(tokens), g(mask), adv)
+        met = {k: float(v) for k, v in jax.device_get(met).items()}
+        m = step_metrics(rewards, correct.astype(np.float32), host_mask.reshape(P, N, T),
+                         binary_proxy=arm in BINARY, entropy=np.asarray(stats.entropy).reshape(P, N, T),
+                         tokens=host_tokens.reshape(P, N, T), truncated=truncated.reshape(P, N), eos_id=eos)
+        rec = {"step": step, **m, **{f"actor/{k}": v for k, v in met.items()}, **extra,
+               "urlvr/pass_at_n": float(correct.any(axis=1).mean()),
+               "response/answered_frac": float(np.mean(["\\boxed{" in t for t in texts])),
+               "time/rollout_and_reward": t_reward, "time/step": time.perf_counter() - t0}
+        tracker.update(step, rec["urlvr/reward_accuracy"])
+        s = tracker.summary()
+        rec["mcs/raw"] = -1 if s["mcs_raw"] is None else s["mcs_raw"]
+        rec["mcs/sustained"] = -1 if s["mcs_sustained"] is None else s["mcs_sustained"]
+        if step % args.every == 0 or step == args.steps:
+            rec.update(evaluate_now())
+        records.append(rec)
+        examples = [{"problem": batch[i // N].problem, "response": texts[i], "correct": bool(correct.flat[i]),
+                     "reward": float(np.asarray(rewards).flat[i]), "verdict": verdicts[i]} for i in range(min(2 * N, len(texts)))]
+        bar.set_postfix(gt=f"{rec['urlvr/gt_reward_mean']:.2f}", proxy=f"{rec['urlvr/proxy_reward_mean']:.2f}")
+    bar.close()
+    wall = time.perf_counter() - t_start
+    with open(workdir / "metrics.jsonl", "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    done.write_text(json.dumps({"settings": settings, "mcs": tracker.summary(), "wall_s": wall, "examples": examples}))
+    return {"records": records, "mcs": tracker.summary(), "wall_s": wall, "examples": examples, "reused": False}
+
+
+def verdict_metrics(rewards, correct, parsed, asked) -> dict[str, float]:
+    """How the self-verifier's verdicts (reward > 0.5 = 'True') relate to the exact checker."""
+    import numpy as np
+
+    said_true = np.asarray(rewards) > 0.5
+    nan = float("nan")
+    return {"verify/asked_frac": float(asked.mean()),
+            "verify/parsed_frac": float(parsed[asked].mean()) if asked.any() else nan,
+            "verify/true_given_correct": float(said_true[correct].mean()) if correct.any() else nan,
+            "verify/false_given_wrong": float((~said_true[~correct]).mean()) if (~correct).any() else nan,
+            "verify/accuracy": float((said_true == correct).mean())}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Prior of the base model (solver and verifier)
+# ----------------------------------------------------------------------------------------------------
+def measure_base(model_dir: str, heldout, args) -> dict[str, float]:
+    """Solve avg/maj/pass (measure(): T=1, --samples-eval draws) and the verifier's verdicts on the model's
+    own T=1 solutions to the held-out problems (as in training: one verdict per solution)."""
+    import jax
+    import numpy as np
+
+    from urlvr_jax.data.synthetic import check_answer, synthetic_prompt
+    from urlvr_jax.evaluate import EVAL_SAMPLING
+    from urlvr_jax.models.weights import load_model
+    from urlvr_jax.tokenizer import decode_responses, load_tokenizer
+    from urlvr_jax.train import encode_fixed
+
+    tok = load_tokenizer(model_dir)
+    model = load_model(model_dir)
+    out = {f"solve_{k}": v for k, v in measure(model, tok, heldout, args.samples_eval, args.max_new_tokens,
+                                               EVAL_DRAWS).items()}
+    N, P = args.samples, args.prompts
+    rewards, truth, parsed, asked = [], [], [], []
+    for b in range(0, len(heldout) - P + 1, P):
+        batch = heldout[b:b + P]
+        ids, pmask = encode_fixed(tok, [synthetic_prompt(p) for p in batch], args.prompt_width)
+        ro = rollout(model, tok, ids, pmask, jax.random.key(1000 + b), N, args.max_new_tokens)
+        texts = decode_responses(tok, *jax.device_get((ro.tokens, ro.mask)))
+        truth.append(np.array([check_answer(batch[i // N], t) for i, t in enumerate(texts)]).reshape(P, N))
+        r, pa, a, _ = self_verification(model, tok, texts, batch, N, jax.random.key(2000 + b), args.verify_width,
+                                        args.verdict_tokens, EVAL_SAMPLING.temperature, EVAL_SAMPLING.top_p)
+        rewards.append(r), parsed.append(pa), asked.append(a)
+    v = verdict_metrics(*(np.concatenate(x) for x in (rewards, truth, parsed, asked)))
+    out.update({"samples_accuracy_t1": float(np.concatenate(truth).mean()),
+                **{k.replace("verify/", "verifier_"): x for k, x in v.items()}})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Main
+# ----------------------------------------------------------------------------------------------------
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    add_common_args(p, NAME)
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--prompts", type=int, default=8, help="prompts per step")
+    p.add_argument("--samples", type=int, default=8, help="rollouts per prompt")
+    p.add_argument("--lr", type=float, default=1e-3, help="RL learning rate (the default config's)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--prompt-width", type=int, default=40, help="solve prompts are left-padded to this")
+    p.add_argument("--verify-width", type=int, default=64, help="verification prompts are left-padded to this")
+    p.add_argument("--verdict-tokens", type=int, default=48)
+    p.add_argument("--every", type=int, default=20, help="held-out evaluation period (steps)")
+    p.add_argument("--eval-limit", type=int, default=64, help="held-out problems")
+    p.add_argument("--samples-eval", type=int, default=8, help="samples per held-out problem (T=1)")
+    p.add_argument("--train-size", type=int, default=700, help="RL training problems (train split; the SFT ones)")
+    p.add_argument("--q", type=float, default=0.3, help="systematic-error rate of the base model's traces")
+    p.add_argument("--sft-steps", type=int, default=1500, help="SFT steps of the base model (batch 32)")
+    p.add_argument("--n-problems", type=int, default=700, help="SFT problems of the base model (train split)")
+    p.add_argument("--traces-per-problem", type=int, default=24, help="solve traces per SFT problem")
+    p.add_argument("--verify-per-problem", type=int, default=8, help="verification pairs per SFT problem")
+    p.add_argument("--build-only", action="store_true", help="build (or reuse) the base model, measure it, stop")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="RL seeds (prompt order, sampling keys)")
+    p.add_argument("--base-seed", type=int, default=0, help="seed of the base model (SFT) and of the problem sets")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the base model even if a matching one exists")
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.steps, a.prompts, a.samples, a.max_new_tokens, a.verdict_tokens, a.seeds = 2, 2, 2, 16, 16, [0]
+        a.every, a.eval_limit, a.samples_eval, a.train_size = 2, 2, 2, 8
+        a.sft_steps, a.n_problems, a.traces_per_problem, a.verify_per_problem = 3, 16, 2, 1
+    if a.steps < 1 or a.every < 1:
+        p.error("--steps and --every must be >= 1")
+    return a
+
+
+def summarize(arm: str, seed: int, run: dict) -> dict[str, Any]:
+    recs = [r for r in run["records"] if r["step"] > 0]
+    ev = [r for r in run["records"] if "eval/avg" in r]
+    row = {"arm": arm, "seed": seed, "mcs": run["mcs"]["mcs_sustained"], "wall_s": run["wall_s"]}
+    for k in ("avg", "maj", "pass"):
+        vals = [r[f"eval/{k}"] for r in ev]
+        row[f"heldout_{k}_base"], row[f"heldout_{k}_peak"], row[f"heldout_{k}_final"] = vals[0], max(vals), vals[-1]
+    for name, key in (("rollout_gt", "urlvr/gt_reward_mean"), ("proxy", "urlvr/proxy_reward_mean"),
+                      ("reward_acc", "urlvr/reward_accuracy"), ("entropy", "response/entropy_mean"),
+                      ("length", "response/length_mean"), ("answered", "response/answered_frac"),
+                      ("true_given_correct", "verify/true_given_correct"),
+                      ("false_given_wrong", "verify/false_given_wrong")):
+        _, v = curve(recs, key)
+        v = [x for x in v if x == x]
+        if v:
+            row[f"{name}_first"], row[f"{name}_last"] = mean_first_last(v)
+    return row
+
+
+COLUMNS = [("arm", "reward", "str"), ("seed", "seed", "str"), ("heldout_avg_base", "held-out avg base", "f3"),
+           ("heldout_avg_peak", "peak", "f3"), ("heldout_avg_final", "final", "f3"),
+           ("heldout_maj_base", "held-out maj base", "f3"), ("heldout_maj_final", "final", "f3"),
+           ("heldout_pass_final", "held-out pass final", "f3"),
+           ("rollout_gt_first", "rollout GT first", "f3"), ("rollout_gt_last", "last", "f3"),
+           ("proxy_first", "proxy first", "f3"), ("proxy_last", "last", "f3"),
+           ("reward_acc_first", "reward acc first", "f3"), ("reward_acc_last", "last", "f3"),
+           ("entropy_first", "entropy first", "f3"), ("entropy_last", "last", "f3"),
+           ("length_first", "length first", "f1"), ("length_last", "last", "f1"), ("mcs", "MCS", "str"),
+           ("wall_s", "s", "f0")]
+
+
+def plot(path: Path, runs: dict, args) -> None:
+    plt = pyplot()
+    fig, ax = plt.subplots(2, 3, figsize=(16, 8.5))
+    panels = [("eval/avg", f"held-out avg@{args.samples_eval} (T=1, {args.eval_limit} problems)", False),
+              ("urlvr/gt_reward_mean", f"rollout GT accuracy (trailing mean {SMOOTH})", True),
+              ("urlvr/proxy_reward_mean", f"proxy reward (trailing mean {SMOOTH}; trajectory entropy ≤ 0)", True),
+              ("urlvr/reward_accuracy", f"reward accuracy (trailing mean {SMOOTH})", True),
+              ("response/entropy_mean", f"mean token entropy (trailing mean {SMOOTH})", True),
+              ("response/length_mean", f"response length (trailing mean {SMOOTH})", True)]
+    colors = {arm: f"C{i}" for i, arm in enumerate(ARMS)}
+    styles = ["-", "--", ":", "-."]
+    for (key, title, smooth), a in zip(panels, ax.flat):
+        for (arm, seed), run in runs.items():
+            recs = run["records"] if key.startswith("eval/") else [r for r in run["records"] if r["step"] > 0]
+            s, v = curve(recs, key)
+            ls = styles[args.seeds.index(seed) % len(styles)]
+            a.plot(s, moving_average(v, SMOOTH) if smooth else v, ls if smooth else "o" + ls, color=colors[arm],
+                   label=f"{arm}, seed {seed}", ms=3)
+        a.set_title(title, fontsize=10)
+        a.set_xlabel("step")
+        a.grid(alpha=0.3)
+    ax[0, 0].legend(fontsize=7)
+    for (arm, seed), run in runs.items():
+        if arm != "self_verification":
+            continue
+        recs = [r for r in run["records"] if r["step"] > 0]
+        for key, ls in (("verify/true_given_correct", "--"), ("verify/false_given_wrong", ":")):
+            pts = [(r["step"], r[key]) for r in recs if key in r and r[key] == r[key]]
+            if pts:
+                ax[1, 0].plot([x for x, _ in pts], moving_average([y for _, y in pts], SMOOTH), ls, color="gray",
+                              alpha=0.6 + 0.4 * (seed == args.seeds[0]),
+                              label=f"self-verifier, seed {seed}: P({'True | correct' if 'true' in key else 'False | wrong'})")
+    ax[1, 0].legend(fontsize=6)
+    fig.suptitle(f"Countdown: external rewards vs trajectory entropy (tiny synthetic model, q={args.q}, "
+                 f"{args.prompts} prompts x {args.samples} samples per step, lr {args.lr:g}, seeds {args.seeds})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from urlvr_jax.sft import problems_for_model
+
+    args = parse_args(argv)
+    setup_jax()
+    out, runs_dir = Path(args.out), Path(args.runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    base = build_countdown_base(runs_dir / "base_model", args, progress=not args.smoke)
+    model_dir = base["model_dir"]
+    train_problems = problems_for_model(model_dir, args.train_size, args.base_seed, split="train")
+    heldout = problems_for_model(model_dir, args.eval_limit, EVAL_SEED, split="eval")
+    prior = measure_base(model_dir, heldout, args)
+    write_json(runs_dir / "base_model" / "prior.json", prior)
+    if args.build_only:
+        print(json.dumps({"base_model": base, "prior": prior}, indent=1))
+        return {"base_model": base, "prior": prior}
+    runs, rows = {}, []
+    jobs = [(arm, seed) for seed in args.seeds for arm in args.arms]
+    bar = tqdm(jobs, desc=NAME, unit="run", disable=args.smoke)
+    for arm, seed in bar:
+        bar.set_postfix(arm=arm, seed=seed)
+        runs[(arm, seed)] = run_arm(arm, seed, args, model_dir, train_problems, heldout, runs_dir / f"{arm}_s{seed}")
+        rows.append(summarize(arm, seed, runs[(arm, seed)]))
+    rows.sort(key=lambda r: (ARMS.index(r["arm"]), r["seed"]))
+    plot(out / f"{NAME}.png", runs, args)
+    total = time.perf_counter() - t_start
+    write_json(out / "results.json", {
+        "settings": {k: v for k, v in vars(args).items() if k not in ("out", "runs_dir")}, "base_model": base,
+        "prior": prior, "rows": rows, "total_wall_s": total, "machine": machine_line(),
+        "examples": {f"{arm}_s{seed}": runs[(arm, seed)]["examples"] for arm, seed in runs},
+        "curves": {f"{arm}_s{seed}": runs[(arm, seed)]["records"] for arm, seed in runs}})
+    md = [f"# Finding 5: external rewards vs trajectory entropy (Countdown, q={args.q})", "",
+          f"{args.steps} GRPO steps of {args.prompts} prompts x {args.samples} samples x {args.max_new_tokens} tokens, "
+          f"lr {args.lr:g}, RL seeds {args.seeds}, {args.train_size} training problems. Held-out: {args.eval_limit} "
+          f"eval-split problems, avg/maj/pass over {args.samples_eval} samples at T=1 (same draws at every evaluation); "
+          f"'first'/'last' = mean of the first/last {SMOOTH} steps; MCS = sustained Model Collapse Step (— = never).",
+          "", "Base model before RL: " + ", ".join(f"{k} {fmt(v)}" for k, v in prior.items()) + ".", "",
+          md_table(COLUMNS, rows), ""]
+    for r in rows:
+        if r["arm"] == "self_verification" and "true_given_correct_first" in r:
+            md += [f"Self-verification verdicts, seed {r['seed']}: P(True | correct) {fmt(r['true_given_correct_first'])} "
+                   f"→ {fmt(r['true_given_correct_last'])}, P(False | wrong) {fmt(r.get('false_given_wrong_first'))} → "
+                   f"{fmt(r.get('false_given_wrong_last'))} (first → last {SMOOTH} steps).", ""]
+    sv = [(seed, runs[(arm, seed)]["examples"]) for arm, seed in runs if arm == "self_verification"]
+    if sv:
+        seed, ex = sv[0]
+        md += [f"Last-step responses of the self-verification run (seed {seed}), with the policy's own verdicts:", "",
+               "```"]
+        md += [f"{e['problem']}: {e['response'].replace(chr(10), ' ; ')}  [{'correct' if e['correct'] else 'wrong'}; "
+               f"verdict: {(e['verdict'] or '').replace(chr(10), ' ; ')}]" for e in ex[:6]]
+        md += ["```", ""]
+    md += [f"Total wall-clock {total:.0f} s (base model {'reused' if base.get('reused') else 'built'}); "
+           f"{machine_line()}.", "", f"![curves]({NAME}.png)", ""]
+    (out / "results.md").write_text("\n".join(md))
+    print("\n".join(md))
+    return {"rows": rows, "prior": prior, "base_model": base}
+
+
+if __name__ == "__main__":
+    main()

@@ -204,3 +204,80 @@ def test_sharded_sampling_equals_single_device(llama):
                      jax.random.key(11), cfg, num_samples=2, eos_ids=[3], pad_id=0)
     np.testing.assert_array_equal(np.asarray(a.tokens), np.asarray(b.tokens))
     np.testing.assert_allclose(np.asarray(a.stats.logprob), np.asarray(b.stats.logprob), atol=STATS_ATOL)
+
+
+# ------------------------------------------------------------------ sort-free samplers and statistics
+def _chi_square_pvalue(draws, p, n):
+    """Chi-square goodness of fit of integer draws to probabilities p (every expected count >= 5 here)."""
+    support = p > 0
+    assert np.all(support[np.unique(draws)]), "drew a token of probability 0"
+    counts = np.bincount(draws, minlength=len(p))[support]
+    return scipy_stats.chisquare(counts, p[support] * n).pvalue
+
+
+def _nucleus_reference(z, top_p):
+    """float64 nucleus distribution: keep token j iff the mass of larger logits is < top_p."""
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    above = np.array([p[z > zj].sum() for zj in z])
+    p = np.where(above < top_p, p, 0.0)
+    return p / p.sum()
+
+
+Z12 = np.log(np.array([0.22, 0.18, 0.14, 0.12, 0.1, 0.08, 0.06, 0.04, 0.03, 0.015, 0.01, 0.005]))
+
+
+@pytest.mark.parametrize("rounds", [1, 4])
+def test_nucleus_rejection_sampler_distribution(rounds):
+    """rounds=1 sends ~40% of rows to the exact-cutoff fallback, rounds=4 almost none: both must give the
+    nucleus distribution (chi-square, alpha 1e-3, 4,000 draws)."""
+    from urlvr_jax.rollout.sampler import sample_nucleus
+
+    n, top_p = 4000, 0.6  # nucleus {0, 1, 2, 3} (mass above token 3 is 0.54), p(nucleus) = 0.66
+    logits = jnp.asarray(np.tile(Z12 * 0.8, (n, 1)), jnp.float32)  # temperature 0.8 gives back Z12
+    draws = np.asarray(jax.jit(lambda k, x: sample_nucleus(k, x, top_p, 0.8, rounds=rounds, block=5))(
+        jax.random.key(3), logits))
+    ref = _nucleus_reference(Z12, top_p)
+    assert set(np.unique(draws)) <= {0, 1, 2, 3}
+    assert _chi_square_pvalue(draws, ref, n) > ALPHA
+
+
+def test_inverse_cdf_sampler_distribution_and_excluded_tokens():
+    from urlvr_jax.rollout.sampler import sample_inverse_cdf
+
+    n = 4000
+    z = np.tile(Z12, (n, 1))
+    z[:, [1, 7]] = -np.inf  # excluded (as by a top-k filter); block 5 splits V = 12 into 3 blocks, one padded
+    draws = np.asarray(jax.jit(lambda u, z: sample_inverse_cdf(u, z, block=5))(
+        jax.random.uniform(jax.random.key(4), (n,)), jnp.asarray(z, jnp.float32)))
+    p = np.exp(z[0] - Z12.max())
+    p /= p.sum()
+    assert not np.isin(draws, [1, 7]).any()
+    expected_ok = p * n >= 5
+    pooled = np.append(np.bincount(draws, minlength=12)[expected_ok], np.isin(draws, np.flatnonzero(~expected_ok)).sum())
+    exp = np.append(p[expected_ok], p[~expected_ok].sum()) * n
+    assert scipy_stats.chisquare(pooled[exp > 0], exp[exp > 0]).pvalue > ALPHA
+
+
+def test_sort_free_statistics_under_jit_with_ties():
+    """Jitted statistics equal float64 NumPy (2e-5) at temperature 0.7, including rows whose maximum is
+    tied (top-1 − top-2 gap 0); first_argmax picks the lowest tied index like np.argmax."""
+    from urlvr_jax.rollout.stats import first_argmax, token_stats_from_logits
+
+    x = np.asarray(jax.random.normal(jax.random.key(0), (6, 300)), np.float32) * 3
+    x[1, [17, 230]] = x[1].max() + 1.0  # tied maximum
+    x[2, 5] = x[2].max() + 0.5  # ordinary maximum, plus a tied runner-up
+    x[2, [40, 41]] = x[2, 5] - 0.25
+    tokens = np.asarray([3, 17, 5, 0, 299, 150])
+    got = jax.jit(lambda x, t: token_stats_from_logits(x, t, 0.7))(jnp.asarray(x), jnp.asarray(tokens))
+    z = x.astype(np.float64) / 0.7
+    lse = np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1)) + z.max(-1)
+    logp = z - lse[:, None]
+    p = np.exp(logp)
+    top2 = np.sort(p, -1)[:, ::-1][:, :2]
+    ref = dict(logprob=logp[np.arange(6), tokens], entropy=-(p * logp).sum(-1), self_certainty=lse - z.mean(-1),
+               top_gap=top2[:, 0] - top2[:, 1])
+    for name, val in ref.items():
+        np.testing.assert_allclose(np.asarray(getattr(got, name)), val, atol=STATS_ATOL, rtol=0, err_msg=name)
+    assert float(got.top_gap[1]) == 0.0
+    np.testing.assert_array_equal(np.asarray(jax.jit(first_argmax)(jnp.asarray(x))), np.argmax(x, -1))

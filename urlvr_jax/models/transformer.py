@@ -1,7 +1,11 @@
 """Decoder-only transformer in Flax NNX for the Llama, Qwen2, Qwen3 and OLMo-2 families.
 
-Layer weights are stacked along a leading `layers` axis and the blocks run under `jax.lax.scan`, so
-compile time does not grow with depth and per-layer rematerialisation is one `jax.checkpoint`.
+Layer weights are stacked along a leading `layers` axis and full-sequence forwards (training, scoring,
+prefill) run the blocks under `jax.lax.scan`, so compile time does not grow with depth and per-layer
+rematerialisation is one `jax.checkpoint`. The one-token decode step is different: it is tiny and runs
+hundreds of times per generate call, so it unrolls the layers over weights sliced (and q/k/v and
+gate/up fused) once per call (`layer_weights`) and over one KV-cache buffer per layer, updated in place.
+Projections are 2-D matmuls ([B·T, D] @ [D, F]), not batched einsums (see `_dot`).
 Every parameter is declared once in `param_table` (shape, logical axes, initialiser); initialisation,
 sharding and the Hugging Face weight mapping (weights.py) all derive from that table.
 
@@ -83,15 +87,28 @@ def param_table(cfg: ModelConfig) -> list[ParamSpec]:
 
 
 class KVCache(NamedTuple):
-    # [L, B, K, S, hd]: heads before positions, so attention reads each head's keys contiguously and a
-    # decode step writes one [B, K, 1, hd] slab in place
-    k: jax.Array
-    v: jax.Array
+    """Per-layer key/value caches, each [B, K, S, hd] (heads before positions, so attention reads each
+    head's keys contiguously and a decode step writes one [B, K, 1, hd] slab in place). One array per
+    layer, not one stacked [L, ...] array: the unrolled decode step updates and reads layer i's buffer
+    without slicing a stacked one (a slice of a stacked buffer is a copy on XLA:CPU)."""
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype=jnp.float32) -> KVCache:
-    shape = (cfg.num_layers, batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-    return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+    zeros = tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers))
+    return KVCache(zeros, tuple(jnp.zeros(shape, dtype) for _ in range(cfg.num_layers)))
+
+
+# Norm scales stay in their parameter dtype (rms_norm casts them itself, OLMo-2 after scaling in float32);
+# every other layer weight is cast to the compute dtype once.
+_NORM_KEYS = frozenset({"norm1", "norm2", "q_norm", "k_norm"})
+
+
+def _compute_weights(p: dict[str, jax.Array], dtype) -> dict[str, jax.Array]:
+    return {k: (v if k in _NORM_KEYS else v.astype(dtype)) for k, v in p.items()}
 
 
 class _Stack(nnx.Module):
@@ -135,38 +152,79 @@ class Transformer(nnx.Module):
 
     def hidden_states(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Final-normed hidden states [B, T, D] (compute dtype); `logits` projects them."""
-        B, T = input_ids.shape
-        mask = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
-        positions = positions_from_mask(mask)
-        causal = jnp.tril(jnp.ones((T, T), bool))
-        attn_mask = causal[None] & mask[:, None, :]
-        hidden, _ = self._run(input_ids, positions, attn_mask, cache=None, write_index=None)
-        return hidden
+        return self._forward(input_ids, attention_mask, collect_kv=False)[0]
 
-    def forward_cached(
+    def prefill(self, input_ids: jax.Array, attention_mask: jax.Array, max_len: int) -> tuple[jax.Array, KVCache]:
+        """Run a left-padded prompt batch and build the decode cache.
+
+        input_ids, attention_mask [B, Tp]; returns float32 logits of the last position [B, V] and a
+        KVCache of length max_len (>= Tp) holding the prompt's keys/values in slots 0 .. Tp-1.
+        """
+        B, Tp = input_ids.shape
+        if max_len < Tp:
+            raise ValueError(f"prefill: max_len={max_len} is shorter than the prompt length {Tp}")
+        hidden, (ks, vs) = self._forward(input_ids, attention_mask, collect_kv=True)
+        pad = ((0, 0), (0, 0), (0, 0), (0, max_len - Tp), (0, 0))
+        # scan outputs [L, B, Tp, K, hd] -> per layer [B, K, S, hd]; once per generate call
+        ks = jnp.pad(ks.swapaxes(2, 3), pad)
+        vs = jnp.pad(vs.swapaxes(2, 3), pad)
+        L = self.cfg.num_layers
+        cache = KVCache(tuple(ks[i] for i in range(L)), tuple(vs[i] for i in range(L)))
+        return self.logits(hidden[:, -1]), cache
+
+    def layer_weights(self, fuse: bool = True) -> list[dict[str, jax.Array]]:
+        """Per-layer weights (matmul weights in the compute dtype), sliced out of the stacked parameters.
+
+        The decode loop takes these once per generate call: slicing the stacked [L, ...] parameters
+        inside every decode step copies every layer's weights every step on XLA:CPU.
+        """
+        stacked = {s.path[1]: getattr(self.layers, s.path[1])[...] for s in param_table(self.cfg)
+                   if s.path[0] == "layers"}
+        cfg, layers = self.cfg, []
+        D, K, hd = cfg.hidden_size, cfg.num_kv_heads, cfg.head_dim
+        for i in range(cfg.num_layers):
+            w = _compute_weights({k: v[i] for k, v in stacked.items()}, self.dtype)
+            if fuse:
+                # Two matmuls per layer instead of five (fewer, larger ops per decode step). The fused
+                # axes keep the sharded axis (kv heads, MLP) major, so a tensor-parallel shard of a
+                # fused weight is the concatenation of the same shards of its parts: qkv [D, K, (g+2)·hd]
+                # holds, per KV head, its g query heads then its key and value; gate_up [D, F, 2].
+                q = w.pop("q").reshape(D, K, -1)
+                w["qkv"] = jnp.concatenate([q, w.pop("k"), w.pop("v")], axis=-1)
+                w["gate_up"] = jnp.stack([w.pop("gate"), w.pop("up")], axis=-1)
+            layers.append(w)
+        return layers
+
+    def decode_step(
         self,
-        input_ids: jax.Array,
+        weights: list[dict[str, jax.Array]],
+        tokens: jax.Array,
         positions: jax.Array,
         key_mask: jax.Array,
         cache: KVCache,
         write_index: jax.Array,
-        last_only: bool = False,
     ) -> tuple[jax.Array, KVCache]:
-        """Forward T new tokens against a KV cache of length S.
+        """One new token per row against the cache, layers unrolled.
 
-        input_ids, positions [B, T]; key_mask [B, S] (valid cache slots, including the T being written at
-        write_index .. write_index+T-1); returns float32 logits [B, T, V] (or [B, 1, V] for the last
-        position only, as a prefill needs) and the updated cache.
+        weights: `layer_weights()`; tokens, positions [B]; key_mask [B, S] (valid cache slots, including
+        write_index, where this step's keys/values are written in place). Returns float32 logits [B, V]
+        and the updated cache.
         """
-        T = input_ids.shape[1]
-        S = cache.k.shape[3]
-        slots = jnp.arange(S)[None, :]
-        query_slots = write_index + jnp.arange(T)[:, None]
-        attn_mask = (slots <= query_slots)[None] & key_mask.astype(bool)[:, None, :]
-        hidden, cache = self._run(input_ids, positions, attn_mask, cache=cache, write_index=write_index)
-        if last_only:
-            hidden = hidden[:, -1:]
-        return self.logits(hidden), cache
+        cfg, dtype = self.cfg, self.dtype
+        x = jnp.take(self.embed[...], tokens[:, None], axis=0).astype(dtype)  # [B, 1, D]
+        cos, sin = rope_cos_sin(cfg, positions[:, None])
+        mask = key_mask.astype(bool)[:, None, :]
+        zero = jnp.zeros((), jnp.int32)
+        start = (zero, zero, jnp.asarray(write_index, jnp.int32), zero)
+        ks, vs = list(cache.k), list(cache.v)
+        for i, w in enumerate(weights):
+            q, k, v = _qkv(cfg, w, x, cos, sin)
+            ks[i] = jax.lax.dynamic_update_slice(ks[i], k.swapaxes(1, 2).astype(ks[i].dtype), start)
+            vs[i] = jax.lax.dynamic_update_slice(vs[i], v.swapaxes(1, 2).astype(vs[i].dtype), start)
+            attn = attention(q, ks[i].astype(dtype), vs[i].astype(dtype), mask, kv_heads_first=True)
+            x = _finish(cfg, w, x, attn, self.rules)
+        x = rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps, cfg.post_norms)
+        return self.logits(x), KVCache(tuple(ks), tuple(vs))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Project hidden states [..., D] to float32 logits [..., V]."""
@@ -175,105 +233,97 @@ class Transformer(nnx.Module):
             out = jnp.einsum("...d,vd->...v", hidden, w, preferred_element_type=jnp.float32)
         else:
             w = self.lm_head[...].astype(self.dtype)
-            out = jnp.einsum("...d,dv->...v", hidden, w, preferred_element_type=jnp.float32)
+            out = _dot(hidden, w, 1, preferred_element_type=jnp.float32)
         return out.astype(jnp.float32)
 
     # ------------------------------------------------------------------ internals
-    def _run(self, input_ids, positions, attn_mask, cache: KVCache | None, write_index):
+    def _forward(self, input_ids, attention_mask, collect_kv: bool):
+        """Full-sequence forward under a layer scan: (final-normed hidden [B, T, D], stacked (k, v)
+        [L, B, T, K, hd] each, or None)."""
         cfg, dtype = self.cfg, self.dtype
+        B, T = input_ids.shape
+        mask = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
+        positions = positions_from_mask(mask)
+        attn_mask = jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :]
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(dtype)
         x = with_logical_constraint(x, ("batch", "sequence", "act_embed"), self.rules)
         cos, sin = rope_cos_sin(cfg, positions)
         layer_params = {s.path[1]: getattr(self.layers, s.path[1])[...] for s in param_table(cfg) if s.path[0] == "layers"}
 
-        if cache is None:
-            def body(h, p):
-                return _block(cfg, dtype, p, h, cos, sin, attn_mask, None, write_index, self.rules)[0], None
+        def body(h, p):
+            w = _compute_weights(p, dtype)
+            q, k, v = _qkv(cfg, w, h, cos, sin)
+            h = _finish(cfg, w, h, attention(q, k, v, attn_mask), self.rules)
+            return h, ((k, v) if collect_kv else None)
 
-            if self.remat:
-                body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
-            x, _ = jax.lax.scan(body, x, layer_params)
-            new_cache = None
-        else:
-            # The whole cache rides in the scan carry and each layer writes its new entries in place
-            # (dynamic_update_slice on a carried buffer): a decode step moves O(new tokens), not O(cache).
-            def body(carry, xs):
-                h, k_all, v_all = carry
-                p, layer = xs
-                h, (k_new, v_new), keys, values = _block_cached(cfg, dtype, p, h, cos, sin, attn_mask, k_all, v_all,
-                                                               layer, write_index, self.rules)
-                return (h, k_new, v_new), None
-
-            layers = jnp.arange(cfg.num_layers, dtype=jnp.int32)
-            (x, k_all, v_all), _ = jax.lax.scan(body, (x, cache.k, cache.v), (layer_params, layers))
-            new_cache = KVCache(k_all, v_all)
+        if self.remat:
+            body = jax.checkpoint(body, policy=jax.checkpoint_policies.nothing_saveable)
+        x, kv = jax.lax.scan(body, x, layer_params)
         x = rms_norm(x, self.final_norm[...], cfg.rms_norm_eps, cfg.post_norms)
-        return x, new_cache
+        return x, kv
 
 
-def _qkv(cfg: ModelConfig, dtype, p, w, x, cos, sin):
+def _dot(x: jax.Array, w: jax.Array, n_contract: int, **kw) -> jax.Array:
+    """Contract the last n_contract axes of x [..., *c] with the first of w [*c, *out] -> [..., *out].
+
+    Written as one 2-D matmul [prod(...), prod(c)] @ [prod(c), prod(out)] rather than a batched einsum
+    over [B, T, ...]: XLA:CPU's backward of the 3-D einsum writes transposed copies of the activation
+    gradients for the weight-gradient dots (measured ~20% of a training update), the 2-D form does not.
+    """
+    lead, contract, out = x.shape[: x.ndim - n_contract], w.shape[:n_contract], w.shape[n_contract:]
+    y = jnp.matmul(x.reshape(-1, math.prod(contract)), w.reshape(math.prod(contract), -1), **kw)
+    return y.reshape(*lead, *out)
+
+
+def _qkv(cfg: ModelConfig, w, x, cos, sin):
+    """q [B, T, H, hd], k/v [B, T, K, hd] of x [B, T, D] (w: one layer's `_compute_weights`)."""
     eps = cfg.rms_norm_eps
-    attn_in = x if cfg.post_norms else rms_norm(x, p["norm1"], eps, False)
-    q = jnp.einsum("btd,dhk->bthk", attn_in, w["q"])
-    k = jnp.einsum("btd,dhk->bthk", attn_in, w["k"])
-    v = jnp.einsum("btd,dhk->bthk", attn_in, w["v"])
+    attn_in = x if cfg.post_norms else rms_norm(x, w["norm1"], eps, False)
+    if "qkv" in w:  # fused decode weights [D, K, (g+2)·hd] (Transformer.layer_weights)
+        H, hd = cfg.num_heads, cfg.head_dim
+        qkv = _dot(attn_in, w["qkv"], 1)  # [B, T, K, (g+2)·hd]
+        g = H // cfg.num_kv_heads
+        q = qkv[..., : g * hd].reshape(*qkv.shape[:-2], H, hd)  # query head j·g+i belongs to KV head j
+        k, v = qkv[..., g * hd: (g + 1) * hd], qkv[..., (g + 1) * hd:]
+    else:
+        q, k, v = _dot(attn_in, w["q"], 1), _dot(attn_in, w["k"], 1), _dot(attn_in, w["v"], 1)
     if cfg.attention_bias:
         q, k, v = q + w["q_bias"], k + w["k_bias"], v + w["v_bias"]
     if cfg.qk_norm == "head":
-        q = rms_norm(q, p["q_norm"], eps, False)
-        k = rms_norm(k, p["k_norm"], eps, False)
+        q = rms_norm(q, w["q_norm"], eps, False)
+        k = rms_norm(k, w["k_norm"], eps, False)
     elif cfg.qk_norm == "full":  # OLMo-2: one norm over the whole projection (all heads together)
-        q = _rms_norm_multi(q, p["q_norm"], eps)
-        k = _rms_norm_multi(k, p["k_norm"], eps)
+        q = _rms_norm_multi(q, w["q_norm"], eps)
+        k = _rms_norm_multi(k, w["k_norm"], eps)
     return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
 
 
-def _finish(cfg: ModelConfig, p, w, x, attn, rules):
+def _finish(cfg: ModelConfig, w, x, attn, rules):
     """Output projection, residual, MLP, residual."""
     eps = cfg.rms_norm_eps
     attn = with_logical_constraint(attn, ("batch", "sequence", "act_heads", None), rules)
-    out = jnp.einsum("bthk,hkd->btd", attn, w["o"])
+    out = _dot(attn, w["o"], 2)
     if cfg.o_bias:
         out = out + w["o_bias"]
     if cfg.post_norms:
-        out = rms_norm(out, p["norm1"], eps, True)
+        out = rms_norm(out, w["norm1"], eps, True)
     x = x + out
 
-    mlp_in = x if cfg.post_norms else rms_norm(x, p["norm2"], eps, False)
-    gate = jnp.einsum("btd,df->btf", mlp_in, w["gate"])
-    up = jnp.einsum("btd,df->btf", mlp_in, w["up"])
+    mlp_in = x if cfg.post_norms else rms_norm(x, w["norm2"], eps, False)
+    if "gate_up" in w:  # fused decode weights [D, F, 2]
+        gate_up = _dot(mlp_in, w["gate_up"], 1)
+        gate, up = gate_up[..., 0], gate_up[..., 1]
+    else:
+        gate, up = _dot(mlp_in, w["gate"], 1), _dot(mlp_in, w["up"], 1)
     if cfg.mlp_bias:
         gate, up = gate + w["gate_bias"], up + w["up_bias"]
-    hidden = jax.nn.silu(gate) * up
-    out = jnp.einsum("btf,fd->btd", hidden, w["down"])
+    out = _dot(jax.nn.silu(gate) * up, w["down"], 1)
     if cfg.mlp_bias:
         out = out + w["down_bias"]
     if cfg.post_norms:
-        out = rms_norm(out, p["norm2"], eps, True)
+        out = rms_norm(out, w["norm2"], eps, True)
     x = x + out
     return with_logical_constraint(x, ("batch", "sequence", "act_embed"), rules)
-
-
-def _block(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, kv, write_index, rules):
-    """One decoder layer without a cache (full-sequence forward)."""
-    w = {k: v.astype(dtype) for k, v in p.items()}
-    q, k, v = _qkv(cfg, dtype, p, w, x, cos, sin)
-    return _finish(cfg, p, w, x, attention(q, k, v, attn_mask), rules), None
-
-
-def _block_cached(cfg: ModelConfig, dtype, p, x, cos, sin, attn_mask, k_all, v_all, layer, write_index, rules):
-    """One decoder layer against the stacked cache k_all/v_all [L, B, S, K, hd]; writes this layer's
-    new keys/values at (layer, :, write_index) in place and attends over the layer's whole cache."""
-    w = {k: v.astype(dtype) for k, v in p.items()}
-    q, k, v = _qkv(cfg, dtype, p, w, x, cos, sin)
-    zero = jnp.zeros((), jnp.int32)
-    start = (layer, zero, zero, jnp.asarray(write_index, jnp.int32), zero)
-    k_all = jax.lax.dynamic_update_slice(k_all, k.swapaxes(1, 2).astype(k_all.dtype)[None], start)
-    v_all = jax.lax.dynamic_update_slice(v_all, v.swapaxes(1, 2).astype(v_all.dtype)[None], start)
-    keys = jax.lax.dynamic_index_in_dim(k_all, layer, axis=0, keepdims=False).astype(dtype)
-    values = jax.lax.dynamic_index_in_dim(v_all, layer, axis=0, keepdims=False).astype(dtype)
-    x = _finish(cfg, p, w, x, attention(q, keys, values, attn_mask, kv_heads_first=True), rules)
-    return x, (k_all, v_all), keys, values
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, kv_heads_first: bool = False) -> jax.Array:

@@ -11,6 +11,14 @@ tensor ever leaves the device. They refer to softmax(logits / temperature) over 
 the same distribution the scoring pass (`score`) recomputes; top-k / top-p only restrict which token is
 drawn. Greedy decoding reports them at temperature 1.
 
+Drawing: greedy is a sort-free argmax; sampling uses one uniform per row and an inverse CDF over
+vocabulary blocks (no [B, V] Gumbel noise); top-p draws by rejection (accept a draw iff it lies in the
+nucleus) with an exact bisection-cutoff fallback. None of these sorts the vocabulary (a sort per
+decode step dominated CPU decoding); only top-k > 0 does (`lax.top_k` in `filter_logits`).
+
+The prompt runs once through the scanned full-sequence forward (`Transformer.prefill`); the decode
+loop then calls `Transformer.decode_step` with per-layer weights sliced once per call.
+
 Stopping: a row finishes at an EOS token (kept in the response mask) or when its tail matches a stop
 token sequence (also kept); the loop exits early once every row has finished, else after
 `max_new_tokens` (those rows are marked truncated).
@@ -25,8 +33,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from urlvr_jax.models.transformer import KVCache, Transformer, init_cache, positions_from_mask
-from urlvr_jax.rollout.stats import TokenStats, token_stats_from_logits
+from urlvr_jax.models.transformer import Transformer
+from urlvr_jax.rollout.stats import TokenStats, first_argmax, token_stats_from_logits
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,9 +102,96 @@ def nucleus_cutoff(z: jax.Array, top_p: float, iterations: int = 32) -> jax.Arra
 def sample_token(key: jax.Array, logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
     """One token per row from float32 logits [B, V]."""
     if sampling.greedy:
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    z = filter_logits(logits / sampling.temperature, sampling.top_k, sampling.top_p)
-    return jax.random.categorical(key, z, axis=-1).astype(jnp.int32)
+        return first_argmax(logits)
+    z = logits / sampling.temperature
+    if sampling.top_k:
+        return sample_inverse_cdf(jax.random.uniform(key, z.shape[:1]), filter_logits(z, sampling.top_k, sampling.top_p))
+    if sampling.top_p < 1.0:
+        return sample_nucleus(key, logits, sampling.top_p, sampling.temperature)
+    return sample_inverse_cdf(jax.random.uniform(key, z.shape[:1]), z)
+
+
+def _block_weights(z: jax.Array, block: int):
+    """Unnormalised weights exp(z - max) [B, nb, block] (zero padded) and their block sums [B, nb]."""
+    B, V = z.shape
+    e = jnp.exp(z - jnp.max(z, axis=-1, keepdims=True))
+    nb = -(-V // block)
+    e = jnp.pad(e, ((0, 0), (0, nb * block - V))).reshape(B, nb, block)
+    return e, jnp.sum(e, axis=-1)
+
+
+def _first_above(cum: jax.Array, target: jax.Array, weights: jax.Array) -> jax.Array:
+    """Index of the first entry with cum > target [B], never past the last entry of positive weight."""
+    n = cum.shape[-1]
+    i = jnp.sum((cum <= target[:, None]).astype(jnp.int32), axis=-1)
+    last = jnp.max(jnp.where(weights > 0, jnp.arange(n, dtype=jnp.int32), 0), axis=-1)
+    return jnp.minimum(i, last)  # float rounding can leave target >= the last cumulative sum
+
+
+def _inverse_cdf(u: jax.Array, e: jax.Array, block_sums: jax.Array) -> jax.Array:
+    """Token j with cumsum(weights)_j > u · sum(weights), weights e [B, nb, block]; u [B] in [0, 1).
+
+    Two levels (block sums, then one block) so the per-draw work is O(nb + block), not O(V).
+    """
+    block = e.shape[-1]
+    bcum = jnp.cumsum(block_sums, axis=-1)
+    target = u * bcum[:, -1]
+    b = _first_above(bcum, target, block_sums)
+    before = jnp.where(b > 0, jnp.take_along_axis(bcum, jnp.maximum(b - 1, 0)[:, None], axis=-1)[:, 0], 0.0)
+    inner = jnp.take_along_axis(e, b[:, None, None], axis=1)[:, 0]  # [B, block]
+    j = _first_above(before[:, None] + jnp.cumsum(inner, axis=-1), target, inner)
+    return (b * block + j).astype(jnp.int32)
+
+
+def sample_inverse_cdf(u: jax.Array, z: jax.Array, block: int = 128) -> jax.Array:
+    """Draw from softmax(z) (z [B, V], -inf = excluded) with one uniform u [B] per row.
+
+    Inverse-CDF sampling in vocabulary order: one uniform per row instead of the [B, V] Gumbel noise
+    of `jax.random.categorical` (hashing V random numbers per row per step is a large share of a CPU
+    decode step).
+    """
+    e, sums = _block_weights(z, block)
+    return _inverse_cdf(u, e, sums)
+
+
+def sample_nucleus(key: jax.Array, logits: jax.Array, top_p: float, temperature: float = 1.0, rounds: int = 4,
+                   block: int = 128) -> jax.Array:
+    """Draw from softmax(logits / temperature) restricted to the top-p nucleus (the distribution of
+    `filter_logits(z, 0, top_p)`). logits [B, V].
+
+    Rejection sampling: draw y from softmax(z) by inverse CDF and accept it iff y is in the nucleus,
+    i.e. the mass of tokens with larger logits is < top_p (one masked sum). An accepted draw has
+    exactly the nucleus distribution p / p(nucleus); p(nucleus) >= top_p, so a row is still rejected
+    after `rounds` draws with probability <= (1 - top_p)^rounds. Rows rejected every time (all rows,
+    in that rare case) draw from the exactly filtered distribution (bisection cutoff) instead. The
+    fallback draw is independent of the rejections, so the mixture is still exactly the nucleus
+    distribution.
+    """
+    B = logits.shape[0]
+    z = logits / temperature
+    e, sums = _block_weights(z, block)
+    flat = e.reshape(B, -1)[:, : z.shape[1]]
+    limit = top_p * jnp.sum(sums, axis=-1)
+
+    def draw(state):
+        r, tok, ok = state
+        y = _inverse_cdf(jax.random.uniform(jax.random.fold_in(key, r), (B,)), e, sums)
+        # "larger logit" is decided on the raw logits: XLA may round logits / temperature differently
+        # in different fusions, and y must never count as larger than itself
+        x_y = jnp.take_along_axis(logits, y[:, None], axis=-1)
+        inside = jnp.sum(jnp.where(logits > x_y, flat, 0.0), axis=-1) < limit
+        return r + 1, jnp.where(inside & ~ok, y, tok), ok | inside
+
+    # stops as soon as every row has accepted a draw (usually after the first)
+    init = (jnp.int32(0), jnp.zeros((B,), jnp.int32), jnp.zeros((B,), bool))
+    _, tok, ok = jax.lax.while_loop(lambda s: (s[0] < rounds) & ~jnp.all(s[2]), draw, init)
+
+    def fallback(tok):
+        exact = sample_inverse_cdf(jax.random.uniform(jax.random.fold_in(key, rounds), (B,)),
+                                   filter_logits(z, 0, top_p), block)
+        return jnp.where(ok, tok, exact)
+
+    return jax.lax.cond(jnp.all(ok), lambda t: t, fallback, tok)
 
 
 def _ends_with_any(generated: jax.Array, step: jax.Array, stop_seqs: tuple[tuple[int, ...], ...]) -> jax.Array:
@@ -114,18 +209,15 @@ def _generate(model: Transformer, prompt_ids, prompt_mask, key, *, sampling: Sam
               eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...], pad_id: int) -> Rollout:
     B, Tp = prompt_ids.shape
     N, T = num_samples, sampling.max_new_tokens
-    S = Tp + T
     prompt_mask = prompt_mask.astype(jnp.int32)
-    cache = init_cache(model.cfg, B, S, dtype=model.dtype)
-    key_mask = jnp.concatenate([prompt_mask, jnp.zeros((B, T), jnp.int32)], axis=1)
-    logits, cache = model.forward_cached(prompt_ids, positions_from_mask(prompt_mask), key_mask, cache, 0,
-                                         last_only=True)
+    logits, cache = model.prefill(prompt_ids, prompt_mask, Tp + T)
+    weights = model.layer_weights()  # sliced once here, read in place by every decode step
 
     # Repeat the prefilled prompt N times: rows i*N .. i*N+N-1 belong to prompt i.
     rep = lambda x: jnp.repeat(x, N, axis=0)  # noqa: E731
-    cache = KVCache(jnp.repeat(cache.k, N, axis=1), jnp.repeat(cache.v, N, axis=1))
-    last_logits = rep(logits[:, -1])
-    key_mask = rep(key_mask)
+    cache = jax.tree.map(rep, cache)
+    last_logits = rep(logits)
+    key_mask = rep(jnp.concatenate([prompt_mask, jnp.zeros((B, T), jnp.int32)], axis=1))
     next_pos = rep(jnp.sum(prompt_mask, axis=1))  # position id of the first generated token
     R = B * N
     stats_temperature = 1.0 if sampling.greedy else sampling.temperature
@@ -147,8 +239,8 @@ def _generate(model: Transformer, prompt_ids, prompt_mask, key, *, sampling: Sam
         finished_now = live & (jnp.any(tok[:, None] == eos[None, :], axis=1) | _ends_with_any(tokens, step, stop_seqs))
         new_done = done | finished_now
         key_mask = key_mask.at[:, Tp + step].set(live.astype(jnp.int32))
-        logits, cache = model.forward_cached(tok[:, None], (next_pos + step)[:, None], key_mask, cache, Tp + step)
-        return step + 1, cache, logits[:, 0], key_mask, key, new_done, tokens, stats
+        logits, cache = model.decode_step(weights, tok, next_pos + step, key_mask, cache, Tp + step)
+        return step + 1, cache, logits, key_mask, key, new_done, tokens, stats
 
     tokens = jnp.full((R, T), pad_id, jnp.int32)
     stats = TokenStats(*(jnp.zeros((R, T), jnp.float32) for _ in range(4)))

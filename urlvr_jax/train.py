@@ -7,13 +7,22 @@ thread while the device runs the next step → JSONL + TensorBoard + progress ba
 every `train.checkpoint_every` steps (async, keep-N, atomic). When the data iterator finishes an epoch:
 an `epochs.jsonl` line with the epoch's mean training metrics, the closed-form π* diagnostics on a
 fixed probe batch (policy and frozen reference scored on fresh samples) and, with
-`train.eval_at_epoch_end`, an evaluation.
+`train.eval_at_epoch_end`, an evaluation; a fresh run also writes the probe of the base model first
+(epoch -1, step 0: the π* ceiling predicted at the start).
 
 Per-step times in metrics.jsonl (seconds): time/rollout, time/scoring (absent when no scoring pass
 runs), time/reward, time/update (their sum: time/step), time/grading (host grading, overlapped with the
 next step), time/grading_wait (the part the loop waited for), time/idle (device idle before this step's
 rollout: data, transfers, logging, checkpoints, epoch work and evaluation), time/data; plus
 throughput/tokens_per_s (response tokens / time/step) and throughput/rollout_tokens_per_s.
+
+What one step compiles to: with `train.phase_timing` (default) 3 or 4 jitted functions dispatched in
+order — rollout, scoring (only when the old-policy pass or the reference runs: not for majority vote
+without KL), reward, update — each followed by a wait for the device (3–4 host syncs), then one
+device-to-host fetch of the step's outputs for grading and logging; the host sends the prompt ids,
+mask and gold hashes (3 transfers) and derives the PRNG key on the devices (one eager fold_in, no
+fetch). Without it: 1 jitted program, 1 wait, 1 fetch. A checkpoint step adds a jitted device copy of
+the state; an epoch end the probe (1 jitted program, 1 fetch) and the optional evaluation.
 
 Labels never enter the training signal of an unsupervised run: gold answers are used only for the
 metrics here and for evaluation.
@@ -343,7 +352,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     writer = MetricsWriter(workdir, start)
     stop = {"signal": None}
     previous = signal.signal(signal.SIGTERM, lambda s, f: stop.__setitem__("signal", s))
-    base_key = jax.random.key(config.train.seed)
+    base_key = replicate(jax.random.key(config.train.seed), mesh)
     pool = ThreadPoolExecutor(max_workers=1)
     pending: Future | None = None
     pending_eval: dict[str, float] = {}  # evaluation results ride on the next metrics record
@@ -364,6 +373,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
     device_free_since = time.perf_counter()  # when the device finished its last piece of training work
     try:
+        if start == 0 and epoch_probe is not None:  # the π* ceiling predicted for the base model
+            writer.write_epoch(end_of_epoch(config, -1, 0, writer, epoch_probe, params, ref_params, graphdef,
+                                            tokenizer, extractor, evaluate=False))
         for step in range(start + 1, config.train.steps + 1):
             t0 = time.perf_counter()
             epoch = loader.epoch  # of the batch's first record
@@ -372,8 +384,9 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             ids, mask = encode_fixed(tokenizer, texts, config.data.max_prompt_length)
             gold = np.array([answer_hash(p.answer) for p in batch], np.int32)
             times = {"time/data": time.perf_counter() - t0}
+            # the key is derived on the devices from the replicated base key: no device-to-host fetch
             inputs = (shard_batch(ids, rules), shard_batch(mask, rules), replicate(gold, mesh),
-                      replicate(jax.random.fold_in(base_key, step), mesh), extractor)
+                      jax.random.fold_in(base_key, step), extractor)
             t_start = time.perf_counter()
             times["time/idle"] = t_start - device_free_since
             params, opt_state, out = step_fn(params, opt_state, ref_params, *inputs)
@@ -458,7 +471,7 @@ class EpochProbe:
 
     def __call__(self, epoch: int, params, ref_params, extractor) -> dict[str, float]:
         out = self.fn(params, ref_params, self.ids, self.mask, replicate(self.gold, self.mesh),
-                      replicate(jax.random.fold_in(self.key, epoch), self.mesh), extractor)
+                      replicate(jax.random.fold_in(self.key, epoch & 0xFFFFFFFF), self.mesh), extractor)  # -1: the base model
         out = to_host(out)
         metrics = monitor(out, self.batch, self.gold, self.tokenizer, self.config, self.gt_by_hash)
         # π* and the probe's own accuracy / reward, under a probe/ prefix where not already pistar/
@@ -466,16 +479,17 @@ class EpochProbe:
 
 
 def end_of_epoch(config, epoch: int, step: int, writer: MetricsWriter, probe: EpochProbe | None, params, ref_params,
-                 graphdef, tokenizer, extractor) -> dict[str, Any]:
-    """The epochs.jsonl line of a finished epoch (every process runs the probe and evaluation: they are
-    collectives on multi-host runs; process 0 writes)."""
+                 graphdef, tokenizer, extractor, evaluate: bool = True) -> dict[str, Any]:
+    """The epochs.jsonl line of a finished epoch; epoch -1 (step 0) is the base model before training.
+    Every process runs the probe and the evaluation (collectives on multi-host runs); process 0 writes."""
     record: dict[str, Any] = {"epoch": epoch, "step": step}
-    record.update(writer.epoch_means(epoch))
+    if epoch >= 0:
+        record.update(writer.epoch_means(epoch))
     if probe is not None:
         t0 = time.perf_counter()
         record.update(probe(epoch, params, ref_params, extractor))
         record["time/pistar_probe"] = time.perf_counter() - t0
-    if config.train.eval_at_epoch_end:
+    if config.train.eval_at_epoch_end and evaluate:
         t0 = time.perf_counter()
         record.update(run_eval(config, nnx.merge(graphdef, params), tokenizer, step))
         record["time/eval"] = time.perf_counter() - t0

@@ -86,6 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.max_consecutive_skips = 3
     c.train.progress = True
     c.train.pistar_diagnostics = True  # π* estimates at each epoch end (loads the frozen reference model)
+    c.train.probe_prompts = 0  # prompts in the π* probe batch (the first training problems); 0 = data.prompt_batch_size
     c.train.pistar_every_step = False  # also score with the reference every step for per-step π* estimates
     c.train.eval_at_epoch_end = False  # an evaluation (train.eval_dataset) at each epoch end, in epochs.jsonl
     c.train.phase_timing = True  # one jitted function per phase, timed; False: one fused program (time/step only)
@@ -123,6 +124,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("rl.n_train", f"must be in [0, num_samples={c.rl.num_samples}]")
     if c.rl.learning_rate <= 0:
         bad("rl.learning_rate", "must be > 0")
+    if c.train.probe_prompts < 0:
+        bad("train.probe_prompts", "must be >= 0 (0 = data.prompt_batch_size)")
     if c.rl.mini_batches < 1 or c.rl.mini_batches > c.data.prompt_batch_size:
         bad("rl.mini_batches", f"must be in [1, data.prompt_batch_size={c.data.prompt_batch_size}]")
     if c.rl.lr_schedule not in ("constant", "cosine"):

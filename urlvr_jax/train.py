@@ -450,7 +450,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
 
 class EpochProbe:
     """The closed-form π* diagnostics between epochs (diagnostics/optimal_policy.py): sample N responses
-    for a fixed probe batch (the first data.prompt_batch_size training problems) with the current policy,
+    for a fixed probe batch (the first train.probe_prompts training problems, default data.prompt_batch_size) with the current policy,
     score them with the policy and the frozen reference, reward them with the training reward, and
     estimate π*'s accuracy ceiling, entropy and KLs by self-normalised importance sampling. GT answers
     enter only the diagnostics. One jitted program, compiled at the first epoch end."""
@@ -460,7 +460,7 @@ class EpochProbe:
         import dataclasses
 
         self.config, self.tokenizer, self.mesh, self.gt_by_hash = config, tokenizer, mesh, gt_by_hash
-        self.batch = list(problems[: config.data.prompt_batch_size])
+        self.batch = list(problems[: config.train.probe_prompts or config.data.prompt_batch_size])
         ids, mask = encode_fixed(tokenizer, [prompt_fn(p, tokenizer) for p in self.batch],
                                  config.data.max_prompt_length)
         self.ids, self.mask = shard_batch(ids, rules), shard_batch(mask, rules)

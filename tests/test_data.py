@@ -199,6 +199,14 @@ def test_local_jsonl_json_and_explicit_keys(tmp_path):
     src = load_math_dataset("amc23", limit=5)
     problems_to_jsonl(src, out)
     assert load_math_dataset(out) == src
+    # JSON allows raw U+2028 / U+2029 inside strings: a record with them stays one record on its line
+    u = tmp_path / "seps.jsonl"
+    u.write_text(json.dumps({"question": "a\u2028b\u2029c", "answer": "1"}, ensure_ascii=False) + "\n"
+                 + '{"question": "d", "answer": "2"}\n{"question": "e"\n', encoding="utf-8")
+    with pytest.raises(DatasetFormatError, match=r"seps.jsonl:3: invalid JSON"):
+        load_math_dataset(u)
+    u.write_text(u.read_text(encoding="utf-8").rsplit("\n", 2)[0] + "\n", encoding="utf-8")
+    assert [(p.problem, p.answer) for p in load_math_dataset(u)] == [("a\u2028b\u2029c", "1"), ("d", "2")]
 
 
 def _write_dapo_parquet(path):

@@ -131,7 +131,9 @@ def asset_file(name: str, split: str = "test") -> Path:
 # JSON / JSON Lines reading with line numbers
 # ----------------------------------------------------------------------------------------------
 def _iter_jsonl(path: Path, text: str) -> Iterator[tuple[int, Any]]:
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also splits on U+2028/U+2029/\x85, which JSON allows unescaped
+    # inside strings (a GSM8K question has U+2028), and would then misreport line numbers or break records
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

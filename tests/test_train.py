@@ -74,6 +74,8 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
     a, b = lines(tmp_path / "full"), lines(tmp_path / "resumed")
     assert [r["step"] for r in a] == [1, 2, 3, 4, 5]
     assert a == b
+    # length collapse against the base model's first rollout (restored from the checkpoint on resume)
+    assert abs(a[0]["collapse/length_ratio"] - 1) < 1e-6 and all(r["collapse/length_ratio"] > 0 for r in a)
     ea, eb = lines(tmp_path / "full", "epochs.jsonl"), lines(tmp_path / "resumed", "epochs.jsonl")
     # the base model's probe (epoch -1, step 0), then one line per finished epoch
     assert [(r["epoch"], r["step"], r.get("steps")) for r in ea] == [(-1, 0, None), (0, 2, 2), (1, 4, 2)]
@@ -156,10 +158,17 @@ def test_majority_vote_proxy_reward_rises_on_the_ladder_model(tmp_path):
                  "data.max_prompt_length": 32, "data.template": "synthetic", "sampling.max_new_tokens": 32,
                  "rl.num_samples": 8, "rl.reward": "majority_vote", "rl.learning_rate": 3e-3, "rl.weight_decay": 0.0,
                  "train.steps": 10, "train.checkpoint_every": 100, "train.progress": False,
-                 "train.pistar_diagnostics": False}
+                 "train.pistar_diagnostics": False, "train.eval_every": 10,
+                 "train.eval_dataset": "synthetic/arithmetic", "train.eval_limit": 16, "train.eval_k": 2}
     res = run(overrides, tmp_path / "rise", tmp_path / "cache", devices=1)
     assert res.returncode == 0, res.stderr[-3000:]
     proxy = [r["urlvr/proxy_reward_mean"] for r in lines(tmp_path / "rise")]
     assert len(proxy) == 10
     first, last = sum(proxy[:5]) / 5, sum(proxy[5:]) / 5
     assert last >= first + 0.05, f"proxy reward did not rise: {[round(p, 3) for p in proxy]}"
+    # the periodic evaluation: its numbers ride on the step's record, its per-problem records on disk
+    last_record = lines(tmp_path / "rise")[-1]
+    evaluated = [json.loads(ln) for ln in (tmp_path / "rise" / "eval" / "step_000010" / "records.jsonl").open()]
+    assert len(evaluated) == 16 and all(len(r["correct"]) == 2 for r in evaluated)
+    avg = sum(sum(r["correct"]) for r in evaluated) / 32
+    assert abs(last_record["eval/avg"] - avg) < 1e-9

@@ -266,8 +266,10 @@ class MetricsWriter:
 
 
 # --------------------------------------------------------------------------------------------- monitoring
-def monitor(out, problems, gold_ids, tokenizer, config, gt_by_hash: bool) -> dict[str, float]:
-    """Host-side metrics of one step's rollout (GT correctness is for monitoring only)."""
+def monitor(out, problems, gold_ids, tokenizer, config, gt_by_hash: bool,
+            reference_length: float | None = None) -> dict[str, float]:
+    """Host-side metrics of one step's rollout (GT correctness is for monitoring only); reference_length:
+    the base model's mean response length (step 1's rollout), for collapse/length_ratio."""
     P = len(problems)
     N, n = config.rl.num_samples, (config.rl.n_train or config.rl.num_samples)
     tokens, mask, answer_ids, rewards, maj_ratio, maj_id, entropy, truncated, old_lp, ref_lp = (
@@ -296,7 +298,8 @@ def monitor(out, problems, gold_ids, tokenizer, config, gt_by_hash: bool) -> dic
     metrics = step_metrics(rewards, correct[:, :n].astype(np.float32), m, binary_proxy=binary,
                            label_correct=label_correct, majority_ratio=maj_ratio if binary else None,
                            entropy=entropy.reshape(P, N, T)[:, :n], tokens=tokens.reshape(P, N, T)[:, :n],
-                           truncated=truncated.reshape(P, N)[:, :n], eos_id=(eos_ids_of(tokenizer) or [None])[0])
+                           truncated=truncated.reshape(P, N)[:, :n], eos_id=(eos_ids_of(tokenizer) or [None])[0],
+                           reference_length=reference_length)
     metrics["urlvr/pass_at_n"] = float(np.mean(np.any(correct, axis=1)))
     if ref_lp is not None:
         seq = lambda lp: (lp * mask).sum(-1).reshape(P, N)[:, :n]  # noqa: E731
@@ -342,12 +345,14 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     tracker = ModelCollapseTracker(config.train.mcs_threshold, config.train.mcs_window,
                                    stop_on="sustained" if config.train.stop_at_collapse else None)
     start = 0
+    reference_length = None  # the base model's mean response length (set at step 1, kept in checkpoints)
     restored = ckpt.restore_latest(params, opt_state)
     if restored is not None:
         params, opt_state, meta = restored
         start = meta["step"]
         loader.set_state(meta["loader"])
         tracker = ModelCollapseTracker.from_state_dict(meta["tracker"])
+        reference_length = meta.get("reference_length")
         print(f"resumed from {workdir}/checkpoints at step {start}", file=sys.stderr)
     writer = MetricsWriter(workdir, start)
     stop = {"signal": None}
@@ -402,12 +407,17 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
                 times["time/step"] = device_free_since - t_start
             out = to_host(out)  # (a collective on multi-host runs: keep it on the main thread)
             device_metrics = {k: float(v) for k, v in out.metrics.items()}
+            if reference_length is None:  # length collapse is measured against the base model's first rollout
+                n_train = config.rl.n_train or config.rl.num_samples
+                first = np.asarray(out.rollout.mask).reshape(len(batch), config.rl.num_samples, -1)[:, :n_train]
+                reference_length = max(float(first.sum(-1).mean()), 1.0)
             consecutive_skips = consecutive_skips + 1 if device_metrics["skipped_updates"] else 0
             pending = pool.submit(_monitor_record, step, out, batch, gold, tokenizer, config, gt_by_hash,
-                                  device_metrics, times, epoch)
+                                  device_metrics, times, epoch, reference_length)
             if config.train.eval_every and step % config.train.eval_every == 0:
                 t_eval = time.perf_counter()
-                pending_eval.update(run_eval(config, nnx.merge(graphdef, params), tokenizer, step))
+                pending_eval.update(run_eval(config, nnx.merge(graphdef, params), tokenizer, step,
+                                             workdir / "eval" / f"step_{step:06d}"))
                 pending_eval["time/eval"] = time.perf_counter() - t_eval
             if consecutive_skips >= config.train.max_consecutive_skips:
                 raise TrainingStopped(
@@ -421,7 +431,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if step % config.train.checkpoint_every == 0 or step == config.train.steps or stop["signal"]:
                 collect()
                 ckpt.save(step, params, opt_state, {"step": step, "loader": loader.get_state(),
-                                                    "tracker": tracker.state_dict()})
+                                                    "tracker": tracker.state_dict(),
+                                                    "reference_length": reference_length})
             if stop["signal"] or tracker.should_stop:
                 break
         collect()
@@ -491,7 +502,8 @@ def end_of_epoch(config, epoch: int, step: int, writer: MetricsWriter, probe: Ep
         record["time/pistar_probe"] = time.perf_counter() - t0
     if config.train.eval_at_epoch_end and evaluate:
         t0 = time.perf_counter()
-        record.update(run_eval(config, nnx.merge(graphdef, params), tokenizer, step))
+        record.update(run_eval(config, nnx.merge(graphdef, params), tokenizer, step,
+                               writer.path.parent / "eval" / f"epoch_{epoch}_step_{step:06d}"))
         record["time/eval"] = time.perf_counter() - t0
     return record
 
@@ -505,8 +517,9 @@ def _with(record_and_times: tuple[dict, dict], extra: dict) -> tuple[dict, dict]
     return record, times
 
 
-def run_eval(config, model, tokenizer, step: int) -> dict[str, float]:
-    """Periodic evaluation (avg@k, pass@k, maj@k) through the evaluation API; a JSONL per evaluation."""
+def run_eval(config, model, tokenizer, step: int, out_dir: str | os.PathLike | None = None) -> dict[str, float]:
+    """Periodic evaluation (avg@k, pass@k, maj@k) through the evaluation API; with out_dir, its per-problem
+    records.jsonl (responses, extracted answers, correctness) and summary.json are written there."""
     from urlvr_jax.evaluate import EVAL_SAMPLING, evaluate
 
     name = config.train.eval_dataset or config.data.dataset
@@ -521,6 +534,8 @@ def run_eval(config, model, tokenizer, step: int) -> dict[str, float]:
     result = evaluate(model, tokenizer, name, k=config.train.eval_k, sampling=sampling, limit=config.train.eval_limit,
                       template=template, split="eval" if str(name).startswith("synthetic/") else "test",
                       batch_size=min(config.data.prompt_batch_size, config.train.eval_limit), seed=step, progress=False)
+    if out_dir is not None:
+        result.write(out_dir)
     k = config.train.eval_k
     return {"eval/avg": result.summary[f"avg@{k}"], "eval/maj": result.summary[f"maj@{k}"],
             "eval/pass": result.summary[f"pass@{k}"]}
@@ -545,10 +560,11 @@ def check_memory(config, model_cfg) -> None:
               + (f" of {limit:.1f} GiB" if limit else " (device limit unknown: not checked)"), file=sys.stderr)
 
 
-def _monitor_record(step, out, batch, gold, tokenizer, config, gt_by_hash, device_metrics, times, epoch):
+def _monitor_record(step, out, batch, gold, tokenizer, config, gt_by_hash, device_metrics, times, epoch,
+                    reference_length=None):
     """(This step's metrics record, its times) — runs in the grading thread."""
     t0 = time.perf_counter()
-    metrics = monitor(out, batch, gold, tokenizer, config, gt_by_hash)
+    metrics = monitor(out, batch, gold, tokenizer, config, gt_by_hash, reference_length)
     n_tokens = float(np.asarray(out.rollout.mask).sum())
     times["time/grading"] = time.perf_counter() - t0
     record = {"step": step, "epoch": epoch, **device_metrics, **metrics,

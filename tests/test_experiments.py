@@ -7,8 +7,6 @@ references (no training needed).
 """
 import itertools
 import json
-import os
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,21 +21,9 @@ import common as C  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    d = tmp_path_factory.mktemp("experiments")
-    code = f"""
-import sys; sys.path.insert(0, {str(ROOT / 'experiments')!r})
-import rise_fall, mcs_vs_gt_gain, theorem1_rate
-d = {str(d)!r}
-rise_fall.main(["--smoke", "--out", d + "/rf", "--runs-dir", d + "/rf_runs"])
-mcs_vs_gt_gain.main(["--smoke", "--out", d + "/mcs", "--runs-dir", d + "/mcs_runs"])
-theorem1_rate.main(["--smoke", "--out", d + "/th", "--mcs-runs-dir", d + "/mcs_runs", "--rf-runs-dir", d + "/rf_runs"])
-"""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", URLVR_XLA_CACHE=str(d / "xla_cache"), PYTHONPATH=str(ROOT))
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return d
+def smoke(experiment_smokes):
+    """rise_fall, mcs_vs_gt_gain and theorem1_rate --smoke, in one process (tests/conftest.py)."""
+    return experiment_smokes.wait("chain")
 
 
 def test_rise_fall_smoke(smoke):

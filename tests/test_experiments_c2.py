@@ -156,24 +156,15 @@ def test_kl_terms_hand_computed():
 
 
 # ---------------------------------------------------------------------------------------------- smoke runs
-def _smoke(script: str, tmp_path):
-    """Run `python experiments/<script> --smoke` the way a user does: its own process, one CPU device
-    (not the 8 fake devices of this test session), the shared persistent XLA cache of experiments/common.py."""
-    import os
-    import subprocess
-
-    out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / script), "--smoke", "--out", str(out),
-                           "--runs-dir", str(tmp_path / "runs")], env=env, cwd=ROOT, capture_output=True, text=True,
-                          timeout=1800)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def _smoke(script: str, experiment_smokes):
+    """`python experiments/<script> --smoke` the way a user runs it: its own process, one CPU device (not
+    the 8 fake devices of this test session); started with the other smoke runs (tests/conftest.py)."""
+    out = experiment_smokes.wait(script) / "out"
     return json.loads((out / "results.json").read_text()), (out / "results.md").read_text(), out
 
 
-def test_dataset_size_smoke(tmp_path):
-    res, md, out = _smoke("dataset_size.py", tmp_path)
+def test_dataset_size_smoke(experiment_smokes):
+    res, md, out = _smoke("dataset_size.py", experiment_smokes)
     assert [(r["size"], r["seed"]) for r in res["rows"]] == [(8, 0)] and (out / "dataset_size.png").stat().st_size > 10_000
     rows = res["measurements"]["n8_s0"]
     assert [r["step"] for r in rows] == [0, 1, 2]
@@ -183,15 +174,15 @@ def test_dataset_size_smoke(tmp_path):
     assert "| 8 | 0 |" in md and res["means"][0]["seeds"] == 1
 
 
-def test_test_time_training_smoke(tmp_path):
-    res, md, out = _smoke("test_time_training.py", tmp_path)
+def test_test_time_training_smoke(experiment_smokes):
+    res, md, out = _smoke("test_time_training.py", experiment_smokes)
     assert [r["run"] for r in res["rows"]] == ["base", "ttt", "disjoint"]
     assert not set(res["E_ids"]) & set(res["T_ids"]) and not set(res["E_ids"]) & set(res["disjoint_train_ids"])
     assert abs(res["rows"][0]["E/kl_seq"]) < 1e-4 and (out / "test_time_training.png").exists()
 
 
-def test_external_rewards_smoke(tmp_path):
-    res, md, out = _smoke("external_rewards.py", tmp_path)
+def test_external_rewards_smoke(experiment_smokes):
+    res, md, out = _smoke("external_rewards.py", experiment_smokes)
     assert [r["arm"] for r in res["rows"]] == list(external_rewards.ARMS)
     for arm in external_rewards.ARMS:
         recs = res["curves"][f"{arm}_s0"]

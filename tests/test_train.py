@@ -61,7 +61,8 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
     overrides = {"model.path": str(tiny_model), "data.dataset": "synthetic/arithmetic", "data.synthetic_size": 64,
                  "data.limit": 8, "data.max_prompt_length": 32, "data.prompt_batch_size": 4,
                  "sampling.max_new_tokens": 12, "rl.num_samples": 4, "rl.reward": "token_entropy",
-                 "rl.learning_rate": 3e-3, "train.steps": 5, "train.checkpoint_every": 2, "train.progress": False}
+                 "rl.learning_rate": 3e-3, "train.steps": 5, "train.checkpoint_every": 2, "train.progress": False,
+                 "train.kl_metrics": True}
     cache = tmp_path / "jax_cache"
     full = run(overrides, tmp_path / "full", cache)
     assert full.returncode == 0, full.stderr[-3000:]
@@ -76,6 +77,9 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
     assert a == b
     # length collapse against the base model's first rollout (restored from the checkpoint on resume)
     assert abs(a[0]["collapse/length_ratio"] - 1) < 1e-6 and all(r["collapse/length_ratio"] > 0 for r in a)
+    # log-only KL to the reference: zero while the policy is the reference (step 1), positive after updates
+    kl = [r["kl_to_ref/k3_token_mean"] for r in a]
+    assert abs(kl[0]) < 1e-9 and all(k > 0 for k in kl[1:]), kl
     ea, eb = lines(tmp_path / "full", "epochs.jsonl"), lines(tmp_path / "resumed", "epochs.jsonl")
     # the base model's probe (epoch -1, step 0), then one line per finished epoch
     assert [(r["epoch"], r["step"], r.get("steps")) for r in ea] == [(-1, 0, None), (0, 2, 2), (1, 4, 2)]

@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.progress = True
     c.train.pistar_diagnostics = True  # π* estimates at each epoch end (loads the frozen reference model)
     c.train.probe_prompts = 0  # prompts in the π* probe batch (the first training problems); 0 = data.prompt_batch_size
+    c.train.kl_metrics = False  # score with the frozen reference every step and log KL(π_old ‖ π_ref), no loss term
     c.train.pistar_every_step = False  # also score with the reference every step for per-step π* estimates
     c.train.eval_at_epoch_end = False  # an evaluation (train.eval_dataset) at each epoch end, in epochs.jsonl
     c.train.phase_timing = True  # one jitted function per phase, timed; False: one fused program (time/step only)

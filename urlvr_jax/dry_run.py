@@ -30,6 +30,10 @@ from urlvr_jax.models.transformer import Transformer
 def model_config_for(config) -> ModelConfig:
     path = config.model.path
     preset = config.model.get("preset", "")
+    if path.startswith("ladder/"):  # a shipped synthetic base model (urlvr_jax/models/ladder/)
+        from urlvr_jax.main import resolve_model_path
+
+        path = resolve_model_path(path)
     if path and os.path.isdir(path):
         return ModelConfig.from_file(path)
     if preset:

@@ -114,12 +114,14 @@ def train_main(argv=None) -> int:
     from absl import flags
     from ml_collections import config_flags
 
+    argv = list(sys.argv if argv is None else ["urlvr-train", *argv])
     fv = flags.FlagValues()
+    # sys_argv: the config file's override flags (--config.a.b=...) are defined from these arguments,
+    # so a call with an explicit argv (Python, tests) overrides like the command line does
     config_flags.DEFINE_config_file("config", None, "ml_collections config file (configs/*.py)", flag_values=fv,
-                                    lock_config=True)
+                                    lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, tensorboard/ and report go here", flag_values=fv)
     flags.DEFINE_boolean("dry_run", False, "validate the config and build the model shapes only", flag_values=fv)
-    argv = list(sys.argv if argv is None else ["urlvr-train", *argv])
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(TRAIN_HELP)
         print(fv.get_help())
@@ -132,6 +134,14 @@ def train_main(argv=None) -> int:
         return 2
     if fv.config is None or (fv.workdir is None and not fv.dry_run):
         print(f"urlvr-train: --config and --workdir are required\n\n{TRAIN_HELP}", file=sys.stderr)
+        return 2
+    from urlvr_jax.config import validate
+
+    try:
+        validate(fv.config)
+    except ValueError as e:
+        print(f"urlvr-train: bad config value: {e}\n(set it on the command line, e.g. --config.rl.num_samples=8, "
+              "or in the config file; urlvr-train --help lists the options)", file=sys.stderr)
         return 2
     if fv.dry_run:
         from urlvr_jax.dry_run import dry_run

@@ -98,12 +98,14 @@ def build_models(config, mesh):
 
 def needs_reference(config) -> bool:
     """Whether the frozen reference model is loaded (KL, or the π* diagnostics)."""
-    return bool(config.rl.kl_coef) or bool(config.train.get("pistar_diagnostics", True))
+    return (bool(config.rl.kl_coef) or bool(config.train.get("pistar_diagnostics", True))
+            or bool(config.train.get("kl_metrics", False)))
 
 
 def reference_every_step(config) -> bool:
-    """Whether each step scores with the reference (KL needs it; π* needs it only at epoch ends by default)."""
-    return bool(config.rl.kl_coef) or (bool(config.train.get("pistar_diagnostics", True))
+    """Whether each step scores with the reference (KL and train.kl_metrics need it; π* needs it only at
+    epoch ends by default)."""
+    return bool(config.rl.kl_coef) or bool(config.train.get("kl_metrics", False)) or (bool(config.train.get("pistar_diagnostics", True))
                                        and bool(config.train.get("pistar_every_step", False)))
 
 
@@ -302,6 +304,11 @@ def monitor(out, problems, gold_ids, tokenizer, config, gt_by_hash: bool,
                            reference_length=reference_length)
     metrics["urlvr/pass_at_n"] = float(np.mean(np.any(correct, axis=1)))
     if ref_lp is not None:
+        # KL of the rollout policy to the frozen reference on the sampled tokens: verl's k3 per token
+        # (exp(d) - d - 1, d = log π_ref - log π_old) and the k1 sum per response
+        d = np.where(mask > 0, np.asarray(ref_lp, np.float64) - np.asarray(old_lp, np.float64), 0.0)
+        metrics["kl_to_ref/k3_token_mean"] = float((np.expm1(d) - d).sum() / max(mask.sum(), 1))
+        metrics["kl_to_ref/k1_seq_mean"] = float((-d).sum(-1).mean())
         seq = lambda lp: (lp * mask).sum(-1).reshape(P, N)[:, :n]  # noqa: E731
         metrics.update(optimal_policy_diagnostics(rewards, correct[:, :n], seq(ref_lp), config.rl.beta,
                                                   policy_logprob=seq(old_lp)))

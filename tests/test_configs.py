@@ -89,3 +89,20 @@ def test_command_line_override_reaches_the_dry_run(capsys):
 def test_base_config_alone_asks_for_a_model():
     with pytest.raises(ValueError, match=r"config\.model\.path='': set a model path"):
         validate(base_config())
+
+
+def test_memory_estimate_follows_remat_and_micro_batches_and_refuses_what_cannot_fit():
+    from urlvr_jax.dry_run import check_fits, estimate_memory, model_config_for
+
+    c = load("smollm2").get_config()
+    cfg = model_config_for(c)
+    remat = estimate_memory(c, cfg, 1)["memory_gb/activations"]
+    c.model.remat = False
+    full = estimate_memory(c, cfg, 1)["memory_gb/activations"]
+    c.rl.micro_batch_groups = 0  # the whole batch (4 groups) in one pass
+    whole = estimate_memory(c, cfg, 1)["memory_gb/activations"]
+    assert remat < full / 10 and 3.9 < whole / full < 4.1
+    # the un-rematerialised 4 x 4-row update measured 14 GB of host memory: the estimate must not be below it
+    assert estimate_memory(c, cfg, 1)["memory_gb/total"] > 13
+    with pytest.raises(MemoryError, match=r"largest part is activations.*model\.remat=True"):
+        check_fits(c, cfg, 1, device_memory_gb=8.0)

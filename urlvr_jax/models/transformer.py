@@ -331,17 +331,22 @@ def _finish(cfg: ModelConfig, w, x, attn, rules):
 
 
 def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd]."""
+    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd].
+
+    Heads are moved before positions and each KV head's g query heads are stacked into one [g·T, hd]
+    operand, so both products are one batched GEMM per (batch row, KV head) with g·T rows: on XLA:CPU
+    forward + gradient 1.6x faster than the [B,T,K,g,hd] einsums (benchmarks/README.md)."""
     B, T, H, hd = q.shape
-    K = k.shape[2]
-    kv = "bskd"
-    qg = q.reshape(B, T, K, H // K, hd)
-    scores = jnp.einsum(f"btkgd,{kv}->bkgts", qg, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(hd))
+    S, K = k.shape[1], k.shape[2]
+    g = H // K
+    qg = q.reshape(B, T, K, g, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, g * T, hd)
+    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, hd]
+    scores = jnp.einsum("bkmd,bksd->bkms", qg, kh, preferred_element_type=jnp.float32)
+    scores = scores.reshape(B, K, g, T, S) / jnp.sqrt(jnp.float32(hd))
     scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum(f"bkgts,{kv}->btkgd", probs, v)
-    return out.reshape(B, T, H, hd)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B, K, g * T, S)
+    out = jnp.einsum("bkms,bksd->bkmd", probs, vh).reshape(B, K, g, T, hd)
+    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
 
 
 def decode_attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

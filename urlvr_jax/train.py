@@ -105,8 +105,8 @@ def needs_reference(config) -> bool:
 def reference_every_step(config) -> bool:
     """Whether each step scores with the reference (KL and train.kl_metrics need it; π* needs it only at
     epoch ends by default)."""
-    return bool(config.rl.kl_coef) or bool(config.train.get("kl_metrics", False)) or (bool(config.train.get("pistar_diagnostics", True))
-                                       and bool(config.train.get("pistar_every_step", False)))
+    per_step_pistar = config.train.get("pistar_diagnostics", True) and config.train.get("pistar_every_step", False)
+    return bool(config.rl.kl_coef) or bool(config.train.get("kl_metrics", False)) or bool(per_step_pistar)
 
 
 def load_problems(config):
@@ -415,9 +415,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             out = to_host(out)  # (a collective on multi-host runs: keep it on the main thread)
             device_metrics = {k: float(v) for k, v in out.metrics.items()}
             if reference_length is None:  # length collapse is measured against the base model's first rollout
-                n_train = config.rl.n_train or config.rl.num_samples
-                first = np.asarray(out.rollout.mask).reshape(len(batch), config.rl.num_samples, -1)[:, :n_train]
-                reference_length = max(float(first.sum(-1).mean()), 1.0)
+                lengths = np.asarray(out.rollout.lengths).reshape(len(batch), config.rl.num_samples)
+                reference_length = max(float(lengths[:, : config.rl.n_train or config.rl.num_samples].mean()), 1.0)
             consecutive_skips = consecutive_skips + 1 if device_metrics["skipped_updates"] else 0
             pending = pool.submit(_monitor_record, step, out, batch, gold, tokenizer, config, gt_by_hash,
                                   device_metrics, times, epoch, reference_length)

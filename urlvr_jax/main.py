@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -97,6 +98,7 @@ TRAIN_HELP = """Run (or resume) a URLVR experiment.
   urlvr-train --config=configs/default.py --config.model.path=ladder/q0.8 --workdir=runs/bad_prior
   urlvr-train --config=configs/paper.py:self_certainty --config.model.path=/models/Qwen3-1.7B-Base --workdir=runs/sc
   urlvr-train --config=configs/paper.py --dry_run                            # shapes + per-device memory, offline
+  urlvr-train --config=configs/paper.py --compile_for=v5e-16                 # compile for a TPU slice, from a CPU
 
 Config files: configs/default.py (synthetic world), configs/paper.py[:variant] (the paper's runs; variants
 default, self_certainty, token_entropy, trajectory_entropy, probability, ground_truth, ttrl, ttt_amc23,
@@ -107,6 +109,9 @@ refused. Model paths: an HF folder, a .gguf file, 'smollm2', or 'ladder/<q0.1..q
 The workdir gets metrics.jsonl, tensorboard/, checkpoints/, report.json and PNG plots; rerunning the same
 command with the same --workdir resumes from its newest checkpoint.
 --dry_run builds the model abstractly (jax.eval_shape), prints its size and memory estimate, and exits.
+--compile_for=v5e-16 compiles the step's programs for that TPU slice on this (CPU) machine with libtpu
+(pip install 'urlvr-jax[tpu]') and prints the compiler's per-device memory, FLOPs and roofline time per
+program; it exits 1, naming the program and the knob to turn, when something does not fit.
 """
 
 
@@ -115,6 +120,10 @@ def train_main(argv=None) -> int:
     from ml_collections import config_flags
 
     argv = list(sys.argv if argv is None else ["urlvr-train", *argv])
+    if any(a.startswith("--compile_for") for a in argv) and "JAX_PLATFORMS" not in os.environ:
+        # compiling for a TPU slice runs on this machine's CPU; without this, jax first tries (and times out
+        # on) a local TPU because libtpu is installed
+        os.environ["JAX_PLATFORMS"] = "cpu"
     fv = flags.FlagValues()
     # sys_argv: the config file's override flags (--config.a.b=...) are defined from these arguments,
     # so a call with an explicit argv (Python, tests) overrides like the command line does
@@ -122,6 +131,11 @@ def train_main(argv=None) -> int:
                                     lock_config=True, sys_argv=argv)
     flags.DEFINE_string("workdir", None, "checkpoints, metrics.jsonl, tensorboard/ and report go here", flag_values=fv)
     flags.DEFINE_boolean("dry_run", False, "validate the config and build the model shapes only", flag_values=fv)
+    flags.DEFINE_string("compile_for", None, "AOT-compile the step for a TPU slice (v5e-16, v5e-64, v5p-8, v6e-16, "
+                        "v4-8, or a topology like v5e:4x4) on this machine and print the compiler's per-device "
+                        "memory, FLOPs and roofline per program; exit 1 if a program does not fit (needs libtpu: "
+                        "pip install 'urlvr-jax[tpu]')", flag_values=fv)
+    flags.DEFINE_string("compile_json", None, "with --compile_for: also write the report as JSON here", flag_values=fv)
     if any(a in ("-h", "--help", "--helpfull") for a in argv[1:]):
         print(TRAIN_HELP)
         print(fv.get_help())
@@ -132,7 +146,7 @@ def train_main(argv=None) -> int:
         msg = str(e).strip("'\"").replace("\\n", " ")
         print(f"urlvr-train: bad flag: {msg}\n(see urlvr-train --help)", file=sys.stderr)
         return 2
-    if fv.config is None or (fv.workdir is None and not fv.dry_run):
+    if fv.config is None or (fv.workdir is None and not fv.dry_run and not fv.compile_for):
         print(f"urlvr-train: --config and --workdir are required\n\n{TRAIN_HELP}", file=sys.stderr)
         return 2
     from urlvr_jax.config import validate
@@ -143,6 +157,19 @@ def train_main(argv=None) -> int:
         print(f"urlvr-train: bad config value: {e}\n(set it on the command line, e.g. --config.rl.num_samples=8, "
               "or in the config file; urlvr-train --help lists the options)", file=sys.stderr)
         return 2
+    if fv.compile_for:
+        from urlvr_jax.aot import compile_for
+
+        try:
+            report = compile_for(fv.config, fv.compile_for, config_name=fv["config"].config_filename)
+        except (ValueError, RuntimeError) as e:
+            print(f"urlvr-train: {e}", file=sys.stderr)
+            return 2
+        print(report.table())
+        if fv.compile_json:
+            with open(fv.compile_json, "w") as f:
+                json.dump(report.to_dict(), f, indent=2)
+        return 0 if report.fits() else 1
     if fv.dry_run:
         from urlvr_jax.dry_run import dry_run
 

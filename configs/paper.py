@@ -43,10 +43,10 @@ def get_config(variant: str = "default"):
     c.rl.dual_clip = 3.0
     c.rl.aggregation = "token-mean"
     c.rl.mini_batches = 1  # on-policy: one optimizer step per rollout batch
-    # the update one group (8 responses of up to 8192 tokens) at a time, as verl's per-GPU micro-batch: the
-    # same step (exact global token-mean), a 64th of the activations (dry run, 8 devices: ~70 GiB per
-    # device with it — the rollout's KV cache dominates — 680 GiB without)
-    c.rl.micro_batch_groups = 1
+    # the update one micro-batch at a time, as verl's per-GPU micro-batch: the fewest whole groups that give
+    # every device its own rows (1 group of 8 on 8 devices, 2 on 16, 8 on 64): the same step (exact global
+    # token-mean) with a fraction of the activations (benchmarks/README.md, scale section)
+    c.rl.micro_batch_groups = -1
     c.sampling.temperature = 1.0
     c.sampling.max_new_tokens = 7168
     c.train.steps = 1000

@@ -106,3 +106,17 @@ def test_memory_estimate_follows_remat_and_micro_batches_and_refuses_what_cannot
     assert estimate_memory(c, cfg, 1)["memory_gb/total"] > 13
     with pytest.raises(MemoryError, match=r"largest part is activations.*model\.remat=True"):
         check_fits(c, cfg, 1, device_memory_gb=8.0)
+
+
+@pytest.mark.parametrize("shards,n_train,expected", [(1, 0, 1), (8, 0, 1), (16, 0, 2), (64, 0, 8), (6, 0, 3),
+                                                     (64, 32, 2), (512, 0, 64)])
+def test_per_device_micro_batch_gives_every_batch_shard_whole_rows(shards, n_train, expected):
+    from urlvr_jax.config import micro_batch_groups_for
+
+    c = load("paper").get_config()  # 64 prompts x 8 samples, micro_batch_groups=-1
+    c.rl.n_train = n_train
+    if n_train:
+        c.rl.num_samples = c.rl.n_votes = 64
+    groups = micro_batch_groups_for(c, shards)
+    assert groups == expected
+    assert (groups * (n_train or 8)) % shards == 0 or groups == c.data.prompt_batch_size

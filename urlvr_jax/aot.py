@@ -218,6 +218,7 @@ def load_config(spec: str):
 
 def abstract_step(config, devices) -> AbstractStep:
     """The step's inputs for `config` on a mesh of `devices` (abstract: no memory is allocated)."""
+    from urlvr_jax.config import batch_shards, micro_batch_groups_for
     from urlvr_jax.dry_run import model_config_for
     from urlvr_jax.models.transformer import Transformer
     from urlvr_jax.models.weights import _state_shardings
@@ -258,7 +259,8 @@ def abstract_step(config, devices) -> AbstractStep:
         dual_clip=config.rl.dual_clip or None, aggregation=config.rl.aggregation, kl_coef=config.rl.kl_coef,
         kl_estimator=config.rl.kl_estimator, kl_in_reward=config.rl.kl_in_reward,
         entropy_coef=config.rl.entropy_coef, mini_batches=config.rl.mini_batches,
-        micro_batch_groups=config.rl.micro_batch_groups, mask_truncated=config.rl.mask_truncated,
+        micro_batch_groups=micro_batch_groups_for(config, batch_shards(config, len(devices))),
+        mask_truncated=config.rl.mask_truncated,
         use_reference=reference_every_step(config), eos_ids=(1,), pad_id=0,
         dynamic_sampling_groups=config.data.prompt_batch_size if config.rl.dynamic_sampling else 0)
     B, Tp = pool_size(config), config.data.max_prompt_length

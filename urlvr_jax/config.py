@@ -7,6 +7,8 @@ combinations and names the key at fault.
 """
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 from urlvr_jax.rewards.registry import ALL_REWARDS, DEVICE_REWARDS
@@ -54,6 +56,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.rl.warmup_steps = 0
     c.rl.lr_schedule = "constant"  # constant | cosine
     c.rl.mini_batches = 1
+    # groups per update micro-batch (gradients accumulate over micro-batches; same update, less memory):
+    # 0 = the whole mini-batch at once; -1 = per device, the fewest groups that give every batch shard
+    # (mesh data x fsdp) whole rows — verl's per-GPU micro-batch (see micro_batch_groups_for)
     c.rl.micro_batch_groups = 0
     c.rl.mask_truncated = False
     c.rl.dynamic_sampling = False  # DAPO-style: drop zero-variance groups, refill from an oversampled pool
@@ -129,6 +134,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("train.probe_prompts", "must be >= 0 (0 = data.prompt_batch_size)")
     if c.rl.mini_batches < 1 or c.rl.mini_batches > c.data.prompt_batch_size:
         bad("rl.mini_batches", f"must be in [1, data.prompt_batch_size={c.data.prompt_batch_size}]")
+    if c.rl.micro_batch_groups < -1:
+        bad("rl.micro_batch_groups", "must be >= 0 (0 = whole mini-batch) or -1 (per device)")
     if c.rl.lr_schedule not in ("constant", "cosine"):
         bad("rl.lr_schedule", "choose constant or cosine")
     if c.rl.dynamic_sampling and c.rl.oversample < 1:
@@ -152,6 +159,27 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     if not c.model.path and not c.model.preset:
         bad("model.path", "set a model path (HF folder, .gguf, 'smollm2'), or model.preset for a --dry_run")
     return c
+
+
+def batch_shards(c, n_devices: int) -> int:
+    """How many ways a batch is split: mesh data x fsdp, with a -1 axis filled by the remaining devices."""
+    sizes = {"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor}
+    known = math.prod(v for v in sizes.values() if v > 0)
+    sizes = {k: (max(n_devices // known, 1) if v == -1 else v) for k, v in sizes.items()}
+    return sizes["data"] * sizes["fsdp"]
+
+
+def micro_batch_groups_for(c, n_batch_shards: int) -> int:
+    """rl.micro_batch_groups resolved for a mesh: -1 -> the fewest whole groups whose rows divide evenly
+    over the batch shards (e.g. 8 samples per group: 1 group on 8 shards, 2 on 16, 8 on 64), capped at the
+    mini-batch. A micro-batch with fewer rows than shards cannot be split and would be replicated on every
+    device — each device would then compute (and hold the activations of) the whole micro-batch."""
+    groups = c.rl.micro_batch_groups
+    if groups != -1:
+        return groups
+    n = c.rl.n_train or c.rl.num_samples
+    per_mini_batch = -(-c.data.prompt_batch_size // c.rl.mini_batches)
+    return min(n_batch_shards // math.gcd(n_batch_shards, n), per_mini_batch)
 
 
 def _get(c, dotted: str):

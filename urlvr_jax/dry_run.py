@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from urlvr_jax.config import validate
+from urlvr_jax.config import micro_batch_groups_for, validate
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.models.transformer import Transformer
 
@@ -63,7 +63,8 @@ def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float
     P = cfg.num_params()
     rows = config.data.prompt_batch_size * config.rl.num_samples / batch_par
     # the update runs one micro-batch (or, without micro-batching, one mini-batch) at a time
-    groups = config.rl.micro_batch_groups or config.data.prompt_batch_size / max(config.rl.mini_batches, 1)
+    groups = (micro_batch_groups_for(config, batch_par)
+              or config.data.prompt_batch_size / max(config.rl.mini_batches, 1))
     update_rows = max(groups * config.rl.num_samples / batch_par, 1.0)
     seq = config.data.max_prompt_length + config.sampling.max_new_tokens
     D, F, H, K, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim

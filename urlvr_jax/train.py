@@ -50,7 +50,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from urlvr_jax.config import validate
+from urlvr_jax.config import batch_shards, micro_batch_groups_for, validate
 from urlvr_jax.diagnostics.collapse import ModelCollapseTracker
 from urlvr_jax.diagnostics.metrics import step_metrics
 from urlvr_jax.diagnostics.optimal_policy import optimal_policy_diagnostics
@@ -180,7 +180,8 @@ def step_config(config, tokenizer, model_cfg) -> StepConfig:
         dual_clip=config.rl.dual_clip or None, aggregation=config.rl.aggregation, kl_coef=config.rl.kl_coef,
         kl_estimator=config.rl.kl_estimator, kl_in_reward=config.rl.kl_in_reward,
         entropy_coef=config.rl.entropy_coef, mini_batches=config.rl.mini_batches,
-        micro_batch_groups=config.rl.micro_batch_groups, mask_truncated=config.rl.mask_truncated,
+        micro_batch_groups=micro_batch_groups_for(config, batch_shards(config, jax.device_count())),
+        mask_truncated=config.rl.mask_truncated,
         use_reference=reference_every_step(config), eos_ids=tuple(eos_ids_of(tokenizer, model_cfg)),
         pad_id=pad_id_of(tokenizer),
         dynamic_sampling_groups=config.data.prompt_batch_size if config.rl.dynamic_sampling else 0)

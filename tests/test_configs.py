@@ -32,7 +32,7 @@ def test_every_config_file_is_covered():
 @pytest.mark.parametrize("name,variant", PRESETS, ids=[f"{n}:{v}" for n, v in PRESETS])
 def test_every_preset_validates_and_dry_runs(name, variant):
     c = validate(load(name).get_config(variant))
-    out = dry_run(c, n_devices=8)
+    out = dry_run(c, n_devices=8, compile=False)  # the hand estimate (compiling 14 presets takes too long)
     assert out["logits_shape"][:2] == [c.data.prompt_batch_size, c.data.max_prompt_length]
     assert out["memory_gb/total"] > 0
     if name == "paper":  # Qwen3-1.7B-Base: 1.72B parameters (tied embeddings)
@@ -81,9 +81,19 @@ def test_command_line_override_reaches_the_dry_run(capsys):
     import json
 
     cfg = str(ROOT / "configs" / "default.py")
-    assert train_main([f"--config={cfg}:mcs_probe", "--config.data.max_prompt_length=24", "--dry_run"]) == 0
+    assert train_main([f"--config={cfg}", "--config.data.prompt_batch_size=8", "--config.data.max_prompt_length=24",
+                       "--dry_run"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["logits_shape"][:2] == [8, 24]
+    from urlvr_jax.aot import tpu_available
+
+    if tpu_available():  # the memory figures are then the compiler's, for a v5e slice of as many devices
+        assert out["memory_source"].startswith("XLA:TPU compiler, v5e:2x4 (8 devices)")
+        assert {"memory_gb/rollout", "memory_gb/update", "estimate_gb/total"} <= set(out)
+        assert out["memory_gb/total"] == max(out["memory_gb/rollout"], out["memory_gb/update"],
+                                             out["memory_gb/reward"])
+    else:
+        assert out["memory_source"].startswith("estimate")
 
 
 def test_base_config_alone_asks_for_a_model():

@@ -59,6 +59,7 @@ CHIPS = {
 }
 # chips of a slice -> topology; v5e/v6e slices are named by chips, v4/v5p slices by TensorCores (2 per chip)
 _2D = {1: "1x1", 4: "2x2", 8: "2x4", 16: "4x4", 32: "4x8", 64: "8x8", 128: "8x16", 256: "16x16"}
+V5E_SLICES = tuple(_2D)
 _3D = {4: "2x2x1", 8: "2x2x2", 16: "2x2x4", 32: "2x4x4", 64: "4x4x4", 128: "4x4x8", 256: "4x8x8", 512: "8x8x8"}
 
 

@@ -112,7 +112,13 @@ def check_fits(config, cfg: ModelConfig, n_devices: int, device_memory_gb: float
     return est
 
 
-def dry_run(config, n_devices: int | None = None) -> dict[str, Any]:
+def dry_run(config, n_devices: int | None = None, compile: bool | None = None) -> dict[str, Any]:
+    """Shapes and per-device memory of a config, offline.
+
+    The memory figures are the hand estimate above, unless the compiler can be asked: with libtpu installed
+    (compile=None: whenever it is; compile=True: required) the step's programs are compiled for a TPU v5e
+    slice with the same number of devices (aot.py) and `memory_gb/<program>` are the compiler's per-device
+    peaks (`memory_source` says which); the estimate is then kept under `estimate_gb/*`."""
     validate(config)
     cfg = model_config_for(config)
     abstract = nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
@@ -125,4 +131,18 @@ def dry_run(config, n_devices: int | None = None) -> dict[str, Any]:
     ids = jax.ShapeDtypeStruct((config.data.prompt_batch_size, config.data.max_prompt_length), jnp.int32)
     logits = jax.eval_shape(lambda m, i: m(i), abstract, ids)
     out["logits_shape"] = list(logits.shape)
+    out["memory_source"] = "estimate (dry_run.estimate_memory)"
+    from urlvr_jax import aot  # noqa: PLC0415  (imports the step: only needed here)
+
+    slice_name = f"v5e-{n}"
+    if compile is None:
+        compile = aot.tpu_available() and n in aot.V5E_SLICES
+    if compile:
+        report = aot.compile_for(config, slice_name, "dry_run")
+        out = {k.replace("memory_gb/", "estimate_gb/"): v for k, v in out.items()}
+        out.update({f"memory_gb/{p.name}": round(p.peak / aot.GIB, 3) for p in report.programs})
+        out["memory_gb/total"] = max(out[f"memory_gb/{p.name}"] for p in report.programs)
+        out["memory_source"] = (f"XLA:TPU compiler, {report.target.topology} ({n} devices): peak per program "
+                                f"incl. resident state; fits {report.target.hbm_per_device / aot.GIB:.0f} GiB: "
+                                f"{report.fits()}")
     return out

@@ -13,7 +13,8 @@ from the entry computation:
 - bytes: for every top-level instruction of a non-fused computation (fusions, copies, collectives,
   dots ...), its operand and output bytes — the HBM traffic model of XLA's cost analysis. A fusion that
   only slices (dynamic-slice) or updates in place (dynamic-update-slice) a large operand is charged the
-  slice, not the whole buffer, as XLA does for those ops.
+  slice, not the whole buffer, as XLA does for those ops; likewise a gather is charged the rows it reads
+  and a scatter the rows it writes.
 - trip counts: the `known_trip_count` XLA records when it has one; otherwise the loop condition's
   `counter < constant` comparison, with the counter's initial value read from the loop's input tuple.
   A loop that can also exit early (the sampler's decode loop: "step < max_new_tokens and not all
@@ -231,8 +232,8 @@ def _fusion_bytes(ins: _Instr, fused: list[_Instr], table: dict[str, str], fused
             continue
         full = shape_bytes(table.get(ins.operands[idx], ""))
         users = uses.get(pname, [])
-        if users and all(u.opcode == "dynamic-slice" and u.operands[0] == pname for u in users):
-            total += sum(shape_bytes(u.shape) for u in users)
+        if users and all(u.opcode in ("dynamic-slice", "gather") and u.operands[0] == pname for u in users):
+            total += sum(shape_bytes(u.shape) for u in users)  # only the slices / gathered rows are read
         elif users and all(u.opcode == "dynamic-update-slice" and u.operands[0] == pname for u in users):
             update = sum(shape_bytes(fused_table.get(u.operands[1], "")) for u in users)
             total += update - full  # the output already counted the whole buffer: charge the update twice
@@ -311,6 +312,11 @@ def hlo_cost(text: str) -> HloCost:
                 nbytes += mult * 2 * shape_bytes(shapes[comp].get(ins.operands[1], ""))
             elif op == "dynamic-slice":
                 nbytes += mult * 2 * shape_bytes(ins.shape)
+            elif op == "gather":  # the gathered rows and the indices, not the whole operand
+                nbytes += mult * (2 * shape_bytes(ins.shape) + shape_bytes(shapes[comp].get(ins.operands[1], "")))
+            elif op == "scatter":  # in place: the updates (read, written) and the indices
+                nbytes += mult * (2 * shape_bytes(shapes[comp].get(ins.operands[-1], ""))
+                                  + shape_bytes(shapes[comp].get(ins.operands[1], "")))
             else:
                 nbytes += mult * (shape_bytes(ins.shape) + sum(shape_bytes(shapes[comp].get(o, ""))
                                                                for o in ins.operands))

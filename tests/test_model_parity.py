@@ -26,10 +26,12 @@ from tiny_models import FAMILIES, SMALL, left_pad, make_hf_model, torch_logits  
 PROMPTS = [[5, 17, 33, 2, 90, 11, 4, 8, 61], [7, 3, 44], [12, 80, 1, 9, 9, 30]]
 
 
+@pytest.mark.parametrize("attention", ["auto", "flash"])  # auto is dense at these lengths on CPU
 @pytest.mark.parametrize("family", sorted(FAMILIES))
-def test_logits_match_transformers_with_left_padding(family, tmp_path):
+def test_logits_match_transformers_with_left_padding(family, attention, tmp_path):
     hf = make_hf_model(family, tmp_path)
-    model = load_model(tmp_path, mesh=make_mesh({"fsdp": 2, "tensor": 2}, devices=__import__("jax").devices()[:4]))
+    model = load_model(tmp_path, mesh=make_mesh({"fsdp": 2, "tensor": 2}, devices=__import__("jax").devices()[:4]),
+                       attention=attention)
     ids, mask = left_pad(PROMPTS)
     ours = np.asarray(model(jnp.asarray(ids), jnp.asarray(mask)))
     assert ours.dtype == np.float32 and ours.shape == (3, ids.shape[1], SMALL["vocab_size"])
@@ -51,9 +53,10 @@ def test_save_model_round_trip(family, tmp_path):
     np.testing.assert_array_equal(np.asarray(again.layers.q[...]), np.asarray(model.layers.q[...]))
 
 
-def test_bfloat16_compute_is_close(tmp_path):
+@pytest.mark.parametrize("attention", ["auto", "flash"])
+def test_bfloat16_compute_is_close(attention, tmp_path):
     hf = make_hf_model("llama", tmp_path)
-    model = load_model(tmp_path, dtype=jnp.bfloat16)
+    model = load_model(tmp_path, dtype=jnp.bfloat16, attention=attention)
     assert model.layers.q[...].dtype == jnp.bfloat16
     ours = np.asarray(model(jnp.asarray([PROMPTS[0]])))[0]
     ref = torch_logits(hf, PROMPTS[:1])[0]

@@ -23,6 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.model.dtype = "float32"  # compute dtype: float32 | bfloat16
     c.model.param_dtype = "float32"
     c.model.remat = False  # per-layer rematerialisation in the update
+    # full-sequence attention (update, scoring, prefill): auto | dense | flash | splash (TPU) | cudnn (GPU);
+    # auto = dense for short sequences, linear-memory flash (splash on TPU) for long (models/attention.py)
+    c.model.attention = "auto"
     c.model.reference = "same"  # frozen reference: 'same' (the initial policy) or a path
     c.model.preset = ""  # architecture preset (models/presets.py) for dry runs without the checkpoint
 
@@ -152,6 +155,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("data.prompt_batch_size", "must be >= 1")
     if c.model.dtype not in ("float32", "bfloat16") or c.model.param_dtype not in ("float32", "bfloat16"):
         bad("model.dtype", "dtype and param_dtype must be float32 or bfloat16")
+    if c.model.get("attention", "auto") not in ("auto", "dense", "flash", "splash", "cudnn"):
+        bad("model.attention", "choose auto, dense, flash, splash (TPU) or cudnn (GPU)")
     if c.train.steps < 1:
         bad("train.steps", "must be >= 1")
     if c.train.checkpoint_every < 1:

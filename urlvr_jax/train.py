@@ -87,12 +87,14 @@ def build_models(config, mesh):
 
     dtype, param_dtype = getattr(jnp, config.model.dtype), getattr(jnp, config.model.param_dtype)
     path = resolve_model_path(config.model.path)
-    policy = load_model(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype, remat=config.model.remat)
+    policy = load_model(path, mesh=mesh, dtype=dtype, param_dtype=param_dtype, remat=config.model.remat,
+                        attention=config.model.get("attention", "auto"))
     tokenizer = load_tokenizer(resolve_model_path(config.model.tokenizer) if config.model.tokenizer else path)
     reference = None
     if needs_reference(config):
         ref_path = path if config.model.reference == "same" else resolve_model_path(config.model.reference)
-        reference = load_model(ref_path, mesh=mesh, dtype=dtype, param_dtype=param_dtype)
+        reference = load_model(ref_path, mesh=mesh, dtype=dtype, param_dtype=param_dtype,
+                               attention=config.model.get("attention", "auto"))
     return policy, reference, tokenizer
 
 

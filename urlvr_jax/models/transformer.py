@@ -26,6 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from urlvr_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
+from urlvr_jax.models.attention import dense_attention as attention  # noqa: F401  (re-exported)
+from urlvr_jax.models.attention import make_attention
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.sharding import ShardingRules, with_logical_constraint
 
@@ -120,7 +123,11 @@ class _Stack(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """`model(input_ids, attention_mask=None) -> float32 logits [B, T, V]`."""
+    """`model(input_ids, attention_mask=None) -> float32 logits [B, T, V]`.
+
+    attention: the full-sequence attention (training, scoring, prefill), one of "auto", "dense", "flash",
+    "splash", "cudnn" (models/attention.py); the decode step always uses `decode_attention`.
+    """
 
     def __init__(
         self,
@@ -131,11 +138,15 @@ class Transformer(nnx.Module):
         dtype: Any = jnp.float32,
         remat: bool = False,
         rules: ShardingRules | None = None,
+        attention: str = "auto",
     ):
+        if attention not in ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(f"Transformer(attention={attention!r}): expected one of {ATTENTION_IMPLEMENTATIONS}")
         self.cfg = cfg
         self.dtype = dtype
         self.remat = remat
         self.rules = rules
+        self.attention = attention
         self.layers = _Stack()
         key = rngs.params()
         for i, spec in enumerate(param_table(cfg)):
@@ -248,7 +259,7 @@ class Transformer(nnx.Module):
         B, T = input_ids.shape
         mask = jnp.ones((B, T), bool) if attention_mask is None else attention_mask.astype(bool)
         positions = positions_from_mask(mask)
-        attn_mask = jnp.tril(jnp.ones((T, T), bool))[None] & mask[:, None, :]
+        attend = make_attention(self.attention, mask, head_dim=cfg.head_dim, rules=self.rules)
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(dtype)
         x = with_logical_constraint(x, ("batch", "sequence", "act_embed"), self.rules)
         cos, sin = rope_cos_sin(cfg, positions)
@@ -257,7 +268,7 @@ class Transformer(nnx.Module):
         def body(h, p):
             w = _compute_weights(p, dtype)
             q, k, v = _qkv(cfg, w, h, cos, sin)
-            h = _finish(cfg, w, h, attention(q, k, v, attn_mask), self.rules)
+            h = _finish(cfg, w, h, attend(q, k, v), self.rules)
             return h, ((k, v) if collect_kv else None)
 
         if self.remat:
@@ -328,25 +339,6 @@ def _finish(cfg: ModelConfig, w, x, attn, rules):
         out = rms_norm(out, w["norm2"], eps, True)
     x = x + out
     return with_logical_constraint(x, ("batch", "sequence", "act_embed"), rules)
-
-
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention. q [B,T,H,hd], k/v [B,S,K,hd], mask [B,T,S] bool -> [B,T,H,hd].
-
-    Heads are moved before positions and each KV head's g query heads are stacked into one [g·T, hd]
-    operand, so both products are one batched GEMM per (batch row, KV head) with g·T rows: on XLA:CPU
-    forward + gradient 1.6x faster than the [B,T,K,g,hd] einsums (benchmarks/README.md)."""
-    B, T, H, hd = q.shape
-    S, K = k.shape[1], k.shape[2]
-    g = H // K
-    qg = q.reshape(B, T, K, g, hd).transpose(0, 2, 3, 1, 4).reshape(B, K, g * T, hd)
-    kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, K, S, hd]
-    scores = jnp.einsum("bkmd,bksd->bkms", qg, kh, preferred_element_type=jnp.float32)
-    scores = scores.reshape(B, K, g, T, S) / jnp.sqrt(jnp.float32(hd))
-    scores = jnp.where(mask[:, None, None, :, :], scores, _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(B, K, g * T, S)
-    out = jnp.einsum("bkms,bksd->bkmd", probs, vh).reshape(B, K, g, T, hd)
-    return out.transpose(0, 3, 1, 2, 4).reshape(B, T, H, hd)
 
 
 def decode_attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:

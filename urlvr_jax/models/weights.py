@@ -185,11 +185,13 @@ def load_model(
     param_dtype=None,
     rules: ShardingRules | None = None,
     remat: bool = False,
+    attention: str = "auto",
 ) -> Transformer:
     """Load a HF folder or a .gguf file into a sharded NNX `Transformer`.
 
     mesh: device mesh (default: all local devices on the fsdp axis). dtype: compute dtype;
-    param_dtype: storage dtype of the parameters (default: dtype).
+    param_dtype: storage dtype of the parameters (default: dtype). attention: the full-sequence attention
+    implementation (models/attention.py: auto | dense | flash | splash | cudnn).
     """
     path = Path(path)
     if path.suffix == ".gguf":
@@ -206,7 +208,7 @@ def load_model(
     else:
         raise FileNotFoundError(f"{path}: not a model folder (config.json + *.safetensors) or a .gguf file")
     return model_from_tensors(cfg, source, mesh=mesh, dtype=dtype, param_dtype=param_dtype, rules=rules,
-                              remat=remat)
+                              remat=remat, attention=attention)
 
 
 def model_from_state_dict(cfg: ModelConfig, state_dict: dict[str, np.ndarray], **kwargs) -> Transformer:
@@ -215,7 +217,7 @@ def model_from_state_dict(cfg: ModelConfig, state_dict: dict[str, np.ndarray], *
 
 
 def model_from_tensors(cfg, source: _TensorSource, mesh=None, dtype=jnp.float32, param_dtype=None, rules=None,
-                       remat=False) -> Transformer:
+                       remat=False, attention="auto") -> Transformer:
     param_dtype = param_dtype or dtype
     mesh = mesh or make_mesh()
     rules = rules or ShardingRules(mesh)
@@ -223,7 +225,8 @@ def model_from_tensors(cfg, source: _TensorSource, mesh=None, dtype=jnp.float32,
     _check_names(cfg, specs, source)
 
     abstract = nnx.eval_shape(
-        lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype, remat=remat, rules=rules)
+        lambda: Transformer(cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype, remat=remat, rules=rules,
+                            attention=attention)
     )
     graphdef, state = nnx.split(abstract)
     for spec in specs:
@@ -339,14 +342,15 @@ def _replace_dir(new: Path, dest: Path) -> None:
 
 
 def init_model(cfg: ModelConfig, seed: int = 0, mesh=None, dtype=jnp.float32, param_dtype=None, rules=None,
-               remat: bool = False) -> Transformer:
+               remat: bool = False, attention: str = "auto") -> Transformer:
     """A randomly initialised model whose parameters are created directly in their shards."""
     param_dtype = param_dtype or dtype
     mesh = mesh or make_mesh()
     rules = rules or ShardingRules(mesh)
 
     def build():
-        return Transformer(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, dtype=dtype, remat=remat, rules=rules)
+        return Transformer(cfg, rngs=nnx.Rngs(seed), param_dtype=param_dtype, dtype=dtype, remat=remat, rules=rules,
+                           attention=attention)
 
     abstract = nnx.eval_shape(build)
     graphdef, abstract_state = nnx.split(abstract)

@@ -132,10 +132,11 @@ def main(argv=None) -> int:
             growth.append({"attention": attention or "default", "T": T, **update})
             (out_dir / f"scale_{args.tag}_lengths.json").write_text(json.dumps(growth, indent=1))
         Ts = sorted(row)
-        if len(Ts) > 1 and all(not row[t]["error"] for t in Ts):
+        if len(Ts) > 1 and all(row[t]["temp"] > 0 for t in Ts):  # a refusal carries the compiler's figure too
             ratio = row[Ts[-1]]["temp"] / row[Ts[0]]["temp"]
             line = (f"update temp memory on {args.length_target}, attention={attention or 'default'}: "
-                    + ", ".join(f"T={t}: {row[t]['temp'] / GIB:.2f} GiB" for t in Ts)
+                    + ", ".join(f"T={t}: {row[t]['temp'] / GIB:.2f} GiB" + (" (refused)" if row[t]["error"] else "")
+                                for t in Ts)
                     + f"; {Ts[-1]}/{Ts[0]} = {ratio:.2f}x (tokens grew {Ts[-1] / Ts[0]:.0f}x)")
         else:
             line = (f"update on {args.length_target}, attention={attention or 'default'}: "

@@ -329,7 +329,8 @@ def _measure(name: str, jitted, args: tuple, resident_extra: int, rules, compile
     cost = ProgramCost(name, resident_extra=resident_extra)
     t0 = time.perf_counter()
     try:
-        compiled = jitted.lower(*args).compile()
+        lowered = jitted.lower(*args)
+        compiled = lowered.compile()
     except Exception as e:  # noqa: BLE001 - XLA:TPU refuses programs that cannot fit; report, don't crash
         cost.compile_s = time.perf_counter() - t0
         cost.error = " ".join(str(e).split())[:600]
@@ -344,9 +345,14 @@ def _measure(name: str, jitted, args: tuple, resident_extra: int, rules, compile
     xla = compiled.cost_analysis()
     xla = xla[0] if isinstance(xla, (list, tuple)) else xla
     cost.xla_flops = float((xla or {}).get("flops", 0.0))
+    # FLOPs from the program before partitioning and optimisation (dots with explicit batch dimensions;
+    # XLA:TPU rewrites batched dots into dilated convolutions whose window is mostly padding), divided
+    # evenly over the devices; HBM bytes from the optimised per-device program (fusions decide the traffic)
+    pre = hlo_cost(lowered.as_text(dialect="hlo"))
+    cost.flops = pre.flops / rules.mesh.size
     hc = hlo_cost(compiled.as_text())
-    cost.flops, cost.bytes_accessed = hc.flops, hc.bytes_accessed
-    cost.loops, cost.opaque = hc.loops, hc.opaque_custom_calls
+    cost.bytes_accessed = hc.bytes_accessed
+    cost.loops, cost.opaque = pre.loops, sorted(set(pre.opaque_custom_calls))
     outs = jax.tree.map(lambda info, sh: jax.ShapeDtypeStruct(info.shape, info.dtype, sharding=sh),
                         compiled.out_info, compiled.output_shardings)
     return cost, outs
@@ -401,7 +407,8 @@ ADVICE = {
                "or use more devices on mesh.data/fsdp",
     "scoring": "the scoring pass: lower data.prompt_batch_size or use more devices on mesh.data/fsdp",
     "reward": "lower data.prompt_batch_size",
-    "update": "the update's activations: set rl.micro_batch_groups=1, model.remat=True, model.attention='flash', "
+    "update": "the update's activations: set rl.micro_batch_groups=-1 (per-device micro-batches), model.remat=True, "
+              "model.attention='flash', "
               "or use more devices on mesh.fsdp",
 }
 

@@ -1,10 +1,13 @@
-"""FLOPs and HBM bytes of a compiled XLA program, with loops counted as many times as they run.
+"""FLOPs and HBM bytes of an XLA program, with loops counted as many times as they run.
 
 XLA's own `Compiled.cost_analysis()` visits each computation once, so the body of a `while` loop (every
 `lax.scan` over layers, every micro-batch or attention-block loop, the decode loop) is counted for one
-iteration only: for a 28-layer scanned model it reports about 1/28 of the FLOPs. This module reads the
-optimised HLO text (`compiled.as_text()`), finds each loop's trip count, and sums over the call graph
-from the entry computation:
+iteration only: for a 28-layer scanned model it reports about 1/28 of the FLOPs. This module reads HLO
+text — `lowered.as_text(dialect="hlo")` before optimisation, or `compiled.as_text()` after — finds each
+loop's trip count, and sums over the call graph from the entry computation. Count FLOPs on the program
+before optimisation (global, with dots that name their batch dimensions: XLA:TPU rewrites batched dots
+into dilated convolutions whose windows are mostly padding, which this module would overcount) and HBM
+bytes on the optimised per-device program (its fusions decide the traffic):
 
 - FLOPs: `dot` (2 x output elements x contracted size) and `convolution` (TPU lowers dots to
   convolutions: 2 x output elements x input features x window) wherever they sit, including inside
@@ -31,8 +34,8 @@ _DTYPE_BYTES = {"pred": 1, "s4": 0.5, "u4": 0.5, "s8": 1, "u8": 1, "s16": 2, "u1
                 "s64": 8, "u64": 8, "f8e4m3fn": 1, "f8e5m2": 1, "f8e4m3b11fnuz": 1, "f8e4m3fnuz": 1,
                 "f8e5m2fnuz": 1, "bf16": 2, "f16": 2, "f32": 4, "f64": 8, "c64": 8, "c128": 16, "token": 0}
 _ARRAY = re.compile(r"\b([a-z]+[0-9]*[a-z0-9]*)\[([0-9,]*)\]")
-_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+) \((.*)\) -> (.*) \{\s*$")
-_INSTR = re.compile(r"^\s*(ROOT )?%([\w.\-]+) = (.*)$")
+_HEADER = re.compile(r"^(ENTRY )?%?([\w.\-]+)(?: \((.*)\) -> (.*))? \{\s*$")
+_INSTR = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (.*)$")
 _FREE = {"parameter", "tuple", "get-tuple-element", "constant", "bitcast", "while", "call", "conditional",
          "after-all", "partition-id", "replica-id", "iota", "opt-barrier", "add-dependency", "domain",
          "get-dimension-size", "copy-done", "slice-done", "all-gather-done", "all-reduce-done",
@@ -141,7 +144,7 @@ def parse_module(text: str) -> tuple[dict[str, list[_Instr]], dict[str, dict[str
                 if m.group(1):
                     entry = current
                 comps[current], shapes[current] = [], {}
-                for param in _split_top(m.group(3)):
+                for param in _split_top(m.group(3) or ""):
                     pname, _, pshape = param.partition(":")
                     shapes[current][pname.strip().lstrip("%")] = pshape.strip()
             continue

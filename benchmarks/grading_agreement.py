@@ -1,15 +1,17 @@
 """The grader against math-verify's documented behaviour, per category, and its worst time on pathological input.
 
     python benchmarks/grading_agreement.py                  # agreement table + pathological timing
-    python benchmarks/grading_agreement.py --math-verify    # also raw math-verify's verify(parse(gold), parse(pred))
+    python benchmarks/grading_agreement.py --math-verify    # also raw math-verify: verify(parse(g), parse(p))
     python benchmarks/grading_agreement.py --no-timing      # agreement only
 
 Cases: tests/data/grading_cases.jsonl (pred, gold, expected, category, source: the math-verify test, README rule
 or project rule each label follows; set: "dev" cases were written before the grader was changed, "holdout"
-    python benchmarks/grading_agreement.py --math-verify    # also raw math-verify: verify(parse(g), parse(p))
-`expected`. The raw math-verify column calls math-verify the way its own tests do, in this process, with its own
-5 s timeouts; where it differs from `expected`, the label follows a documented rule that raw math-verify applies
-only at another precision (rounded matrix entries and interval endpoints; see each case's source).
+cases after, and measured without changing the grader for them). Agreement = share of cases where
+`urlvr_jax.rewards.grading.grade` returns `expected`. The raw math-verify column calls math-verify the way its
+own tests do, in this process, with its own 5 s timeouts; where it differs from `expected`, the label follows a
+documented rule that raw math-verify applies only at another precision (rounded matrix entries and interval
+endpoints; see each case's source), or raw math-verify finds no answer in a bare prediction without a LaTeX
+environment ("x != 3").
 
 Timing: each pathological answer is graded alone against gold "3" with the default 5 s bound; the printed time
 is the grader's dispatch-to-answer time of the answer (`GraderStats.max_task_s`, the quantity the bound covers;

@@ -502,7 +502,14 @@ def grade_batch(
 
 def grade(prediction: Optional[str], gold: Optional[str], timeout_s: float = DEFAULT_TIMEOUT_S,
           max_chars: int = DEFAULT_MAX_CHARS) -> bool:
-    """True iff `prediction` is the same mathematical answer as `gold` (see the module docstring)."""
+    """True iff `prediction` (a response or a bare answer) is the same mathematical answer as `gold`.
+
+        grade(r"so the answer is \\boxed{\\frac{3}{4}}.", "0.75")      # True
+        grade(r"\\boxed{1}, \\boxed{2}", r"\\{1,2\\}")                 # True: the boxes form one answer
+        grade("$(4, 10, -2)$", "(10, 4, -2)")                       # False: a tuple is ordered
+
+    See the module docstring for the steps and the time bound.
+    """
     return grade_batch([prediction], [gold], timeout_s=timeout_s, processes=1, max_chars=max_chars)[0]
 
 

@@ -296,21 +296,16 @@ def _structure(s: str):
     """(kind, brackets, rows of entry strings) of a normal-form interval / tuple / matrix, or None."""
     s = _MEMBER_RE.sub("", s, count=1)
     m = _MATRIX_RE.match(s)
-    if m:
-        body = s[m.start(2):m.end(2)]
-        kind = "matrix"
-        if m.group(1) == "array":  # \left[\begin{array}{cc} .. \end{array}\right] (\left/\right removed)
-            kind = "matrix"
-        rows = [r for r in body.split("\\\\")]
+    if m:  # pmatrix, bmatrix, matrix and array are the same matrix (vmatrix, a determinant, is not)
+        rows = s[m.start(2):m.end(2)].split("\\\\")
         while rows and not rows[-1]:
             rows.pop()
         cells = [r.split("&") for r in rows]
         if not cells or len({len(r) for r in cells}) != 1:
             return None
-        return kind, "", cells
-    if s.startswith("[\\begin{array}") and s.endswith("]"):
-        inner = _structure(s[1:-1])
-        return inner
+        return "matrix", "", cells
+    if s.startswith("[\\begin{array}") and s.endswith("]"):  # \left[ \begin{array}…\end{array} \right]
+        return _structure(s[1:-1])
     m = _SEQ_RE.match(s)
     if m:
         items = _split_top(m.group(2), ",")

@@ -14,8 +14,15 @@ import pytest
 
 from urlvr_jax.rewards import grading
 from urlvr_jax.rewards.grading import grade, grade_batch
-from urlvr_jax.rewards.grading_rules import (decisive, extract_answer, extract_boxed_group, extract_last_math,
-                                             normalize_answer, read_decimal_comma, too_costly)
+from urlvr_jax.rewards.grading_rules import (
+    decisive,
+    extract_answer,
+    extract_boxed_group,
+    extract_last_math,
+    normalize_answer,
+    read_decimal_comma,
+    too_costly,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [json.loads(line) for line in open(ROOT / "tests" / "data" / "grading_cases.jsonl", encoding="utf-8")]

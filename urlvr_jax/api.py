@@ -27,11 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from urlvr_jax import tokenizer as tokenizers
 from urlvr_jax.models import weights
 from urlvr_jax.rollout import sampler
 from urlvr_jax.rollout.sampler import SamplingConfig
 from urlvr_jax.sharding import shard_batch
-from urlvr_jax import tokenizer as tokenizers
 
 Prompt = Union[str, Sequence[int]]
 

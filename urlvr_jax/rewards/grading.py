@@ -53,7 +53,6 @@ import dataclasses
 import json
 import os
 import queue
-import re
 import select
 import signal
 import subprocess

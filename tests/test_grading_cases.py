@@ -79,6 +79,24 @@ def test_last_math_expression():
     assert extract_answer(" 4 ") == ("4", "plain")
 
 
+def test_final_answer_anchor_and_its_priority():
+    """math-verify's anchored patterns: "final answer … is X" without a box; "final answer is $X$. I hope" wins."""
+    assert extract_answer("Final Answer: The volume of $V$ is 120. I hope it is correct.") == ("120", "plain")
+    assert extract_answer("Final Answer: The final answer is 7.78.") == ("7.78", "plain")
+    assert extract_answer("The final answer is $1$ and $2$. I hope it is correct.") == ("1,2", "math")
+    signed = r"so $x = \boxed{255}$. Final Answer: The final answer is $10,455$. I hope it is correct."
+    assert extract_answer(signed) == ("10,455", "math")
+    assert extract_answer(r"Final Answer: \boxed{3}. The final answer is 4") == ("3", "boxed")  # no sign-off
+    assert grade("Final Answer: The final answer is 12,000,023. I hope it is correct.", "12000023")
+    assert not grade("Final Answer: The largest $n$ is 34.", "$3$")
+
+
+def test_spaced_comma_is_a_list_not_thousands():
+    assert normalize_answer("32,349") == "32349" and normalize_answer("32, 349") == "32,349"
+    assert normalize_answer("11,\\! 111,\\! 100") == "11111100"  # LaTeX's thousands spacing
+    assert not grade(r"is $\boxed{32, 349}$", "32349") and grade(r"is $\boxed{32,\! 349}$", "32349")
+
+
 def test_decimal_comma_only_where_unambiguous():
     assert read_decimal_comma("1,22", "1.22") == "1.22"
     assert read_decimal_comma("-0,25", "-0.25") == "-0.25"

@@ -11,10 +11,11 @@ Semantics
 ``grade(pred, gold)`` = ``decisive(pred, gold)`` when that gives a verdict, else
 ``fast_equal(pred, gold) or math_verify_equal(pred, gold)``:
 
-1. the answer is taken from each side with ``extract_answer`` (``grading_rules.py``): the last group of
-   ``\\boxed{...}`` / ``\\fbox{...}`` (neighbouring boxes form one answer, as in math-verify), else the last
-   math expression (``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]``), else the text itself — so a whole
-   response or a bare answer can be passed; a plain-text prediction's decimal comma is read as a point
+1. the answer is taken from each side with ``extract_answer`` (``grading_rules.py``), in math-verify's order:
+   a signed-off "final answer is $…$. I hope", the last group of ``\\boxed{...}`` / ``\\fbox{...}``
+   (neighbouring boxes form one answer), what follows the last "final answer … is", the last math expression
+   (``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]``), else the text itself — so a whole response or a bare
+   answer can be passed; a plain-text prediction's decimal comma is read as a point
    where unambiguous (``read_decimal_comma``);
 1b. ``decisive``: exact verdicts where math-verify is wrong or too coarse — two plain numbers compare as
    exact rationals (math-verify rounds to 6 decimals; a k-decimal prediction matches the gold it rounds or

@@ -3,9 +3,10 @@
 `urlvr_jax.rewards.grading` runs these in the parent before anything reaches a math-verify worker, and
 re-exports every public name here. What they decide:
 
-* which part of a response is the answer (`extract_answer`): the last group of ``\\boxed{}`` (neighbouring
-  boxes joined into one answer, as math-verify does), else the last math expression (``$…$``, ``$$…$$``,
-  ``\\(…\\)``, ``\\[…\\]``, neighbours joined by and/or/comma), else the text itself;
+* which part of a response is the answer (`extract_answer`), in math-verify's order: a signed-off "final
+  answer is $…$. I hope", the last group of ``\\boxed{}`` (neighbouring boxes joined into one answer), what
+  follows the last "final answer … is", the last math expression (``$…$``, ``$$…$$``, ``\\(…\\)``,
+  ``\\[…\\]``, neighbours joined by and/or/comma), else the text itself;
 * MATH-style normal forms (`normalize_answer`), one spelling for relations (``!=``, ``\\ne``, ``≠`` ->
   ``\\neq``; ``>=`` -> ``\\geq``);
 * exact verdicts where math-verify is wrong or too coarse (`decisive`): exact rationals, numbers in a base,
@@ -98,6 +99,8 @@ _FRAC_HALF_RE = re.compile(r"\\frac\{([^{}]*)\}(\d)|\\frac(\d)\{([^{}]*)\}")
 _SQRT_SHORT_RE = re.compile(r"\\sqrt(\w)")
 _INT_RE = re.compile(r"^-?\d{1,40}$")
 _DEC_RE = re.compile(r"^-?\d{0,40}\.\d{1,40}$")
+_LATEX_THOUSANDS_RE = re.compile(r"(?:,|\{,\})\s*\\!\s*")
+_SPACED_COMMA_RE = re.compile(r",\s")
 _THOUSANDS_RE = re.compile(r"^-?[1-9]\d{0,2}(?:,\d{3})+(?:\.\d+)?$")  # "0,111" is a decimal comma
 # one spelling per relation: != \ne ≠ -> \neq, >= \ge ≥ -> \geq, <= \le ≤ -> \leq
 _RELATION_RE = re.compile(r"!=|≠|>=|≥|<=|≤|\\neq?(?![a-zA-Z])|\\geq?(?![a-zA-Z])|\\leq?(?![a-zA-Z])")
@@ -153,6 +156,8 @@ def _normalize_text(s: Optional[str]) -> str:
         inner = extract_boxed(s)
         if inner is not None:
             s = inner
+    s = _LATEX_THOUSANDS_RE.sub(",", s)  # "12,\\! 000": a LaTeX thousands separator, whatever the spaces
+    spaced_comma = _SPACED_COMMA_RE.search(s) is not None  # "32, 349" is a list (math-verify), not 32349
     s = s.replace("\n", " ").replace("\\!", "")
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
     s = s.replace("\\left", "").replace("\\right", "").replace("\\bigl", "").replace("\\bigr", "")
@@ -183,7 +188,7 @@ def _normalize_text(s: Optional[str]) -> str:
     s = _FRAC_HALF_RE.sub(lambda mm: (f"\\frac{{{mm.group(1)}}}{{{mm.group(2)}}}" if mm.group(2) is not None
                                       else f"\\frac{{{mm.group(3)}}}{{{mm.group(4)}}}"), s)
     s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
-    if _THOUSANDS_RE.match(s):
+    if _THOUSANDS_RE.match(s) and not spaced_comma:
         s = s.replace(",", "")
     return s
 
@@ -464,22 +469,100 @@ def extract_last_math(text: str) -> Optional[str]:
     return ",".join(text[s[1]:s[2]].strip() for s in reversed(group))
 
 
+_FINAL_RE = re.compile(r"final answer.{0,100}?\s+is\s*:?\s*", re.IGNORECASE | re.DOTALL)
+_SENTENCE_RE = re.compile(r"(.+?)(?:\.\s|\.$|\n|\s+I hope|$)", re.DOTALL)
+MAX_ANCHOR_SCAN = 20_000  # characters from the end searched for "final answer … is"
+
+
+def extract_final_answer(text: str) -> tuple[Optional[str], str]:
+    """What follows the last "final answer … is" (math-verify's anchored pattern), or (None, "").
+
+    The answer is the math span(s) right after the anchor when it starts with one ("math"), else the rest of
+    that sentence ("plain"): "Final Answer: The volume of $V$ is 120. I hope it is correct." -> ("120", "plain").
+    """
+    tail_start = max(0, len(text) - MAX_ANCHOR_SCAN)
+    if "final answer" not in text[tail_start:].lower():
+        return None, ""
+    last = None
+    for m in _FINAL_RE.finditer(text, tail_start):
+        last = m
+    if last is None:
+        return None, ""
+    rest = text[last.end():last.end() + 400]
+    if rest.startswith(("$", "\\(", "\\[")):
+        span_end = rest.find("\n")
+        found = extract_last_math(_first_math_group(rest if span_end < 0 else rest[:span_end]))
+        if found is not None:
+            return found, "math"
+    m = _SENTENCE_RE.match(rest)
+    answer = m.group(1).strip() if m else ""
+    return (answer, "plain") if answer else (None, "")
+
+
+_FINAL_SIGNED_RE = re.compile(r"final answer is:?\s*(?=\$|\\\(|\\\[)", re.IGNORECASE)
+_SIGNED_TAIL_RE = re.compile(r"\.?\s?I hope")
+
+
+def _final_answer_signed(text: str) -> Optional[str]:
+    """The math after the last "final answer is" when it is followed by "I hope" (math-verify's first-priority
+    pattern, the Minerva / MATH few-shot sign-off), else None."""
+    tail_start = max(0, len(text) - MAX_ANCHOR_SCAN)
+    if "i hope" not in text[tail_start:].lower():
+        return None
+    last = None
+    for m in _FINAL_SIGNED_RE.finditer(text, tail_start):
+        last = m
+    if last is None:
+        return None
+    group = _first_math_group(text[last.end():last.end() + 400])
+    if not _SIGNED_TAIL_RE.match(text, last.end() + len(group)):
+        return None
+    return extract_last_math(group)
+
+
+def _first_math_group(text: str) -> str:
+    """text up to the end of its first run of math spans joined by and/or/comma (for extract_last_math)."""
+    spans_end, pos = 0, 0
+    for m in _MATH_DELIM_RE.finditer(text):
+        if m.group() == "\\$":
+            continue
+        pos += 1
+        if pos % 2 == 0:  # a closing delimiter
+            spans_end = m.end()
+            after = text[spans_end:]
+            j = _JOIN_RE.match(after)
+            if not j or not after[j.end():].startswith(("$", "\\(", "\\[")):
+                break
+    return text[:spans_end] if spans_end else text
+
+
 def extract_answer(text: Optional[str]) -> tuple[Optional[str], str]:
     """(answer, kind): the answer a response gives and where it was found.
 
-    kind "boxed": the last group of \\boxed{} (`extract_boxed_group`); "math": no box, the last math
-    expression (`extract_last_math`); "plain": neither, the stripped text itself (a bare answer). An
-    unclosed or empty last box gives (None, "boxed").
+    In math-verify's order of priority: "math": the math after the last "final answer is", when it is signed
+    off with "I hope" (the MATH few-shot format); "boxed": the last group of \\boxed{} (`extract_boxed_group`);
+    "math" / "plain": what follows
+    the last "final answer … is" (`extract_final_answer`); else "math": the last math expression
+    (`extract_last_math`); else "plain": the stripped text itself (a bare answer). An unclosed or empty last
+    box gives (None, "boxed"); \\( or \\[ without a well-formed span gives (None, "math").
     """
     if text is None:
         return None, "plain"
     text = str(text)
+    strict = _final_answer_signed(text)  # math-verify ranks "final answer is $…$. I hope" above \\boxed{}
+    if strict is not None:
+        return strict, "math"
     if "\\boxed" in text or "\\fbox" in text:
         return extract_boxed_group(text), "boxed"
+    found, kind = extract_final_answer(text)
+    if found is not None:
+        return found, kind
     if "$" in text or "\\(" in text or "\\[" in text:
         found = extract_last_math(text)
         if found is not None:
             return found, "math"
+        if "\\(" in text or "\\[" in text:  # math delimiters, but no well-formed span: no answer
+            return None, "math"
     text = text.strip()
     return (text or None), "plain"
 

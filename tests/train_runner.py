@@ -3,13 +3,16 @@
 With KILL_AT_STEP, the process SIGKILLs itself when it is about to log that step's metrics: a
 preemption with no chance to clean up.
 """
+import importlib
 import json
 import os
 import signal
 import sys
 
 from urlvr_jax.config import base_config
-from urlvr_jax import train as train_mod
+
+# the module, not the public function `urlvr_jax.train` of the same name
+train_mod = importlib.import_module("urlvr_jax.train")
 
 
 def main():

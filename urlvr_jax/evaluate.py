@@ -1,12 +1,14 @@
 """Sharded evaluation: avg@k, pass@k and maj@k of a model on a math problem set.
 
-For each problem, k responses are sampled (on the model's mesh, batch split over data × fsdp), the last
-\\boxed{…} answer of each is graded against the gold answer (`urlvr_jax.rewards.grading`: MATH string
-normalisation, then math-verify in bounded worker processes), and:
+For each problem, k responses are sampled (on the model's mesh, batch split over data × fsdp), each is
+graded against the gold answer (`urlvr_jax.rewards.grading`: the last \\boxed{…} group, else the last math
+expression, as math-verify reads a response; MATH string normalisation, then math-verify in bounded worker
+processes), and:
   avg@k  mean accuracy over the k samples (the paper's validation metric, T = 0.6, top-p 0.95);
   pass@j unbiased estimator 1 − C(k−c, j)/C(k, j) for j = 1, 2, 4, …, k (Chen et al. 2021);
-  maj@k  the most frequent answer (equivalence classes of the grader, first-seen tie-break, responses
-         without an answer do not vote) is correct.
+  maj@k  the most frequent answer (each response's last \\boxed{} content, as the on-device extractor reads
+         it; equivalence classes of the grader, first-seen tie-break, responses without an answer do not
+         vote) is correct.
 """
 from __future__ import annotations
 
@@ -92,7 +94,11 @@ def evaluate(
     grade_timeout_s: float = 5.0,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate `model` on `dataset` (a name like "gsm8k"/"math500"/"aime24", a path, or records)."""
+    """Evaluate `model` on `dataset` (a name like "gsm8k"/"math500"/"aime24", a path, or records).
+
+        result = evaluate(model, tokenizer, "math500", k=8, limit=64)
+        result.summary["avg@8"], result.summary["maj@8"]; result.write("runs/eval")   # records.jsonl, summary.json
+    """
     if isinstance(dataset, str) and dataset.startswith("synthetic/"):
         problems = _synthetic(dataset, split, limit or 256)
         template = "synthetic"
@@ -125,7 +131,7 @@ def evaluate(
         n_real = len(batch) * k
         answers = [extract_boxed(t) for t in texts[:n_real]]
         golds = [p.answer for p in batch for _ in range(k)]
-        correct = grade_batch(answers, golds, timeout_s=grade_timeout_s)
+        correct = grade_batch(texts[:n_real], golds, timeout_s=grade_timeout_s)
         for j, p in enumerate(p for p in batch for _ in range(k)):
             if p.source.startswith("synthetic/"):  # exact checkers (countdown accepts any valid expression)
                 from urlvr_jax.data.synthetic import check_answer

@@ -11,11 +11,17 @@ Semantics
 ``grade(pred, gold)`` = ``decisive(pred, gold)`` when that gives a verdict, else
 ``fast_equal(pred, gold) or math_verify_equal(pred, gold)``:
 
-1. the prediction is reduced to the content of its last ``\\boxed{...}`` / ``\\fbox{...}`` when it has one
-   (so a whole response or a bare answer can be passed), the gold likewise;
-1b. ``decisive``: exact verdicts where math-verify is wrong on real MATH-500 answers — two plain numbers
-   compare as exact rationals (math-verify rounds to 6 decimals), base-b numerals ("52_8") compare digits
-   and base (math-verify drops the subscript), units with different powers differ;
+1. the answer is taken from each side with ``extract_answer`` (``grading_rules.py``), in math-verify's order:
+   a signed-off "final answer is $…$. I hope", the last group of ``\\boxed{...}`` / ``\\fbox{...}``
+   (neighbouring boxes form one answer), what follows the last "final answer … is", the last math expression
+   (``$…$``, ``$$…$$``, ``\\(…\\)``, ``\\[…\\]``), else the text itself — so a whole response or a bare
+   answer can be passed; a plain-text prediction's decimal comma is read as a point
+   where unambiguous (``read_decimal_comma``);
+1b. ``decisive``: exact verdicts where math-verify is wrong or too coarse — two plain numbers compare as
+   exact rationals (math-verify rounds to 6 decimals; a k-decimal prediction matches the gold it rounds or
+   truncates), base-b numerals ("52_8") compare digits and base (math-verify drops the subscript), units
+   with different powers differ, ``a \\neq b`` equals ``b \\neq a``, and intervals / tuples / matrices of
+   numbers compare entry by entry under the same number rule;
 2. fast path (in-process, linear time): both strings go through ``normalize_answer`` (MATH ``strip_string``
    style: strip ``$``, ``\\text{}``, ``\\left/\\right``, units, ``\\%``, degrees, thin spaces, trailing ".",
    ``dfrac -> frac``, ``\\frac12 -> \\frac{1}{2}``, thousands separators, ``x = ``, choice letters, exact
@@ -28,7 +34,9 @@ Semantics
    loops first, so the worker survives; C-level loops (huge integer powers) are what the kill is for.
    A worker that crashes (segfault, recursion, memory limit ``WORKER_MEMORY_BYTES``) grades False too.
    Predictions longer than ``max_chars`` after extraction skip math-verify (False unless the fast path
-   matched) — no real answer is that long, and it keeps the parent's work linear.
+   matched) — no real answer is that long, and it keeps the parent's work linear. So do answers that
+   ``too_costly`` flags (power towers, huge factorials / binomials / sums, deep nesting, hundreds of terms):
+   those are what used to run into the soft alarm.
 
 Timing contract: every answer that reaches a worker gets at most ``timeout_s`` seconds of that worker
 (plus select/IPC latency, a few ms). A replacement worker must import sympy/math-verify (~1 s) before it
@@ -36,8 +44,8 @@ takes work; that start-up is not counted against any answer, so a batch with k p
 about ``ceil(k / processes) * (timeout_s + start-up)`` of wall time at worst.
 
 This file is also the worker's program: it is run as a *script* (``python grading.py --worker``), not
-imported as part of the package, so a worker never imports jax or the rest of ``urlvr_jax``. Keep its
-top-level imports to the standard library.
+imported as part of the package, so a worker never imports jax or the rest of ``urlvr_jax`` (only the
+standard library, ``grading_rules.py`` and the light package ``__init__``). Keep it that way.
 """
 from __future__ import annotations
 
@@ -46,228 +54,27 @@ import dataclasses
 import json
 import os
 import queue
-import re
 import select
 import signal
 import subprocess
 import sys
 import threading
 import time
-from fractions import Fraction
 from typing import Optional, Sequence
 
+if not __package__:  # run as the worker script (or imported from its folder): import the rules by package
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+from urlvr_jax.rewards.grading_rules import (  # noqa: E402,F401  (re-exported: callers import them from here)
+    BOX_MARKERS, decisive, extract_after_marker, extract_answer, extract_boxed, fast_equal, normalize_answer,
+    read_decimal_comma, too_costly)
+
 DEFAULT_TIMEOUT_S = 5.0
-SOFT_FRACTION = 0.8  # worker-side soft alarm, as a fraction of timeout_s
+SOFT_FRACTION = 0.4  # worker-side soft alarm, as a fraction of timeout_s: >= 2x headroom under the bound
 DEFAULT_MAX_CHARS = 2000
 WORKER_MEMORY_BYTES = 4 << 30  # address-space limit of a worker, so a runaway sympy cannot eat the host
 WORKER_START_TIMEOUT_S = 120.0  # import of sympy + math-verify on a busy 2-core machine
 
-BOX_MARKERS = ("\\boxed{", "\\fbox{")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Host-side answer extraction (the reference that the on-device extractor in answers.py must match).
-# ----------------------------------------------------------------------------------------------------
-def extract_after_marker(text: str, markers: Sequence[str] = BOX_MARKERS, mode: str = "braces") -> Optional[str]:
-    """Content after the LAST occurrence of any marker (last = largest end position), or None.
-
-    mode "braces": the marker must end with "{"; the content runs to the matching "}" (raw brace counting:
-        "\\{" counts as a brace too, as in MATH's ``last_boxed_only_string``); an unclosed group -> None.
-    mode "line":   the content runs to the first "\\n" after the marker, or to the end of the text.
-    Returns None as well when the content is empty after removing whitespace. Linear time, no recursion.
-    """
-    if mode not in ("braces", "line"):
-        raise ValueError(f"extract_after_marker: mode must be 'braces' or 'line', got {mode!r}")
-    best = -1
-    for m in markers:
-        i = text.rfind(m)
-        if i >= 0:
-            best = max(best, i + len(m))
-    if best < 0:
-        return None
-    if mode == "line":
-        j = text.find("\n", best)
-        content = text[best:] if j < 0 else text[best:j]
-    else:
-        depth = 1
-        content = None
-        # Scan only brace characters: linear and fast even for 100k-character inputs.
-        for mt in _BRACE_RE.finditer(text, best):
-            depth += 1 if mt.group() == "{" else -1
-            if depth == 0:
-                content = text[best:mt.start()]
-                break
-        if content is None:
-            return None
-    if not content.strip():
-        return None
-    return content
-
-
-_BRACE_RE = re.compile(r"[{}]")
-
-
-def extract_boxed(text: str) -> Optional[str]:
-    """Content of the last ``\\boxed{...}`` or ``\\fbox{...}`` (brace-matched), or None.
-
-    None when there is no marker, the last one is not closed, or its content is blank. ``\\boxed 5``
-    (no braces) is not recognised, matching the on-device extractor.
-    """
-    return extract_after_marker(text, BOX_MARKERS, "braces")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Fast path: MATH-style string normalisation.
-# ----------------------------------------------------------------------------------------------------
-_UNITS = (
-    "dollars dollar cents cent percent degrees degree units unit cm mm km m meters meter metres metre "
-    "inches inch in feet foot ft yards yard yd miles mile mi mph kph hours hour hrs hr minutes minute min "
-    "seconds second sec s days day weeks week years year months month grams gram g kg kilograms pounds "
-    "pound lbs lb ounces ounce oz liters liter litres l ml gallons gallon sq square cubic points point "
-    "students people times ways"
-).split()
-_UNIT_WORDS = "|".join(sorted(map(re.escape, _UNITS), key=len, reverse=True))
-# number followed by unit words only, e.g. "18 dollars", "5 cm", "5 sq units"
-_TRAILING_UNITS_RE = re.compile(r"^(.*?\d)\s*(?:(?:" + _UNIT_WORDS + r")\b\s*(?:\^\{?[23]\}?)?\s*)+\.?$")
-_TEXT_WRAP_RE = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
-_SPACES_RE = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~|\s+")
-_FRAC_SHORT_RE = re.compile(r"\\frac(\d)(\d)")
-_FRAC_HALF_RE = re.compile(r"\\frac\{([^{}]*)\}(\d)|\\frac(\d)\{([^{}]*)\}")
-_SQRT_SHORT_RE = re.compile(r"\\sqrt(\w)")
-_INT_RE = re.compile(r"^-?\d{1,40}$")
-_DEC_RE = re.compile(r"^-?\d{0,40}\.\d{1,40}$")
-_THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
-_SLASH_FRAC_RE = re.compile(r"^(-?)(\d{1,40})/(\d{1,40})$")
-_TEX_FRAC_RE = re.compile(r"^(-?)\\frac\{(-?\d{1,40})\}\{(-?\d{1,40})\}$")
-_CHOICE_RE = re.compile(r"^\(?([A-E])\)?$")
-_ASSIGN_RE = re.compile(r"^[a-zA-Z](?:_\{?\w\}?)?=(?!=)")
-
-
-def _exact_number(s: str) -> Optional[Fraction]:
-    """Exact rational value of a plain number string ("12", "-0.5", "3/4", "\\frac{3}{4}"), else None."""
-    try:
-        if _INT_RE.match(s) or _DEC_RE.match(s):
-            return Fraction(s)
-        m = _SLASH_FRAC_RE.match(s)
-        if m:
-            sign, a, b = m.groups()
-            return None if int(b) == 0 else Fraction(int(a), int(b)) * (-1 if sign else 1)
-        m = _TEX_FRAC_RE.match(s)
-        if m:
-            sign, a, b = m.groups()
-            return None if int(b) == 0 else Fraction(int(a), int(b)) * (-1 if sign else 1)
-    except (ValueError, ZeroDivisionError):
-        return None
-    return None
-
-
-def normalize_answer(s: Optional[str]) -> str:
-    """MATH-style normal form of an answer string ("" for None/blank). Linear time in len(s).
-
-    Two answers with equal non-empty normal forms are the same answer. The converse does not hold
-    (that is what math-verify is for). Plain numbers get an exact canonical form ("0.5", "\\frac12",
-    "1/2" -> "1/2"; "27.0" -> "27"), choice letters "(A)" / "\\text{(A)}" -> "A".
-    """
-    s = _normalize_text(s)
-    m = _CHOICE_RE.match(s)
-    if m:
-        return m.group(1).upper()
-    v = _exact_number(s)
-    if v is not None:
-        return f"{v.numerator}/{v.denominator}" if v.denominator != 1 else str(v.numerator)
-    return s
-
-
-def _normalize_text(s: Optional[str]) -> str:
-    """The string part of `normalize_answer` (before choice letters and exact numbers)."""
-    if s is None:
-        return ""
-    s = str(s).strip()
-    if "\\boxed" in s or "\\fbox" in s:
-        inner = extract_boxed(s)
-        if inner is not None:
-            s = inner
-    s = s.replace("\n", " ").replace("\\!", "")
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("\\displaystyle", "")
-    s = s.replace("\\left", "").replace("\\right", "").replace("\\bigl", "").replace("\\bigr", "")
-    s = s.replace("\\$", "").replace("$", "")
-    s = s.replace("^{\\circ}", "").replace("^\\circ", "").replace("\\circ", "").replace("°", "")
-    s = s.replace("\\%", "").replace("%", "")
-    # unwrap \text{...} & co. (innermost first; bounded because each round removes one wrapper)
-    for _ in range(16):
-        s2 = _TEXT_WRAP_RE.sub(r"\1", s)
-        if s2 == s:
-            break
-        s = s2
-    s = s.strip()
-    m = _TRAILING_UNITS_RE.match(s) if len(s) <= 200 else None  # bounded: the regex backtracks O(n^2)
-    if m:
-        s = m.group(1)
-    s = _SPACES_RE.sub("", s)
-    s = s.rstrip(".")
-    if s.startswith("."):
-        s = "0" + s
-    s = s.replace("{.", "{0.")
-    # "x=3" -> "3" (a single variable on the left), as MATH's strip_string does
-    m = _ASSIGN_RE.match(s)
-    if m and "=" not in s[m.end():]:
-        s = s[m.end():]
-    s = _FRAC_SHORT_RE.sub(r"\\frac{\1}{\2}", s)
-    s = _FRAC_HALF_RE.sub(lambda mm: (f"\\frac{{{mm.group(1)}}}{{{mm.group(2)}}}" if mm.group(2) is not None
-                                      else f"\\frac{{{mm.group(3)}}}{{{mm.group(4)}}}"), s)
-    s = _SQRT_SHORT_RE.sub(r"\\sqrt{\1}", s)
-    if _THOUSANDS_RE.match(s):
-        s = s.replace(",", "")
-    return s
-
-
-_BASE_RE = re.compile(r"^([0-9A-Za-z]+)_\{?(\d{1,2})\}?$")
-_UNIT_POW_RE = re.compile(
-    r"(?:\\(?:text|mbox|mathrm)\s*\{\s*[A-Za-z ]+\}|\b(?:" + _UNIT_WORDS + r"))\s*\^\s*\{?(\d)\}?")
-_DECIMALS_RE = re.compile(r"^-?\d*\.(\d+)$")
-
-
-def decisive(pred: Optional[str], gold: Optional[str]) -> Optional[bool]:
-    """Exact verdicts for answer kinds where math-verify is known to be wrong; None = no verdict.
-
-    * numbers in base b ("52_8", "4210_{5}"): same digits, and the same base if the prediction states one
-      (math-verify drops subscripts: it says 52_9 == 52_8);
-    * units with different powers ("864 \\mbox{ inches}^3" vs "^2") -> False;
-    * two plain numbers (int, decimal, a/b, \\frac{a}{b}): exact rational equality (math-verify rounds to 6
-      decimals: it says .0000673 == .0000672), except that a decimal prediction with k >= 2 decimals is
-      accepted for a gold that has no exact k-decimal form if it is within 10^-k of it (1/3 ~ 0.33, 0.3333).
-    """
-    if pred is None or gold is None:
-        return None
-    up, ug = _UNIT_POW_RE.search(pred), _UNIT_POW_RE.search(gold)
-    if up and ug and up.group(1) != ug.group(1):
-        return False
-    p, g = _normalize_text(pred), _normalize_text(gold)
-    if not p or not g:
-        return None
-    mg = _BASE_RE.match(g)
-    if mg and not _exact_number(g):
-        mp = _BASE_RE.match(p)
-        if mp:
-            return mp.group(1) == mg.group(1) and int(mp.group(2)) == int(mg.group(2))
-        return p == mg.group(1)
-    vp, vg = _exact_number(p), _exact_number(g)
-    if vp is None or vg is None:
-        return None
-    if vp == vg:
-        return True
-    md = _DECIMALS_RE.match(p)
-    if md and len(md.group(1)) >= 2:
-        scale = 10 ** len(md.group(1))
-        if (vg * scale).denominator != 1 and abs(vp - vg) < Fraction(1, scale):
-            return True
-    return False
-
-
-def fast_equal(pred: Optional[str], gold: Optional[str]) -> bool:
-    """True iff both normal forms are non-empty and equal (a sufficient condition for equivalence)."""
-    a, b = normalize_answer(pred), normalize_answer(gold)
-    return bool(a) and a == b
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -390,6 +197,7 @@ class GraderStats:
     fast_path: int = 0  # decided in the parent by `decisive` or the normaliser
     verified: int = 0  # sent to math-verify
     too_long: int = 0  # skipped math-verify because of max_chars
+    too_costly: int = 0  # skipped math-verify because of `too_costly` (graded False unless the fast path matched)
     timeouts: int = 0  # hard kills at the deadline (the answer graded False)
     soft_timeouts: int = 0  # the worker's own alarm fired (the answer graded False, worker kept)
     errors: int = 0  # exceptions inside math-verify (graded False)
@@ -613,16 +421,17 @@ def _check_timeout(timeout_s: float) -> float:
     return timeout_s
 
 
-def _prepare(pred, gold, max_chars: int):
-    """(decided, result, pred_str, gold_str): fast path and length gate, in the parent."""
+def _prepare(pred, gold, max_chars: int, screen: bool = True):
+    """(decided, result, pred_str, gold_str): extraction, fast path, length and cost gates, in the parent."""
     STATS.calls += 1
     if pred is None or gold is None:
         return True, False, None, None
-    pred, gold = str(pred), str(gold)
-    p = extract_boxed(pred) if ("\\boxed" in pred or "\\fbox" in pred) else pred
-    g = extract_boxed(gold) if ("\\boxed" in gold or "\\fbox" in gold) else gold
+    p, p_kind = extract_answer(str(pred))
+    g, _ = extract_answer(str(gold))
     if p is None or g is None or not p.strip() or not g.strip():
         return True, False, None, None
+    if p_kind == "plain":
+        p = read_decimal_comma(p, g)
     if len(p) > max_chars or len(g) > max_chars:
         # Only exact equality for absurdly long answers: keeps the parent's work linear and skips sympy.
         STATS.too_long += 1
@@ -634,6 +443,9 @@ def _prepare(pred, gold, max_chars: int):
     if fast_equal(p, g):
         STATS.fast_path += 1
         return True, True, p, g
+    if screen and (too_costly(p) or too_costly(g)):
+        STATS.too_costly += 1
+        return True, False, p, g
     return False, None, p, g
 
 
@@ -644,10 +456,12 @@ def grade_batch(
     processes: Optional[int] = None,
     max_chars: int = DEFAULT_MAX_CHARS,
     soft_timeout: bool = True,
+    screen: bool = True,
 ) -> list[bool]:
     """Grade predictions against gold answers; list of bools, same order. Never raises on bad answers.
 
-    preds: responses or bare answers (the last \\boxed{} is used when present); None grades False.
+    preds: responses or bare answers (`extract_answer`: the last \\boxed{} group, else the last math
+        expression, else the text); None grades False.
     golds: gold answer strings, same length as preds.
     timeout_s: wall-clock bound per answer in a math-verify worker (see module docstring).
     processes: number of worker processes (default min(4, cpu_count)).
@@ -655,6 +469,8 @@ def grade_batch(
         only.
     soft_timeout: let the worker interrupt itself at SOFT_FRACTION * timeout_s (keeps the worker alive);
         False leaves only the parent's hard kill at timeout_s (used by the tests to exercise it).
+    screen: grade answers that `too_costly` flags (power towers, huge factorials, deep nesting, …) False
+        without math-verify; False sends them to a worker anyway (used by the tests of the time bound).
     """
     if len(preds) != len(golds):
         raise ValueError(f"grade_batch: {len(preds)} predictions but {len(golds)} gold answers; "
@@ -664,7 +480,7 @@ def grade_batch(
     out: list = [False] * len(preds)
     tasks, where = [], []
     for i, (p, g) in enumerate(zip(preds, golds)):
-        decided, res, ps, gs = _prepare(p, g, max_chars)
+        decided, res, ps, gs = _prepare(p, g, max_chars, screen)
         if decided:
             out[i] = bool(res)
         else:
@@ -686,7 +502,14 @@ def grade_batch(
 
 def grade(prediction: Optional[str], gold: Optional[str], timeout_s: float = DEFAULT_TIMEOUT_S,
           max_chars: int = DEFAULT_MAX_CHARS) -> bool:
-    """True iff `prediction` is the same mathematical answer as `gold` (see the module docstring)."""
+    """True iff `prediction` (a response or a bare answer) is the same mathematical answer as `gold`.
+
+        grade(r"so the answer is \\boxed{\\frac{3}{4}}.", "0.75")      # True
+        grade(r"\\boxed{1}, \\boxed{2}", r"\\{1,2\\}")                 # True: the boxes form one answer
+        grade("$(4, 10, -2)$", "(10, 4, -2)")                       # False: a tuple is ordered
+
+    See the module docstring for the steps and the time bound.
+    """
     return grade_batch([prediction], [gold], timeout_s=timeout_s, processes=1, max_chars=max_chars)[0]
 
 
@@ -735,7 +558,7 @@ def cluster_answers(
                 reps.append(i)
             labels.append(key_first[key])
         out.append(labels)
-        short = [i for i in reps if len(str(group[i])) <= max_chars]
+        short = [i for i in reps if len(str(group[i])) <= max_chars and not too_costly(str(group[i]))]
         if use_math_verify and len(short) > 1:
             tasks.append({"op": "cluster", "items": [str(group[i]) for i in short],
                           "op_budget": SOFT_FRACTION * timeout_s})

@@ -8,8 +8,8 @@ does not import jax, flax or transformers:
     model = ux.load_model("ladder/q0.1")                    # HF folder, .gguf, 'smollm2', 'ladder/<q>'
     tokenizer = ux.load_tokenizer("ladder/q0.1")
     responses = ux.generate(model, tokenizer, "Q: 3+4\\nA: ", ux.SamplingConfig(max_new_tokens=48), num_samples=4)
-    ux.grade(responses[0], "7")                             # last \\boxed{} vs gold, math-verify semantics
-    result = ux.evaluate(model, tokenizer, "synthetic/arithmetic", k=4, limit=16)
+    ux.grade(responses[0], "7")                             # the response's answer vs gold, as math-verify
+    result = ux.evaluate(model, tokenizer, "synthetic/arithmetic", k=4, limit=16, split="eval")
     ux.train(ux.get_config("configs/default.py"), "runs/default")
 
   load_model, save_model, load_tokenizer, make_mesh    models and meshes (urlvr_jax.api, models.weights, sharding)

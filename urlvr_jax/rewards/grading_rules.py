@@ -598,6 +598,7 @@ MAX_FACTORIAL = 5000
 # (?<![\d.]) starts each try at the start of a digit run: linear time on long digit strings
 _POW_BASE_EXP_RE = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)\s*\^\s*(?:\{\s*(\d+)\s*\}|(\d+))")
 _BIG_INT_RE = re.compile(r"\d{5,}")
+_POW_TOWER2_RE = re.compile(r"(?<![\d.])(\d{1,6})\s*\^\s*\{\s*(\d{1,6})\s*\^\s*\{?\s*(\d{1,6})\s*\}?\s*\}")
 _FACTORIAL_RE = re.compile(r"((?<!\d)[0-9]+|[)}\]])\s*!")
 _OPERATORS_RE = re.compile(r"[-+*/^,&;]|\\cdot|\\times")
 _BIG_OPS_RE = re.compile(r"\\(?:sum|prod|binom|dbinom|tbinom|det|int|lim)(?![a-zA-Z])")
@@ -618,26 +619,26 @@ def _nesting_depth(s: str) -> int:
 
 
 def _power_depth(s: str) -> int:
-    """Longest chain of exponents inside exponents (9^{9^{9}} -> 3, 9^9^9 -> 3, x^2 -> 1)."""
-    best, stack, depth = 0, [], 0  # stack: for each open brace, whether it opened an exponent
-    pending = False  # the last token was "^": the next brace (or atom) is an exponent
-    chain = 0  # unbraced a^b^c chain length
+    """Carets nested in exponents: 9^{9^{9^{9}}} -> 3, 9^9^9^9 -> 3 (an unbraced exponent is one character, as
+    in LaTeX, so 10^10 is 10^1 0 and x^2y^2z^2 is no chain), 9^{9^{9}} -> 2, x^2 -> 1."""
+    best, depth = 0, 0
+    stack: list[bool] = []  # for each open brace: did it open an exponent?
+    pending = False  # the last character was "^": a brace opening now is an exponent
+    chain, since_caret = 0, 2  # unbraced a^b^c: carets one character apart
     for ch in s:
         if ch == "^":
-            pending = True
-            chain += 1
+            chain = chain + 1 if since_caret == 1 else 1
             best = max(best, depth + chain)
+            pending, since_caret = True, 0
             continue
+        since_caret += 1
         if ch == "{":
             stack.append(pending)
             depth += pending
-            if pending:
-                chain = 0
+            chain = 0
         elif ch == "}":
             if stack and stack.pop():
                 depth -= 1
-        elif not (ch.isalnum() or ch in ". "):
-            chain = 0
         pending = False
     return best
 
@@ -656,6 +657,10 @@ def too_costly(s: str) -> Optional[str]:
         return "nesting"
     if _power_depth(s) >= 3:
         return "power tower"
+    for m in _POW_TOWER2_RE.finditer(s):  # a^{b^c} with integers: b^c digits of a
+        a, b, c = (int(x) for x in m.groups())
+        if a > 1 and b > 1 and (c * math.log10(b) > 15 or b**c * math.log10(a) > MAX_POWER_DIGITS):
+            return "huge power"
     for m in _POW_BASE_EXP_RE.finditer(s):
         base, exp = m.group(1), int(m.group(2) or m.group(3))
         whole = base.split(".")[0].lstrip("0")

@@ -237,17 +237,22 @@ def _fusion_bytes(ins: _Instr, fused: list[_Instr], table: dict[str, str], fused
         users = uses.get(pname, [])
         if users and all(u.opcode in ("dynamic-slice", "gather") and u.operands[0] == pname for u in users):
             total += sum(shape_bytes(u.shape) for u in users)  # only the slices / gathered rows are read
-        elif users and all(u.opcode == "dynamic-update-slice" and u.operands[0] == pname for u in users):
-            update = sum(shape_bytes(fused_table.get(u.operands[1], "")) for u in users)
-            total += update - full  # the output already counted the whole buffer: charge the update twice
-            total += update
+        elif users and all(u.opcode in ("dynamic-slice", "dynamic-update-slice") and u.operands[0] == pname
+                           for u in users) and any(u.opcode == "dynamic-update-slice" for u in users):
+            # updated in place (an accumulator: read a slice, write a slice): the output already counted the
+            # whole buffer, so charge the slices read and the updates written instead
+            read = sum(shape_bytes(u.shape) for u in users if u.opcode == "dynamic-slice")
+            update = sum(shape_bytes(fused_table.get(u.operands[1], "")) for u in users
+                         if u.opcode == "dynamic-update-slice")
+            total += read + 2 * update - full
         else:
             total += full
     return max(total, 0.0)
 
 
-def hlo_cost(text: str) -> HloCost:
-    """FLOPs and bytes of the program in `text` (optimised HLO of one device), loops multiplied out."""
+def hlo_cost(text: str, breakdown: dict | None = None) -> HloCost:
+    """FLOPs and bytes of the program in `text`, loops multiplied out. `breakdown`, if given, receives
+    bytes per (computation, instruction) with multiplicities — to see where the traffic is."""
     comps, shapes, entry = parse_module(text)
     flops_of: dict[str, float] = {}
     loops: list[tuple[str, int]] = []
@@ -271,9 +276,13 @@ def hlo_cost(text: str) -> HloCost:
 
     def walk(comp: str, mult: float) -> tuple[float, float]:
         flops, nbytes = 0.0, 0.0
+        before = 0.0
         instrs = comps.get(comp, [])
         by_name = {i.name: i for i in instrs}
         for ins in instrs:
+            if breakdown is not None and nbytes != before and not last.endswith((":while", ":call", ":conditional")):
+                breakdown[(comp, last)] = breakdown.get((comp, last), 0.0) + nbytes - before
+            before, last = nbytes, ins.name + ":" + ins.opcode
             op = ins.opcode
             if op == "dot":
                 flops += mult * _dot_flops(ins, shapes[comp])
@@ -323,6 +332,9 @@ def hlo_cost(text: str) -> HloCost:
             else:
                 nbytes += mult * (shape_bytes(ins.shape) + sum(shape_bytes(shapes[comp].get(o, ""))
                                                                for o in ins.operands))
+        if breakdown is not None and instrs and nbytes != before and not last.endswith(
+                (":while", ":call", ":conditional")):
+            breakdown[(comp, last)] = breakdown.get((comp, last), 0.0) + nbytes - before
         return flops, nbytes
 
     flops, nbytes = walk(entry, 1.0)

@@ -269,8 +269,7 @@ class Transformer(nnx.Module):
             vs[i] = vs[i].at[slots, :, index, :].set(v[:, 0].astype(vs[i].dtype))
             pk = jnp.take(prompt_cache.k[i], prompt_index, axis=0).astype(dtype)
             pv = jnp.take(prompt_cache.v[i], prompt_index, axis=0).astype(dtype)
-            attn = ragged_decode_attention(q, pk, pv, p_mask, ks[i].astype(dtype), vs[i].astype(dtype), lengths,
-                                           block)
+            attn, ks[i], vs[i] = ragged_decode_attention(q, pk, pv, p_mask, ks[i], vs[i], lengths, block)
             x = _finish(cfg, w, x, attn, self.rules)
         x = rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps, cfg.post_norms)
         return self.logits(x), KVCache(tuple(ks), tuple(vs))
@@ -414,7 +413,8 @@ def ragged_decode_attention(q: jax.Array, prompt_k_t: jax.Array, prompt_v: jax.A
     """Grouped-query attention of one new position per row against two key segments: the row's prompt
     (prompt_k_t [B, K, hd, Tp], prompt_v [B, K, Tp, hd], prompt_mask [B, Tp] bool) and the first
     `lengths` [B] positions of its response (k_t [B, K, hd, T], v [B, K, T, hd], T a multiple of `block`).
-    q [B, 1, H, hd] -> [B, 1, H, hd].
+    q [B, 1, H, hd] -> ([B, 1, H, hd], k_t, v): the caches come back unchanged, to be used in place of the
+    ones passed in (so XLA can keep one buffer; see the loop below).
 
     The response segment is read `block` positions at a time with an online softmax (running max, sum and
     weighted values in float32), for ceil(max(lengths) / block) blocks: the cost follows what the longest
@@ -437,7 +437,7 @@ def ragged_decode_attention(q: jax.Array, prompt_k_t: jax.Array, prompt_v: jax.A
     offsets = jnp.arange(block, dtype=jnp.int32)
 
     def one_block(b, carry):
-        m, denom, acc = carry
+        m, denom, acc, k_t, v = carry
         start = b * block
         kb = jax.lax.dynamic_slice_in_dim(k_t, start, block, axis=3)
         vb = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
@@ -448,12 +448,16 @@ def ragged_decode_attention(q: jax.Array, prompt_k_t: jax.Array, prompt_v: jax.A
         rescale = jnp.exp(m - m_new)
         p = jnp.exp(s - m_new)
         denom = denom * rescale + jnp.sum(p, axis=-1, keepdims=True)
-        acc = acc * rescale + jnp.einsum("bkgs,bksd->bkgd", p.astype(v.dtype), vb, preferred_element_type=jnp.float32)
-        return m_new, denom, acc
+        acc = acc * rescale + jnp.einsum("bkgs,bksd->bkgd", p.astype(v.dtype), vb,
+                                         preferred_element_type=jnp.float32)
+        return m_new, denom, acc, k_t, v
 
-    n_blocks = (jnp.max(lengths) + block - 1) // block
-    m, denom, acc = jax.lax.fori_loop(0, jnp.minimum(n_blocks, T // block), one_block, (m, denom, acc))
-    return (acc / denom).astype(v.dtype).reshape(B, 1, H, hd)
+    # The caches ride through the loop as carried (unchanged) state and are returned: passed in as
+    # loop-invariant operands instead, XLA copies the whole [B, K, hd, T] buffers into the loop at every
+    # call (measured on XLA:CPU: the step cost then grows with the capacity T, not the lengths).
+    n_blocks = jnp.minimum((jnp.max(lengths) + block - 1) // block, T // block)
+    m, denom, acc, k_t, v = jax.lax.fori_loop(0, n_blocks, one_block, (m, denom, acc, k_t, v))
+    return (acc / denom).astype(v.dtype).reshape(B, 1, H, hd), k_t, v
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float, weight_before_cast: bool) -> jax.Array:

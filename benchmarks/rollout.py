@@ -27,11 +27,12 @@ row r gets a response length L_r drawn once from a log-normal with mean `--mean-
 `--new-tokens`, default 1024 here; fixed seed), clipped to [1, cap], and ends there on all three sides: a
 per-row stopping criterion in transformers `generate` (the row is finished after L_r tokens, as if it had
 emitted EOS), the per-row length limit (`max_lengths`) in ours. Three sides run the same rows in the same
-process, timed alternately: the continuous-batching engine (`--max-inflight` slots), our static sampler,
-and transformers `generate`. Useful tokens/s = sum(L_r) / seconds. Also printed: the fraction of decode
+process, timed alternately: the continuous-batching engine (one side per `--max-inflight` slot count), our
+static sampler, and transformers `generate`. Useful tokens/s = sum(L_r) / seconds. Also printed: the fraction of decode
 row-steps that produced a kept token (static: sum(L) / (rows × max(L)); engine: sum(L) / (slots × steps)).
 The last two lines are `longtail_speedup_vs_transformers_generate=<x>` and `longtail_speedup_vs_static=<x>`
-(engine tokens/s over the peer's, geometric mean over the modes run).
+(tokens/s of the engine with the first `--max-inflight` slot count over the peer's, geometric mean over the
+modes run).
 """
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ import numpy as np
 # 30M-parameter default: 8 layers, d=512, 8 heads / 4 KV heads, MLP 1408, vocab 8192 (untied) -> ~32M.
 TINY = dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512, batch=4, new_tokens=8,
             prompt_len=8, repeats=1)
-TINY_LONGTAIL = dict(TINY, batch=8, new_tokens=64, max_inflight=3, decode_block=16)
+TINY_LONGTAIL = dict(TINY, batch=8, new_tokens=64, max_inflight="3,8", decode_block=16)
 # --lengths longtail defaults (a flag given on the command line wins)
 LONGTAIL = dict(new_tokens=1024, batch=32, modes="greedy,sampled", repeats=1)
 
@@ -68,8 +69,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    f"longtail: the length cap (fixed: 128, longtail: {LONGTAIL['new_tokens']})")
     g.add_argument("--mean-fraction", type=float, default=0.3, help="longtail: mean response length / cap")
     g.add_argument("--length-sigma", type=float, default=1.0, help="longtail: sigma of log(length)")
-    g.add_argument("--max-inflight", type=int, default=0,
-                   help="longtail: the engine's decode slots (0 = a quarter of the rows)")
+    g.add_argument("--max-inflight", default="",
+                   help="longtail: comma list of the engine's decode-slot counts, one engine side each; the first "
+                        "gives the headline ratios (default: half the rows, all the rows)")
     g.add_argument("--decode-block", type=int, default=128, help="longtail: the engine's attention block")
     g.add_argument("--prompt-len", type=int, default=64,
                    help="longest prompt; prompt lengths are spread over [prompt_len/4, prompt_len], left-padded")
@@ -104,10 +106,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.tiny:
         for k, v in (TINY_LONGTAIL if longtail else TINY).items():
             setattr(args, k, v)
+    try:
+        args.max_inflight = [int(x) for x in str(args.max_inflight).split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--max-inflight must be a comma list of integers, got {args.max_inflight!r}")
     if longtail and not args.max_inflight:
-        args.max_inflight = max(1, args.batch // 4)
-    if not (0 < args.mean_fraction <= 1) or args.length_sigma < 0 or args.decode_block < 1 or args.max_inflight < 0:
-        p.error("--mean-fraction must be in (0, 1], --length-sigma >= 0, --decode-block >= 1, --max-inflight >= 0")
+        args.max_inflight = [max(1, args.batch // 2), args.batch]
+    if not (0 < args.mean_fraction <= 1) or args.length_sigma < 0 or args.decode_block < 1 or \
+            any(not 0 < m <= args.batch for m in args.max_inflight):
+        p.error("--mean-fraction must be in (0, 1], --length-sigma >= 0, --decode-block >= 1, --max-inflight "
+                "values in [1, --batch]")
     args.modes = [s.strip() for s in args.modes.split(",") if s.strip()]
     bad = [s for s in args.modes if s not in ("greedy", "sampled")]
     if bad or not args.modes:
@@ -360,7 +368,7 @@ def hf_longtail_runner(hf, ids, mask, mode: str, lengths: np.ndarray, args):
     return run
 
 
-def ours_longtail_runner(model, ids, mask, mode: str, lengths: np.ndarray, args, engine: str):
+def ours_longtail_runner(model, ids, mask, mode: str, lengths: np.ndarray, args, engine: str, slots: int = 0):
     """Our static sampler or continuous engine with per-row length limits; returns (tokens, decode steps)."""
     import dataclasses
 
@@ -374,7 +382,7 @@ def ours_longtail_runner(model, ids, mask, mode: str, lengths: np.ndarray, args,
         sampling = SamplingConfig(max_new_tokens=args.new_tokens, greedy=True)
     else:
         sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p)
-    sampling = dataclasses.replace(sampling, engine=engine, max_inflight=args.max_inflight,
+    sampling = dataclasses.replace(sampling, engine=engine, max_inflight=slots,
                                    decode_block=args.decode_block)
     ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
     key = jax.random.key(args.seed)
@@ -400,24 +408,26 @@ def longtail_main(args, ours, hf, ids, mask, n_params: int):
     import jax.numpy as jnp
 
     lengths = longtail_lengths(args)
-    B, cap, S = args.batch, args.new_tokens, args.max_inflight
+    B, cap = args.batch, args.new_tokens
     useful = int(lengths.sum())
     print(f"longtail: {B} rows, cap {cap}, lengths log-normal (mean {args.mean_fraction:.2f} x cap, sigma "
           f"{args.length_sigma}): mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, max {lengths.max()}, "
-          f"{int((lengths == cap).sum())} at the cap; {useful} useful tokens. Engine: {S} slots, attention "
+          f"{int((lengths == cap).sum())} at the cap; {useful} useful tokens. Engine: {args.max_inflight} slots, attention "
           f"blocks of {args.decode_block}. Warm-up (compilation) with every row 1 token long, then "
           f"{args.repeats} timed run(s) per side, the three sides alternately")
     static_kept = useful / (B * int(lengths.max()))
     ones = np.ones_like(lengths)
     rows, speed_hf, speed_static = [], [], []
+    engines = [f"urlvr-jax engine, {S} slots" for S in args.max_inflight]
     for mode in args.modes:
         runners = {"transformers generate": hf_longtail_runner(hf, ids, mask, mode, lengths, args),
-                   "urlvr-jax static sampler": ours_longtail_runner(ours, ids, mask, mode, lengths, args, "static"),
-                   "urlvr-jax continuous engine": ours_longtail_runner(ours, ids, mask, mode, lengths, args,
-                                                                       "continuous")}
+                   "urlvr-jax static sampler": ours_longtail_runner(ours, ids, mask, mode, lengths, args, "static")}
+        for name, S in zip(engines, args.max_inflight):
+            runners[name] = ours_longtail_runner(ours, ids, mask, mode, lengths, args, "continuous", S)
         hf_longtail_runner(hf, ids, mask, mode, ones, args)()
-        runners["urlvr-jax static sampler"](jnp.asarray(ones))  # compiles (shapes do not depend on lengths)
-        runners["urlvr-jax continuous engine"](jnp.asarray(ones))
+        for name, fn in runners.items():  # compiles ours (shapes do not depend on lengths)
+            if name != "transformers generate":
+                fn(jnp.asarray(ones))
         times = {k: [] for k in runners}
         outs = {}
         for _ in range(args.repeats):
@@ -428,28 +438,30 @@ def longtail_main(args, ours, hf, ids, mask, n_params: int):
         med = {k: statistics.median(v) for k, v in times.items()}
         tok_hf, _ = outs["transformers generate"]
         tok_static, _ = outs["urlvr-jax static sampler"]
-        tok_engine, steps = outs["urlvr-jax continuous engine"]
         valid = np.arange(cap)[None, :] < lengths[:, None]
-        engine_static = float(np.mean(tok_engine[valid] == tok_static[valid]))
-        line = f"{mode}: engine tokens equal to the static sampler's: {engine_static:.4f}"
-        if mode == "greedy":
-            valid_hf = valid[:, : tok_hf.shape[1]]
-            line += f"; to transformers': {float(np.mean(tok_engine[:, :tok_hf.shape[1]][valid_hf] == tok_hf[valid_hf])):.4f}"
-        print(line)
-        engine_kept = useful / (S * steps)
-        print(f"{mode}: kept-token fraction of decode row-steps: static {static_kept:.3f} ({B} rows x "
-              f"{lengths.max()} steps), engine {engine_kept:.3f} ({S} slots x {steps} steps)")
+        valid_hf = valid[:, : tok_hf.shape[1]]
+        kept = [f"static {static_kept:.3f} ({B} rows x {lengths.max()} steps)"]
+        for name, S in zip(engines, args.max_inflight):
+            tok_engine, steps = outs[name]
+            line = (f"{mode}: {name}: tokens equal to the static sampler's: "
+                    f"{float(np.mean(tok_engine[valid] == tok_static[valid])):.4f}")
+            if mode == "greedy":
+                hf_equal = float(np.mean(tok_engine[:, :tok_hf.shape[1]][valid_hf] == tok_hf[valid_hf]))
+                line += f"; to transformers': {hf_equal:.4f}"
+            print(line)
+            kept.append(f"engine {useful / (S * steps):.3f} ({S} slots x {steps} steps)")
+        print(f"{mode}: kept-token fraction of decode row-steps: {', '.join(kept)}")
         for name in runners:
             rows.append((mode, name, med[name], useful / med[name]))
-        speed_hf.append(med["transformers generate"] / med["urlvr-jax continuous engine"])
-        speed_static.append(med["urlvr-jax static sampler"] / med["urlvr-jax continuous engine"])
+        speed_hf.append(med["transformers generate"] / med[engines[0]])
+        speed_static.append(med["urlvr-jax static sampler"] / med[engines[0]])
     geo = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
     print()
-    print("| mode | side | s | useful tok/s | engine speedup |")
+    print(f"| mode | side | s | useful tok/s | speedup of the {engines[0]} |")
     print("|---|---|---|---|---|")
     for mode, name, t, tps in rows:
-        engine_t = [r[2] for r in rows if r[0] == mode and r[1] == "urlvr-jax continuous engine"][0]
+        engine_t = [r[2] for r in rows if r[0] == mode and r[1] == engines[0]][0]
         print(f"| {mode} | {name} | {t:.3f} | {tps:.1f} | {t / engine_t:.2f}x |")
     print(f"load average at the end: {load}")
     print(f"longtail_speedup_vs_transformers_generate={geo(speed_hf):.3f}")

@@ -73,12 +73,14 @@ def test_rollout_benchmark_longtail_tiny_runs_and_reports():
     lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
     assert re.fullmatch(r"longtail_speedup_vs_static=\d+(\.\d+)?", lines[-1]), lines[-1]
     assert re.fullmatch(r"longtail_speedup_vs_transformers_generate=\d+(\.\d+)?", lines[-2]), lines[-2]
-    equal = [ln for ln in lines if "engine tokens equal to the static sampler's" in ln]
-    assert len(equal) == 2 and all(ln.split(": ")[2].split(";")[0] == "1.0000" for ln in equal), equal
-    assert "to transformers': 1.0000" in equal[0], equal[0]
+    equal = [ln for ln in lines if "tokens equal to the static sampler's" in ln]  # 2 modes x 2 slot counts
+    assert len(equal) == 4 and all(ln.split(": ")[3].split(";")[0] == "1.0000" for ln in equal), equal
+    assert all("to transformers': 1.0000" in ln for ln in equal if ln.startswith("greedy")), equal
     kept = [ln for ln in lines if "kept-token fraction" in ln]
     assert len(kept) == 2
-    static, engine = (float(re.search(rf"{side} (\d\.\d+)", kept[0]).group(1)) for side in ("static", "engine"))
-    assert 0 < static < engine <= 1, kept[0]
-    for side in ("transformers generate", "urlvr-jax static sampler", "urlvr-jax continuous engine"):
+    static = float(re.search(r"static (\d\.\d+)", kept[0]).group(1))
+    engine = [float(m) for m in re.findall(r"engine (\d\.\d+) \(\d+ slots", kept[0])]
+    assert len(engine) == 2 and 0 < static < engine[0] <= 1 and engine[1] == static, kept[0]  # 3 slots; all 8 rows
+    for side in ("transformers generate", "urlvr-jax static sampler", "urlvr-jax engine, 3 slots",
+                 "urlvr-jax engine, 8 slots"):
         assert f"| greedy | {side} |" in proc.stdout and f"| sampled | {side} |" in proc.stdout

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from test_sampler import ALPHA, PROMPTS, STATS_ATOL, hf_greedy, numpy_stats
+from test_train import tiny_model  # noqa: F401  (the trainer tests' tiny synthetic model, a fixture)
 from tiny_models import FAMILIES, left_pad, make_hf_model
 from urlvr_jax.models.weights import load_model, model_from_state_dict, state_dict
 from urlvr_jax.models.transformer import ragged_decode_attention
@@ -197,3 +198,51 @@ def test_ragged_decode_attention_equals_float64():
         np.testing.assert_allclose(np.asarray(got), ref, atol=2e-5, rtol=0)
     with pytest.raises(ValueError, match="not a multiple of block"):
         ragged_decode_attention(q, pk, pv, pmask, k, v, lengths, 5)
+
+
+def test_trainer_resume_after_sigkill_with_the_engine(tmp_path, tiny_model):
+    """tests/test_train.py's exact-resume check with sampling.engine = "continuous" (6 slots for 4 × 4 rows,
+    so rows queue for slots): the run killed at step 4 and resumed writes the same metrics as the
+    uninterrupted run."""
+    from test_train import lines, run
+
+    overrides = {"model.path": str(tiny_model), "data.dataset": "synthetic/arithmetic", "data.synthetic_size": 64,
+                 "data.limit": 8, "data.max_prompt_length": 32, "data.prompt_batch_size": 4,
+                 "sampling.max_new_tokens": 12, "sampling.engine": "continuous", "sampling.max_inflight": 6,
+                 "sampling.decode_block": 4, "rl.num_samples": 4, "rl.reward": "token_entropy",
+                 "rl.learning_rate": 3e-3, "train.steps": 5, "train.checkpoint_every": 2, "train.progress": False,
+                 "train.pistar_diagnostics": False}
+    cache = tmp_path / "jax_cache"
+    full = run(overrides, tmp_path / "full", cache)
+    assert full.returncode == 0, full.stderr[-3000:]
+    killed = run(overrides, tmp_path / "resumed", cache, kill_at=4)
+    assert killed.returncode == -9, f"expected SIGKILL, got {killed.returncode}: {killed.stderr[-2000:]}"
+    resumed = run(overrides, tmp_path / "resumed", cache)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stderr and "at step 2" in resumed.stderr, resumed.stderr[-2000:]
+    a, b = lines(tmp_path / "full"), lines(tmp_path / "resumed")
+    assert [r["step"] for r in a] == [1, 2, 3, 4, 5] and a == b
+    assert any(r["grad_norm"] > 0 for r in a)
+
+
+def test_dry_run_kv_estimate_follows_the_engine():
+    """configs/paper.py runs the engine: its KV estimate is prompts × prompt + slots × new tokens (a budget),
+    and stops growing with the number of rows; the static sampler's is rows × (prompt + new tokens)."""
+    import importlib.util
+    from pathlib import Path
+
+    from urlvr_jax.dry_run import estimate_memory, model_config_for
+
+    spec = importlib.util.spec_from_file_location("paper", Path(__file__).parents[1] / "configs" / "paper.py")
+    paper = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper)
+    c = paper.get_config()
+    cfg = model_config_for(c)
+    assert c.sampling.engine == "continuous" and c.sampling.max_inflight == 128
+    per_position = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * 2 / 1024 ** 3  # bfloat16, GiB
+    engine_kv = estimate_memory(c, cfg, 8)["memory_gb/kv_cache"]
+    assert engine_kv == pytest.approx((64 * 1024 + 128 * 7168) / 8 * per_position, abs=1e-3)
+    c.rl.num_samples = 16  # twice the rows: the engine's budget does not move
+    assert estimate_memory(c, cfg, 8)["memory_gb/kv_cache"] == engine_kv
+    c.rl.num_samples, c.sampling.engine = 8, "static"
+    assert estimate_memory(c, cfg, 8)["memory_gb/kv_cache"] == pytest.approx(512 * 8192 / 8 * per_position, abs=1e-3)

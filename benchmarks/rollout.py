@@ -19,6 +19,20 @@ of (our tokens/s) / (transformers tokens/s).
 
     python3 benchmarks/rollout.py                 # ~30M params, batch 32 x 128 new tokens (minutes on CPU)
     python3 benchmarks/rollout.py --tiny          # smoke run (seconds)
+    python3 benchmarks/rollout.py --lengths longtail          # ragged responses: engine vs static vs transformers
+    python3 benchmarks/rollout.py --lengths longtail --tiny   # its smoke run
+
+`--lengths longtail`: RL rollouts are ragged (most responses far below the length cap, a few at it). Each
+row r gets a response length L_r drawn once from a log-normal with mean `--mean-fraction` × cap (cap =
+`--new-tokens`, default 1024 here; fixed seed), clipped to [1, cap], and ends there on all three sides: a
+per-row stopping criterion in transformers `generate` (the row is finished after L_r tokens, as if it had
+emitted EOS), the per-row length limit (`max_lengths`) in ours. Three sides run the same rows in the same
+process, timed alternately: the continuous-batching engine (one side per `--max-inflight` slot count), our
+static sampler, and transformers `generate`. Useful tokens/s = sum(L_r) / seconds. Also printed: the fraction of decode
+row-steps that produced a kept token (static: sum(L) / (rows × max(L)); engine: sum(L) / (slots × steps)).
+The last two lines are `longtail_speedup_vs_transformers_generate=<x>` and `longtail_speedup_vs_static=<x>`
+(tokens/s of the engine with the first `--max-inflight` slot count over the peer's, geometric mean over the
+modes run).
 """
 from __future__ import annotations
 
@@ -34,6 +48,9 @@ import numpy as np
 # 30M-parameter default: 8 layers, d=512, 8 heads / 4 KV heads, MLP 1408, vocab 8192 (untied) -> ~32M.
 TINY = dict(hidden=64, layers=2, heads=4, kv_heads=2, intermediate=128, vocab=512, batch=4, new_tokens=8,
             prompt_len=8, repeats=1)
+TINY_LONGTAIL = dict(TINY, batch=8, new_tokens=64, max_inflight="3,8", decode_block=16)
+# --lengths longtail defaults (a flag given on the command line wins)
+LONGTAIL = dict(new_tokens=1024, batch=32, modes="greedy,sampled", repeats=1)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,14 +60,26 @@ def parse_args(argv=None) -> argparse.Namespace:
                     "(geometric mean over the modes run).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     g = p.add_argument_group("workload")
-    g.add_argument("--batch", type=int, default=32, help="number of prompts (rows) generated together")
-    g.add_argument("--new-tokens", type=int, default=128, help="tokens generated per row (no EOS stops a row)")
+    g.add_argument("--lengths", choices=("fixed", "longtail"), default="fixed",
+                   help="fixed: every row generates --new-tokens tokens; longtail: ragged rows, three-way comparison "
+                        "with the continuous-batching engine (see the module docstring)")
+    g.add_argument("--batch", type=int, default=None, help="number of prompts (rows) generated together "
+                   f"(fixed: 32, longtail: {LONGTAIL['batch']})")
+    g.add_argument("--new-tokens", type=int, default=None, help="tokens generated per row (no EOS stops a row); "
+                   f"longtail: the length cap (fixed: 128, longtail: {LONGTAIL['new_tokens']})")
+    g.add_argument("--mean-fraction", type=float, default=0.3, help="longtail: mean response length / cap")
+    g.add_argument("--length-sigma", type=float, default=1.0, help="longtail: sigma of log(length)")
+    g.add_argument("--max-inflight", default="",
+                   help="longtail: comma list of the engine's decode-slot counts, one engine side each; the first "
+                        "gives the headline ratios (default: half the rows, all the rows)")
+    g.add_argument("--decode-block", type=int, default=128, help="longtail: the engine's attention block")
     g.add_argument("--prompt-len", type=int, default=64,
                    help="longest prompt; prompt lengths are spread over [prompt_len/4, prompt_len], left-padded")
-    g.add_argument("--modes", default="greedy,sampled", help="comma list of greedy, sampled")
+    g.add_argument("--modes", default=None, help="comma list of greedy, sampled (default: both)")
     g.add_argument("--temperature", type=float, default=1.0, help="sampled mode temperature")
     g.add_argument("--top-p", type=float, default=0.95, help="sampled mode nucleus mass (1 disables)")
-    g.add_argument("--repeats", type=int, default=3, help="timed runs per side and mode (median reported)")
+    g.add_argument("--repeats", type=int, default=None,
+                   help="timed runs per side and mode, median reported (fixed: 3, longtail: 1)")
     g.add_argument("--seed", type=int, default=0, help="weights, prompts and sampling keys")
     m = p.add_argument_group("model (Llama architecture, random weights)")
     m.add_argument("--hidden", type=int, default=512, help="model width d")
@@ -69,9 +98,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     o.add_argument("--hbm-gbps", type=float, default=3350.0,
                    help="accelerator memory bandwidth in GB/s for the decode floor (GPU only; H100 SXM = 3350)")
     args = p.parse_args(argv)
-    if args.tiny:
-        for k, v in TINY.items():
+    longtail = args.lengths == "longtail"
+    defaults = dict(new_tokens=128, batch=32, modes="greedy,sampled", repeats=3)
+    for k, v in (LONGTAIL if longtail else defaults).items():
+        if getattr(args, k) is None:
             setattr(args, k, v)
+    if args.tiny:
+        for k, v in (TINY_LONGTAIL if longtail else TINY).items():
+            setattr(args, k, v)
+    try:
+        args.max_inflight = [int(x) for x in str(args.max_inflight).split(",") if x.strip()]
+    except ValueError:
+        p.error(f"--max-inflight must be a comma list of integers, got {args.max_inflight!r}")
+    if longtail and not args.max_inflight:
+        args.max_inflight = [max(1, args.batch // 2), args.batch]
+    if not (0 < args.mean_fraction <= 1) or args.length_sigma < 0 or args.decode_block < 1 or \
+            any(not 0 < m <= args.batch for m in args.max_inflight):
+        p.error("--mean-fraction must be in (0, 1], --length-sigma >= 0, --decode-block >= 1, --max-inflight "
+                "values in [1, --batch]")
     args.modes = [s.strip() for s in args.modes.split(",") if s.strip()]
     bad = [s for s in args.modes if s not in ("greedy", "sampled")]
     if bad or not args.modes:
@@ -231,6 +275,8 @@ def main(argv=None) -> float:
     B, T = args.batch, args.new_tokens
     print(f"model: Llama d={args.hidden} L={args.layers} heads={args.heads}/{args.kv_heads} "
           f"mlp={args.intermediate} vocab={args.vocab} untied, float32, {n_params / 1e6:.2f}M parameters")
+    if args.lengths == "longtail":
+        return longtail_main(args, ours, hf, ids, mask, n_params)
     print(f"work: batch {B} x {T} new tokens, prompt lengths {lens.min()}..{lens.max()} (left-padded to "
           f"{args.prompt_len}), no EOS; warm-up 1 + median of {args.repeats} timed runs per side and mode, "
           f"the two sides timed alternately")
@@ -278,6 +324,149 @@ def main(argv=None) -> float:
         print(f"greedy tokens equal to transformers: {greedy_equal:.4f}")
     print(f"speedup_vs_transformers_generate={speedup:.3f}")
     return speedup
+
+
+# ------------------------------------------------------------------------------------------ longtail
+def longtail_lengths(args) -> np.ndarray:
+    """Response length of each row [batch]: log-normal with mean mean_fraction × cap, clipped to [1, cap]."""
+    rng = np.random.default_rng(args.seed + 1)
+    cap, sigma = args.new_tokens, args.length_sigma
+    mu = math.log(args.mean_fraction * cap) - sigma ** 2 / 2  # E[exp(N(mu, sigma^2))] = mean_fraction × cap
+    return np.clip(np.round(rng.lognormal(mu, sigma, args.batch)), 1, cap).astype(np.int32)
+
+
+def hf_longtail_runner(hf, ids, mask, mode: str, lengths: np.ndarray, args):
+    """transformers `generate` where row r is finished after lengths[r] new tokens (a per-row stopping
+    criterion: the loop ends when every row is finished, as with EOS)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class RowLengths(StoppingCriteria):
+        def __init__(self, prompt_len: int, lengths: np.ndarray):
+            self.prompt_len, self.lengths = prompt_len, torch.tensor(lengths)
+
+        def __call__(self, input_ids, scores, **kwargs):
+            return (input_ids.shape[1] - self.prompt_len) >= self.lengths
+
+    ids_t, mask_t = torch.tensor(ids, dtype=torch.long), torch.tensor(mask, dtype=torch.long)
+    kw = dict(max_new_tokens=int(lengths.max()), pad_token_id=0, eos_token_id=None,
+              stopping_criteria=StoppingCriteriaList([RowLengths(ids.shape[1], lengths)]))
+    if mode == "greedy":
+        kw.update(do_sample=False)
+    else:
+        kw.update(do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=0)
+
+    def run():
+        torch.manual_seed(args.seed)
+        with torch.inference_mode():
+            out = hf.generate(ids_t, attention_mask=mask_t, **kw)
+        new = out[:, ids.shape[1]:].numpy()
+        if new.shape[1] != lengths.max():
+            raise RuntimeError(f"transformers generated {new.shape[1]} steps, expected {lengths.max()}")
+        return new, None
+
+    return run
+
+
+def ours_longtail_runner(model, ids, mask, mode: str, lengths: np.ndarray, args, engine: str, slots: int = 0):
+    """Our static sampler or continuous engine with per-row length limits; returns (tokens, decode steps)."""
+    import dataclasses
+
+    import jax
+    import jax.numpy as jnp
+
+    from urlvr_jax.rollout.engine import continuous_generate
+    from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
+
+    if mode == "greedy":
+        sampling = SamplingConfig(max_new_tokens=args.new_tokens, greedy=True)
+    else:
+        sampling = SamplingConfig(max_new_tokens=args.new_tokens, temperature=args.temperature, top_p=args.top_p)
+    sampling = dataclasses.replace(sampling, engine=engine, max_inflight=slots,
+                                   decode_block=args.decode_block)
+    ids_j, mask_j = jnp.asarray(ids), jnp.asarray(mask)
+    key = jax.random.key(args.seed)
+    limits = jnp.asarray(lengths)
+
+    def run(limits=limits):
+        if engine == "continuous":
+            out, steps = continuous_generate(model, ids_j, mask_j, key, sampling, eos_ids=[], pad_id=0,
+                                             max_lengths=limits)
+            steps = int(steps)
+        else:
+            out = generate_ids(model, ids_j, mask_j, key, sampling, eos_ids=[], pad_id=0, max_lengths=limits)
+            steps = None
+        tokens = np.asarray(jax.block_until_ready(out.tokens))
+        if not np.array_equal(np.asarray(out.lengths), np.asarray(limits)):
+            raise RuntimeError(f"{engine}: row lengths differ from the drawn lengths")
+        return tokens, steps
+
+    return run
+
+
+def longtail_main(args, ours, hf, ids, mask, n_params: int):
+    import jax.numpy as jnp
+
+    lengths = longtail_lengths(args)
+    B, cap = args.batch, args.new_tokens
+    useful = int(lengths.sum())
+    print(f"longtail: {B} rows, cap {cap}, lengths log-normal (mean {args.mean_fraction:.2f} x cap, sigma "
+          f"{args.length_sigma}): mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, max {lengths.max()}, "
+          f"{int((lengths == cap).sum())} at the cap; {useful} useful tokens. Engine: {args.max_inflight} slots, attention "
+          f"blocks of {args.decode_block}. Warm-up (compilation) with every row 1 token long, then "
+          f"{args.repeats} timed run(s) per side, the three sides alternately")
+    static_kept = useful / (B * int(lengths.max()))
+    ones = np.ones_like(lengths)
+    rows, speed_hf, speed_static = [], [], []
+    engines = [f"urlvr-jax engine, {S} slots" for S in args.max_inflight]
+    for mode in args.modes:
+        runners = {"transformers generate": hf_longtail_runner(hf, ids, mask, mode, lengths, args),
+                   "urlvr-jax static sampler": ours_longtail_runner(ours, ids, mask, mode, lengths, args, "static")}
+        for name, S in zip(engines, args.max_inflight):
+            runners[name] = ours_longtail_runner(ours, ids, mask, mode, lengths, args, "continuous", S)
+        hf_longtail_runner(hf, ids, mask, mode, ones, args)()
+        for name, fn in runners.items():  # compiles ours (shapes do not depend on lengths)
+            if name != "transformers generate":
+                fn(jnp.asarray(ones))
+        times = {k: [] for k in runners}
+        outs = {}
+        for _ in range(args.repeats):
+            for name, fn in runners.items():
+                t0 = time.perf_counter()
+                outs[name] = fn()
+                times[name].append(time.perf_counter() - t0)
+        med = {k: statistics.median(v) for k, v in times.items()}
+        tok_hf, _ = outs["transformers generate"]
+        tok_static, _ = outs["urlvr-jax static sampler"]
+        valid = np.arange(cap)[None, :] < lengths[:, None]
+        valid_hf = valid[:, : tok_hf.shape[1]]
+        kept = [f"static {static_kept:.3f} ({B} rows x {lengths.max()} steps)"]
+        for name, S in zip(engines, args.max_inflight):
+            tok_engine, steps = outs[name]
+            line = (f"{mode}: {name}: tokens equal to the static sampler's: "
+                    f"{float(np.mean(tok_engine[valid] == tok_static[valid])):.4f}")
+            if mode == "greedy":
+                hf_equal = float(np.mean(tok_engine[:, :tok_hf.shape[1]][valid_hf] == tok_hf[valid_hf]))
+                line += f"; to transformers': {hf_equal:.4f}"
+            print(line)
+            kept.append(f"engine {useful / (S * steps):.3f} ({S} slots x {steps} steps)")
+        print(f"{mode}: kept-token fraction of decode row-steps: {', '.join(kept)}")
+        for name in runners:
+            rows.append((mode, name, med[name], useful / med[name]))
+        speed_hf.append(med["transformers generate"] / med[engines[0]])
+        speed_static.append(med["urlvr-jax static sampler"] / med[engines[0]])
+    geo = lambda xs: math.exp(sum(math.log(x) for x in xs) / len(xs))  # noqa: E731
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
+    print()
+    print(f"| mode | side | s | useful tok/s | speedup of the {engines[0]} |")
+    print("|---|---|---|---|---|")
+    for mode, name, t, tps in rows:
+        engine_t = [r[2] for r in rows if r[0] == mode and r[1] == engines[0]][0]
+        print(f"| {mode} | {name} | {t:.3f} | {tps:.1f} | {t / engine_t:.2f}x |")
+    print(f"load average at the end: {load}")
+    print(f"longtail_speedup_vs_transformers_generate={geo(speed_hf):.3f}")
+    print(f"longtail_speedup_vs_static={geo(speed_static):.3f}")
+    return geo(speed_static)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ def get_config(variant: str = "default"):
     c.rl.micro_batch_groups = -1
     c.sampling.temperature = 1.0
     c.sampling.max_new_tokens = 7168
+    # Responses are ragged (most far below 7168): the continuous-batching engine with a KV budget of 128 rows
+    # in flight (16 per device on 8) holds 64 x 1024 prompt + 128 x 7168 response positions, ~13 GiB per
+    # device in bfloat16, against ~56 GiB for the static sampler's 512 x 8192 (benchmarks/README.md).
+    c.sampling.engine = "continuous"
+    c.sampling.max_inflight = 128
     c.train.steps = 1000
     c.train.eval_every = 20
     c.train.eval_dataset = "aime24"

@@ -58,3 +58,29 @@ def test_hbm_floor_matches_hand_computation():
     line = rollout.floor_line(args, n_params, mean_prompt=36.0, step_s=2 * valid)
     assert "50.0% of the bandwidth bound" in line and "context 100" in line
     assert "n/a" in rollout.floor_line(args, n_params, 36.0, step_s=-1e-3)
+
+
+def test_rollout_benchmark_longtail_tiny_runs_and_reports():
+    """The three-way ragged-length run: the engine's tokens equal the static sampler's (greedy and sampled,
+    same key) and transformers' (greedy), every row ends at its drawn length on every side, and the
+    kept-token fractions and both speedups are printed."""
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--lengths", "longtail", "--tiny"], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=SCRIPT.parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    lines = [ln for ln in proc.stdout.splitlines() if ln.strip()]
+    assert re.fullmatch(r"longtail_speedup_vs_static=\d+(\.\d+)?", lines[-1]), lines[-1]
+    assert re.fullmatch(r"longtail_speedup_vs_transformers_generate=\d+(\.\d+)?", lines[-2]), lines[-2]
+    equal = [ln for ln in lines if "tokens equal to the static sampler's" in ln]  # 2 modes x 2 slot counts
+    assert len(equal) == 4 and all(ln.split(": ")[3].split(";")[0] == "1.0000" for ln in equal), equal
+    assert all("to transformers': 1.0000" in ln for ln in equal if ln.startswith("greedy")), equal
+    kept = [ln for ln in lines if "kept-token fraction" in ln]
+    assert len(kept) == 2
+    static = float(re.search(r"static (\d\.\d+)", kept[0]).group(1))
+    engine = [float(m) for m in re.findall(r"engine (\d\.\d+) \(\d+ slots", kept[0])]
+    assert len(engine) == 2 and 0 < static < engine[0] <= 1 and engine[1] == static, kept[0]  # 3 slots; all 8 rows
+    for side in ("transformers generate", "urlvr-jax static sampler", "urlvr-jax engine, 3 slots",
+                 "urlvr-jax engine, 8 slots"):
+        assert f"| greedy | {side} |" in proc.stdout and f"| sampled | {side} |" in proc.stdout

@@ -73,6 +73,14 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.temperature = 1.0
     c.sampling.top_p = 1.0
     c.sampling.top_k = 0
+    # Rollout engine. "static": all rows decode together in a [rows, prompt + max_new_tokens] KV cache until the
+    # last row ends. "continuous": sampling.max_inflight decode slots refilled from a queue as rows finish,
+    # each prompt's KV shared by its samples, attention bounded by the rows' lengths: KV memory prompts x
+    # prompt length + slots x max_new_tokens instead of rows x both (benchmarks/README.md has the measurements).
+    c.sampling.engine = "static"
+    c.sampling.max_inflight = 0  # continuous: rows decoded at once (the KV budget); 0 = all rows
+    c.sampling.decode_block = 128  # continuous: response positions per attention block
+    c.sampling.prefill_chunk = 0  # continuous: prompts per prefill forward; 0 = all at once
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1
@@ -151,6 +159,14 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("sampling.top_p", "must be in (0, 1]")
     if c.sampling.max_new_tokens < 1:
         bad("sampling.max_new_tokens", "must be >= 1")
+    if c.sampling.engine not in ("static", "continuous"):
+        bad("sampling.engine", "must be 'static' or 'continuous'")
+    if c.sampling.max_inflight < 0:
+        bad("sampling.max_inflight", "must be >= 0 (0 = all rows at once)")
+    if c.sampling.decode_block < 1:
+        bad("sampling.decode_block", "must be >= 1")
+    if c.sampling.prefill_chunk < 0:
+        bad("sampling.prefill_chunk", "must be >= 0 (0 = all prompts in one forward)")
     if c.data.prompt_batch_size < 1:
         bad("data.prompt_batch_size", "must be >= 1")
     if c.model.dtype not in ("float32", "bfloat16") or c.model.param_dtype not in ("float32", "bfloat16"):

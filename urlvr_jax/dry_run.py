@@ -9,6 +9,7 @@ The estimate (per device, mesh data × fsdp × tensor = D devices, model-paralle
   optimizer    2·P·4 / M                        (AdamW moments, float32)
   gradients    P·4 / M
   KV cache     2·L·(B·N / (data·fsdp))·(Tp+T)·K·hd·b / tensor
+               (continuous engine: 2·L·((B·Tp + slots·T) / (data·fsdp))·K·hd·b / tensor)
   activations  (B·N / (data·fsdp))·(Tp+T)·D_model·4·(L if no remat else 2)   (residual stream per layer)
   logits chunk (B·N / (data·fsdp))·chunk·V·4·3 / tensor                     (logits, softmax, grad)
 It is an estimate (XLA's buffer assignment differs), meant to catch configurations that cannot fit.
@@ -83,13 +84,25 @@ def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float
         "params": (1 + reference) * P * b_param / model_par,
         "optimizer": 2 * P * 4 / model_par,
         "gradients": P * 4 / model_par,
-        "kv_cache": 2 * cfg.num_layers * rows * seq * cfg.num_kv_heads * cfg.head_dim * b_act / mesh["tensor"],
+        "kv_cache": 2 * cfg.num_layers * _kv_positions(config, batch_par) * cfg.num_kv_heads * cfg.head_dim * b_act
+        / mesh["tensor"],
         "activations": activations,
         "logits_chunk": update_rows * min(128, config.sampling.max_new_tokens) * cfg.vocab_size * 4 * 3 / mesh["tensor"],
     }
     est = {k: v / gb for k, v in est.items()}
     est["total"] = sum(est.values())
     return {f"memory_gb/{k}": round(v, 3) for k, v in est.items()}
+
+
+def _kv_positions(config, batch_par: int) -> float:
+    """KV-cache positions per device: rows × (prompt + new tokens) for the static sampler; for the
+    continuous engine, prompts × prompt + slots × new tokens (rollout/engine.py)."""
+    rows = config.data.prompt_batch_size * config.rl.num_samples
+    Tp, T = config.data.max_prompt_length, config.sampling.max_new_tokens
+    if config.sampling.get("engine", "static") == "continuous":
+        slots = min(config.sampling.max_inflight or rows, rows)
+        return (config.data.prompt_batch_size * Tp + slots * T) / batch_par
+    return rows * (Tp + T) / batch_par
 
 
 def check_fits(config, cfg: ModelConfig, n_devices: int, device_memory_gb: float) -> dict[str, float]:

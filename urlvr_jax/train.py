@@ -176,7 +176,8 @@ def step_config(config, tokenizer, model_cfg) -> StepConfig:
     return StepConfig(
         num_samples=config.rl.num_samples,
         sampling=SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                top_k=s.top_k),
+                                top_k=s.top_k, engine=s.engine, max_inflight=s.max_inflight,
+                                decode_block=s.decode_block, prefill_chunk=s.prefill_chunk),
         reward=config.rl.reward, n_votes=config.rl.n_votes or None, n_train=config.rl.n_train or None,
         advantage=config.rl.advantage, clip_low=config.rl.clip_low, clip_high=config.rl.clip_high,
         dual_clip=config.rl.dual_clip or None, aggregation=config.rl.aggregation, kl_coef=config.rl.kl_coef,

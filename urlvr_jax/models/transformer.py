@@ -241,6 +241,50 @@ class Transformer(nnx.Module):
         x = rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps, cfg.post_norms)
         return self.logits(x), KVCache(tuple(ks), tuple(vs))
 
+    def decode_step_slots(
+        self,
+        weights: list[dict[str, jax.Array]],
+        tokens: jax.Array,
+        positions: jax.Array,
+        prompt_cache: KVCache,
+        prompt_mask: jax.Array,
+        prompt_index: jax.Array,
+        cache: KVCache,
+        write_index: jax.Array,
+        block: int,
+    ) -> tuple[jax.Array, KVCache]:
+        """One new token per decode slot, each slot at its own response position (continuous batching).
+
+        A slot's keys are two segments: its prompt's, read from `prompt_cache` (one entry per prompt, shared
+        by every slot decoding a sample of that prompt: never copied per sample), then its own response's,
+        in `cache` (one entry per slot). weights: `layer_weights()`; tokens, positions, write_index [S]
+        (write_index = the response position this token's keys/values are written to, in place, and the
+        number of response positions before it); prompt_cache: KVCache [P, K, hd, Tp] / [P, K, Tp, hd];
+        prompt_mask [P, Tp] bool; prompt_index [S] (the prompt of each slot); cache: KVCache [S, K, hd, T] /
+        [S, K, T, hd] with T a multiple of `block`. The response segment is read `block` positions at a
+        time, only up to the longest slot's length (`ragged_decode_attention`). Returns float32 logits [S, V]
+        and the updated slot cache.
+        """
+        cfg, dtype = self.cfg, self.dtype
+        S = tokens.shape[0]
+        x = jnp.take(self.embed[...], tokens[:, None], axis=0).astype(dtype)  # [S, 1, D]
+        cos, sin = rope_cos_sin(cfg, positions[:, None])
+        slots = jnp.arange(S)
+        index = jnp.asarray(write_index, jnp.int32)
+        lengths = index + 1  # response positions each slot attends to, this token's included
+        p_mask = jnp.take(prompt_mask.astype(bool), prompt_index, axis=0)
+        ks, vs = list(cache.k), list(cache.v)
+        for i, w in enumerate(weights):
+            q, k, v = _qkv(cfg, w, x, cos, sin)
+            ks[i] = ks[i].at[slots, :, :, index].set(k[:, 0].astype(ks[i].dtype))  # [S, K, hd] at (slot, t)
+            vs[i] = vs[i].at[slots, :, index, :].set(v[:, 0].astype(vs[i].dtype))
+            pk = jnp.take(prompt_cache.k[i], prompt_index, axis=0).astype(dtype)
+            pv = jnp.take(prompt_cache.v[i], prompt_index, axis=0).astype(dtype)
+            attn, ks[i], vs[i] = ragged_decode_attention(q, pk, pv, p_mask, ks[i], vs[i], lengths, block)
+            x = _finish(cfg, w, x, attn, self.rules)
+        x = rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps, cfg.post_norms)
+        return self.logits(x), KVCache(tuple(ks), tuple(vs))
+
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Project hidden states [..., D] to float32 logits [..., V]."""
         if self.cfg.tie_word_embeddings:
@@ -354,6 +398,58 @@ def decode_attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgs,bksd->bkgd", probs, v)
     return out.reshape(B, 1, H, hd)
+
+
+def ragged_decode_attention(q: jax.Array, prompt_k_t: jax.Array, prompt_v: jax.Array, prompt_mask: jax.Array,
+                            k_t: jax.Array, v: jax.Array, lengths: jax.Array, block: int) -> jax.Array:
+    """Grouped-query attention of one new position per row against two key segments: the row's prompt
+    (prompt_k_t [B, K, hd, Tp], prompt_v [B, K, Tp, hd], prompt_mask [B, Tp] bool) and the first
+    `lengths` [B] positions of its response (k_t [B, K, hd, T], v [B, K, T, hd], T a multiple of `block`).
+    q [B, 1, H, hd] -> ([B, 1, H, hd], k_t, v): the caches come back unchanged, to be used in place of the
+    ones passed in (so XLA can keep one buffer; see the loop below).
+
+    The response segment is read `block` positions at a time with an online softmax (running max, sum and
+    weighted values in float32), for ceil(max(lengths) / block) blocks: the cost follows what the longest
+    row has written, not the cache's capacity. Positions at or beyond a row's length are masked. Same
+    arithmetic as `decode_attention` (float32 scores scaled by 1/sqrt(hd), masked keys excluded) up to the
+    summation order of the softmax.
+    """
+    B, _, H, hd = q.shape
+    K, T = k_t.shape[1], k_t.shape[3]
+    if T % block:
+        raise ValueError(f"ragged_decode_attention: response capacity {T} is not a multiple of block {block}")
+    qg = q.reshape(B, K, H // K, hd)
+    scale = 1.0 / jnp.sqrt(jnp.float32(hd))
+    s = jnp.einsum("bkgd,bkds->bkgs", qg, prompt_k_t, preferred_element_type=jnp.float32) * scale
+    s = jnp.where(prompt_mask[:, None, None, :], s, _NEG_INF)
+    m = jnp.max(s, axis=-1, keepdims=True)  # [B, K, g, 1]
+    p = jnp.exp(s - m)
+    denom = jnp.sum(p, axis=-1, keepdims=True)
+    acc = jnp.einsum("bkgs,bksd->bkgd", p.astype(v.dtype), prompt_v, preferred_element_type=jnp.float32)
+    offsets = jnp.arange(block, dtype=jnp.int32)
+
+    def one_block(b, carry):
+        m, denom, acc, k_t, v = carry
+        start = b * block
+        kb = jax.lax.dynamic_slice_in_dim(k_t, start, block, axis=3)
+        vb = jax.lax.dynamic_slice_in_dim(v, start, block, axis=2)
+        s = jnp.einsum("bkgd,bkds->bkgs", qg, kb, preferred_element_type=jnp.float32) * scale
+        valid = (start + offsets)[None, :] < lengths[:, None]
+        s = jnp.where(valid[:, None, None, :], s, _NEG_INF)
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1, keepdims=True))
+        rescale = jnp.exp(m - m_new)
+        p = jnp.exp(s - m_new)
+        denom = denom * rescale + jnp.sum(p, axis=-1, keepdims=True)
+        acc = acc * rescale + jnp.einsum("bkgs,bksd->bkgd", p.astype(v.dtype), vb,
+                                         preferred_element_type=jnp.float32)
+        return m_new, denom, acc, k_t, v
+
+    # The caches ride through the loop as carried (unchanged) state and are returned: passed in as
+    # loop-invariant operands instead, XLA copies the whole [B, K, hd, T] buffers into the loop at every
+    # call (measured on XLA:CPU: the step cost then grows with the capacity T, not the lengths).
+    n_blocks = jnp.minimum((jnp.max(lengths) + block - 1) // block, T // block)
+    m, denom, acc, k_t, v = jax.lax.fori_loop(0, n_blocks, one_block, (m, denom, acc, k_t, v))
+    return (acc / denom).astype(v.dtype).reshape(B, 1, H, hd), k_t, v
 
 
 def rms_norm(x: jax.Array, weight: jax.Array, eps: float, weight_before_cast: bool) -> jax.Array:

@@ -33,7 +33,7 @@ from urlvr_jax.rewards.answers import AnswerExtractor
 from urlvr_jax.rewards.registry import CERTAINTY, GroupBatch, device_reward
 from urlvr_jax.rl.advantages import compute_advantages, group_is_constant
 from urlvr_jax.rl.losses import METRIC_REDUCTIONS, count_valid, kl_penalty, policy_loss
-from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _generate, _score
+from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _score, generate_traced
 from urlvr_jax.rollout.stats import TokenStats
 
 
@@ -209,8 +209,10 @@ def rollout_phase(params, prompt_ids, prompt_mask, key, *, graphdef, cfg: StepCo
     """Sample N responses per prompt with the policy. prompt_ids/mask [P, Tp] → Rollout [P·N, T]."""
     policy = nnx.merge(graphdef, params)
     sample_key, _ = jax.random.split(key)
-    return _generate(policy, prompt_ids, prompt_mask, sample_key, sampling=cfg.sampling, num_samples=cfg.num_samples,
-                     eos_ids=cfg.eos_ids, stop_seqs=cfg.stop_sequences, pad_id=cfg.pad_id)
+    # cfg.sampling.engine picks the static sampler or the continuous-batching engine (same Rollout)
+    return generate_traced(policy, prompt_ids, prompt_mask, sample_key, sampling=cfg.sampling,
+                           num_samples=cfg.num_samples, eos_ids=cfg.eos_ids, stop_seqs=cfg.stop_sequences,
+                           pad_id=cfg.pad_id)
 
 
 def scoring_phase(params, ref_params, prompt_ids, prompt_mask, tokens, mask, *, graphdef, ref_graphdef,

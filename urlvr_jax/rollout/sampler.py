@@ -46,6 +46,13 @@ class SamplingConfig:
     top_p: float = 1.0
     top_k: int = 0
     greedy: bool = False
+    # "static": every row decodes from the first step to the last row's end in a [rows, prompt + max_new_tokens]
+    # cache; "continuous": `max_inflight` decode slots refilled from a queue of rows as rows finish, prompt KV
+    # shared by a prompt's samples, attention bounded by the rows' lengths (rollout/engine.py).
+    engine: str = "static"
+    max_inflight: int = 0  # continuous: decode slots (rows in flight at once); 0 = all rows
+    decode_block: int = 128  # continuous: response positions per attention block (the length-bound granularity)
+    prefill_chunk: int = 0  # continuous: prompts per prefill forward (bounds prefill activations); 0 = all at once
 
     def __post_init__(self):
         if self.temperature <= 0:
@@ -54,6 +61,14 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0 or self.max_new_tokens < 1:
             raise ValueError(f"top_k must be >= 0 and max_new_tokens >= 1, got {self.top_k}, {self.max_new_tokens}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.max_inflight < 0 or self.decode_block < 1 or self.prefill_chunk < 0:
+            raise ValueError(f"max_inflight and prefill_chunk must be >= 0 and decode_block >= 1, got "
+                             f"{self.max_inflight}, {self.prefill_chunk}, {self.decode_block}")
+
+
+ENGINES = ("static", "continuous")
 
 
 class Rollout(NamedTuple):
@@ -99,8 +114,34 @@ def nucleus_cutoff(z: jax.Array, top_p: float, iterations: int = 32) -> jax.Arra
     return hi
 
 
+def token_keys(key: jax.Array, rows: jax.Array, positions: jax.Array) -> jax.Array:
+    """The key of each row's token at each response position: fold_in(fold_in(key, row), position), [B].
+
+    A token's randomness depends only on (key, row, position), not on the decode step or the batch slot
+    it ran in, so the static sampler and the continuous-batching engine draw the same tokens.
+    """
+    return jax.vmap(lambda r, t: jax.random.fold_in(jax.random.fold_in(key, r), t))(rows, positions)
+
+
+def row_uniforms(keys: jax.Array, draw: jax.Array | int) -> jax.Array:
+    """One uniform in [0, 1) per row [B] from per-row keys [B]; `draw` numbers independent draws."""
+    return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, draw)))(keys)
+
+
+def sample_token_rows(keys: jax.Array, logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
+    """One token per row from float32 logits [B, V], row i drawn with its own key keys[i] (`token_keys`)."""
+    if sampling.greedy:
+        return first_argmax(logits)
+    z = logits / sampling.temperature
+    if sampling.top_k:
+        return sample_inverse_cdf(row_uniforms(keys, 0), filter_logits(z, sampling.top_k, sampling.top_p))
+    if sampling.top_p < 1.0:
+        return _sample_nucleus(lambda r: row_uniforms(keys, r), logits, sampling.top_p, sampling.temperature)
+    return sample_inverse_cdf(row_uniforms(keys, 0), z)
+
+
 def sample_token(key: jax.Array, logits: jax.Array, sampling: SamplingConfig) -> jax.Array:
-    """One token per row from float32 logits [B, V]."""
+    """One token per row from float32 logits [B, V], all rows from one key."""
     if sampling.greedy:
         return first_argmax(logits)
     z = logits / sampling.temperature
@@ -168,6 +209,14 @@ def sample_nucleus(key: jax.Array, logits: jax.Array, top_p: float, temperature:
     distribution.
     """
     B = logits.shape[0]
+    return _sample_nucleus(lambda r: jax.random.uniform(jax.random.fold_in(key, r), (B,)), logits, top_p,
+                           temperature, rounds, block)
+
+
+def _sample_nucleus(uniforms, logits: jax.Array, top_p: float, temperature: float = 1.0, rounds: int = 4,
+                    block: int = 128) -> jax.Array:
+    """`sample_nucleus` with the draws' uniforms given by `uniforms(r)` -> [B] for draw r = 0 .. rounds."""
+    B = logits.shape[0]
     z = logits / temperature
     e, sums = _block_weights(z, block)
     flat = e.reshape(B, -1)[:, : z.shape[1]]
@@ -175,7 +224,7 @@ def sample_nucleus(key: jax.Array, logits: jax.Array, top_p: float, temperature:
 
     def draw(state):
         r, tok, ok = state
-        y = _inverse_cdf(jax.random.uniform(jax.random.fold_in(key, r), (B,)), e, sums)
+        y = _inverse_cdf(uniforms(r), e, sums)
         # "larger logit" is decided on the raw logits: XLA may round logits / temperature differently
         # in different fusions, and y must never count as larger than itself
         x_y = jnp.take_along_axis(logits, y[:, None], axis=-1)
@@ -187,8 +236,7 @@ def sample_nucleus(key: jax.Array, logits: jax.Array, top_p: float, temperature:
     _, tok, ok = jax.lax.while_loop(lambda s: (s[0] < rounds) & ~jnp.all(s[2]), draw, init)
 
     def fallback(tok):
-        exact = sample_inverse_cdf(jax.random.uniform(jax.random.fold_in(key, rounds), (B,)),
-                                   filter_logits(z, 0, top_p), block)
+        exact = sample_inverse_cdf(uniforms(rounds), filter_logits(z, 0, top_p), block)
         return jnp.where(ok, tok, exact)
 
     return jax.lax.cond(jnp.all(ok), lambda t: t, fallback, tok)
@@ -205,8 +253,19 @@ def _ends_with_any(generated: jax.Array, step: jax.Array, stop_seqs: tuple[tuple
     return out
 
 
-def _generate(model: Transformer, prompt_ids, prompt_mask, key, *, sampling: SamplingConfig, num_samples: int,
-              eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...], pad_id: int) -> Rollout:
+def _row_limits(max_lengths, rows: int, cap: int) -> jax.Array:
+    """Per-row response-length limits [rows] int32: max_lengths clipped to [1, cap], or cap for every row."""
+    if max_lengths is None:
+        return jnp.full((rows,), cap, jnp.int32)
+    return jnp.clip(jnp.asarray(max_lengths, jnp.int32), 1, cap)
+
+
+def static_generate_traced(model: Transformer, prompt_ids, prompt_mask, key, *, sampling: SamplingConfig,
+                           num_samples: int, eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...],
+                           pad_id: int, max_lengths: jax.Array | None = None) -> Rollout:
+    """The static sampler (traceable; call it inside jit): all B·N rows decode together in a
+    [B·N, Tp + max_new_tokens] cache until the last row ends. max_lengths [B·N] (optional): row r stops
+    (truncated) after max_lengths[r] tokens."""
     B, Tp = prompt_ids.shape
     N, T = num_samples, sampling.max_new_tokens
     prompt_mask = prompt_mask.astype(jnp.int32)
@@ -220,44 +279,64 @@ def _generate(model: Transformer, prompt_ids, prompt_mask, key, *, sampling: Sam
     key_mask = rep(jnp.concatenate([prompt_mask, jnp.zeros((B, T), jnp.int32)], axis=1))
     next_pos = rep(jnp.sum(prompt_mask, axis=1))  # position id of the first generated token
     R = B * N
+    rows = jnp.arange(R, dtype=jnp.int32)
+    limits = _row_limits(max_lengths, R, T)
     stats_temperature = 1.0 if sampling.greedy else sampling.temperature
     eos = jnp.asarray(eos_ids if eos_ids else (-1,), jnp.int32)
 
     def cond(carry):
-        step, done = carry[0], carry[5]
+        step, done = carry[0], carry[4]
         return (step < T) & ~jnp.all(done)
 
     def body(carry):
-        step, cache, last_logits, key_mask, key, done, tokens, stats = carry
-        key, sub = jax.random.split(key)
-        tok = sample_token(sub, last_logits, sampling)
+        step, cache, last_logits, key_mask, done, stopped, tokens, stats = carry
+        tok = sample_token_rows(token_keys(key, rows, jnp.full((R,), step)), last_logits, sampling)
         tok = jnp.where(done, pad_id, tok)
         st = token_stats_from_logits(last_logits, tok, stats_temperature)
         live = ~done
         tokens = tokens.at[:, step].set(tok)
         stats = TokenStats(*(buf.at[:, step].set(jnp.where(live, v, 0.0)) for buf, v in zip(stats, st)))
-        finished_now = live & (jnp.any(tok[:, None] == eos[None, :], axis=1) | _ends_with_any(tokens, step, stop_seqs))
-        new_done = done | finished_now
+        stop_now = live & (jnp.any(tok[:, None] == eos[None, :], axis=1) | _ends_with_any(tokens, step, stop_seqs))
+        new_done = done | stop_now | (live & (step + 1 >= limits))
         key_mask = key_mask.at[:, Tp + step].set(live.astype(jnp.int32))
         logits, cache = model.decode_step(weights, tok, next_pos + step, key_mask, cache, Tp + step)
-        return step + 1, cache, logits, key_mask, key, new_done, tokens, stats
+        return step + 1, cache, logits, key_mask, new_done, stopped | stop_now, tokens, stats
 
     tokens = jnp.full((R, T), pad_id, jnp.int32)
     stats = TokenStats(*(jnp.zeros((R, T), jnp.float32) for _ in range(4)))
     done = jnp.zeros((R,), bool)
-    carry = (jnp.int32(0), cache, last_logits, key_mask, key, done, tokens, stats)
-    step, _, _, key_mask, _, done, tokens, stats = jax.lax.while_loop(cond, body, carry)
+    carry = (jnp.int32(0), cache, last_logits, key_mask, done, done, tokens, stats)
+    step, _, _, key_mask, done, stopped, tokens, stats = jax.lax.while_loop(cond, body, carry)
     mask = key_mask[:, Tp:]
     lengths = jnp.sum(mask, axis=1)
-    return Rollout(tokens=tokens, mask=mask, stats=stats, lengths=lengths, truncated=~done)
+    return Rollout(tokens=tokens, mask=mask, stats=stats, lengths=lengths, truncated=~stopped)
+
+
+def generate_traced(model: Transformer, prompt_ids, prompt_mask, key, *, sampling: SamplingConfig, num_samples: int,
+                    eos_ids: tuple[int, ...], stop_seqs: tuple[tuple[int, ...], ...], pad_id: int,
+                    max_lengths: jax.Array | None = None) -> Rollout:
+    """Sample `num_samples` responses per left-padded prompt, traceable (the trainer calls it inside its
+    jitted step). Runs `sampling.engine`: the static sampler or the continuous-batching engine; both give
+    the same Rollout, and for the same key the same tokens (a token's randomness is keyed by its row and
+    position). max_lengths [B·N] (optional): per-row response-length limits <= max_new_tokens."""
+    kw = dict(sampling=sampling, num_samples=num_samples, eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id,
+              max_lengths=max_lengths)
+    if sampling.engine == "continuous":
+        from urlvr_jax.rollout.engine import continuous_generate_traced
+
+        return continuous_generate_traced(model, prompt_ids, prompt_mask, key, **kw)[0]
+    return static_generate_traced(model, prompt_ids, prompt_mask, key, **kw)
+
+
+_generate = generate_traced  # the name other modules imported before it was public
 
 
 @functools.lru_cache(maxsize=64)
 def _jitted_generate(graphdef, sampling, num_samples, eos_ids, stop_seqs, pad_id):
-    def fn(state, prompt_ids, prompt_mask, key):
+    def fn(state, prompt_ids, prompt_mask, key, max_lengths):
         model = nnx.merge(graphdef, state)
-        return _generate(model, prompt_ids, prompt_mask, key, sampling=sampling, num_samples=num_samples,
-                         eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id)
+        return generate_traced(model, prompt_ids, prompt_mask, key, sampling=sampling, num_samples=num_samples,
+                               eos_ids=eos_ids, stop_seqs=stop_seqs, pad_id=pad_id, max_lengths=max_lengths)
 
     return jax.jit(fn)
 
@@ -272,25 +351,33 @@ def generate_ids(
     eos_ids: Sequence[int] | None = None,
     stop_sequences: Sequence[Sequence[int]] = (),
     pad_id: int | None = None,
+    max_lengths: Sequence[int] | jax.Array | None = None,
 ) -> Rollout:
     """Sample `num_samples` responses per left-padded prompt. prompt_ids/prompt_mask [B, Tp].
 
-    eos_ids defaults to the model config's EOS ids. Deterministic for a given key. The batch may be
-    sharded over the mesh (data/fsdp); parameters are read in place.
+    eos_ids defaults to the model config's EOS ids. Deterministic for a given key, whichever engine
+    (`sampling.engine`) runs. The batch may be sharded over the mesh (data/fsdp); parameters are read in
+    place. max_lengths [B·N] (optional): row r stops after max_lengths[r] tokens (marked truncated unless it
+    ended on EOS / a stop sequence first).
     """
     cfg = model.cfg
     eos = tuple(int(e) for e in (cfg.eos_token_ids if eos_ids is None else eos_ids))
     if pad_id is None:
         pad_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
     stops = tuple(tuple(int(t) for t in s) for s in stop_sequences if len(s))
+    rows = int(prompt_ids.shape[0]) * int(num_samples)
+    if max_lengths is not None and tuple(jnp.shape(max_lengths)) != (rows,):
+        raise ValueError(f"generate_ids: max_lengths has shape {tuple(jnp.shape(max_lengths))}, expected ({rows},) "
+                         f"= prompts x num_samples")
     graphdef, state = nnx.split(model)
     fn = _jitted_generate(graphdef, sampling, int(num_samples), eos, stops, int(pad_id))
-    return fn(state, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key)
+    limits = _row_limits(max_lengths, rows, sampling.max_new_tokens)
+    return fn(state, jnp.asarray(prompt_ids, jnp.int32), jnp.asarray(prompt_mask, jnp.int32), key, limits)
 
 
 # ------------------------------------------------------------------------------------ scoring pass
-def _score(model: Transformer, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
-           chunk: int, remat_chunks: bool = False) -> TokenStats:
+def score_traced(model: Transformer, prompt_ids, prompt_mask, response_ids, response_mask, temperature: float,
+                 chunk: int, remat_chunks: bool = False) -> TokenStats:
     """Statistics of the response tokens under `model`; differentiable (the trainer's forward).
 
     remat_chunks: under `jax.grad`, recompute each chunk's [B, chunk, V] logits in the backward pass
@@ -321,11 +408,14 @@ def _score(model: Transformer, prompt_ids, prompt_mask, response_ids, response_m
     return TokenStats(*(s.swapaxes(0, 1).reshape(h.shape[0], -1)[:, :Tr] * m for s in stats))
 
 
+_score = score_traced  # the name other modules imported before it was public
+
+
 @functools.lru_cache(maxsize=64)
 def _jitted_score(graphdef, temperature, chunk):
     def fn(state, prompt_ids, prompt_mask, response_ids, response_mask):
         model = nnx.merge(graphdef, state)
-        return _score(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature, chunk)
+        return score_traced(model, prompt_ids, prompt_mask, response_ids, response_mask, temperature, chunk)
 
     return jax.jit(fn)
 

@@ -166,22 +166,33 @@ class AbstractStep:
     extractor: Any
 
 
-def _extractor(config, model_cfg, mesh):
+class _StandInTokenizer:
+    """EOS / pad ids for a config whose tokenizer is not on this machine (a preset-only dry run)."""
+
+    eos_token_id, pad_token_id = 1, 0
+
+
+def _local_tokenizer(config):
+    path = _local_model_path(config)
+    if path is None:
+        return None
+    from urlvr_jax.tokenizer import load_tokenizer
+
+    try:
+        return load_tokenizer(config.model.tokenizer or path)
+    except (OSError, ValueError):  # a model folder without a tokenizer
+        return None
+
+
+def _extractor(config, model_cfg, mesh, tokenizer):
     """The answer extractor's tables for the model's tokenizer when it is on this machine, else for a
     stand-in vocabulary of the same size (the tables' shapes then differ slightly: the reward program is
     tiny either way)."""
     from urlvr_jax.rewards.answers import AnswerExtractor
 
-    extractor = None
-    path = _local_model_path(config)
-    if path is not None:
-        from urlvr_jax.tokenizer import load_tokenizer
-
-        try:
-            extractor = AnswerExtractor.from_tokenizer(load_tokenizer(config.model.tokenizer or path))
-        except (OSError, ValueError):  # a model folder without a tokenizer: use the stand-in vocabulary
-            extractor = None
-    if extractor is None:
+    if tokenizer is not None:
+        extractor = AnswerExtractor.from_tokenizer(tokenizer)
+    else:
         extractor = jax.eval_shape(lambda: AnswerExtractor.from_token_strings(
             [f"t{i}" for i in range(model_cfg.vocab_size)]))
     replicated = NamedSharding(mesh, P())
@@ -223,12 +234,11 @@ def abstract_step(config, devices) -> AbstractStep:
     from urlvr_jax.dry_run import model_config_for
     from urlvr_jax.models.transformer import Transformer
     from urlvr_jax.models.weights import _state_shardings
-    from urlvr_jax.rl.step import StepConfig
-    from urlvr_jax.rollout.sampler import SamplingConfig
     from urlvr_jax.sharding import ShardingRules, make_mesh
-    from urlvr_jax.train import make_optimizer, needs_reference, pool_size, reference_every_step
+    from urlvr_jax.train import make_optimizer, needs_reference, pool_size, step_config
 
     model_cfg = model_config_for(config)
+    tokenizer = _local_tokenizer(config)
     mesh = make_mesh({"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor},
                      devices=list(devices))
     rules = ShardingRules(mesh)
@@ -250,20 +260,11 @@ def abstract_step(config, devices) -> AbstractStep:
     opt_state = optax.tree_utils.tree_map_params(
         tx, lambda x, p: _sds(x, p.sharding), opt_shapes, params,
         transform_non_params=lambda x: _sds(x, replicated))
-    s = config.sampling
-    step_cfg = StepConfig(
-        num_samples=config.rl.num_samples,
-        sampling=SamplingConfig(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p,
-                                top_k=s.top_k),
-        reward=config.rl.reward, n_votes=config.rl.n_votes or None, n_train=config.rl.n_train or None,
-        advantage=config.rl.advantage, clip_low=config.rl.clip_low, clip_high=config.rl.clip_high,
-        dual_clip=config.rl.dual_clip or None, aggregation=config.rl.aggregation, kl_coef=config.rl.kl_coef,
-        kl_estimator=config.rl.kl_estimator, kl_in_reward=config.rl.kl_in_reward,
-        entropy_coef=config.rl.entropy_coef, mini_batches=config.rl.mini_batches,
-        micro_batch_groups=micro_batch_groups_for(config, batch_shards(config, len(devices))),
-        mask_truncated=config.rl.mask_truncated,
-        use_reference=reference_every_step(config), eos_ids=(1,), pad_id=0,
-        dynamic_sampling_groups=config.data.prompt_batch_size if config.rl.dynamic_sampling else 0)
+    # the trainer's own StepConfig (sampling engine, micro-batches resolved for this mesh, ...) so the
+    # compiled programs are the ones `train` runs; EOS/pad ids only need to exist
+    step_cfg = dataclasses.replace(step_config(config, tokenizer or _StandInTokenizer(), model_cfg),
+                                   micro_batch_groups=micro_batch_groups_for(config, batch_shards(config,
+                                                                                                 len(devices))))
     B, Tp = pool_size(config), config.data.max_prompt_length
     batch = rules.sharding(("batch", None), (B, Tp), name="batch")
     key = jax.eval_shape(lambda: jax.random.key(0))
@@ -274,7 +275,7 @@ def abstract_step(config, devices) -> AbstractStep:
         prompt_mask=jax.ShapeDtypeStruct((B, Tp), jnp.int32, sharding=batch),
         gold=jax.ShapeDtypeStruct((B,), jnp.int32, sharding=replicated),
         key=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated),
-        extractor=_extractor(config, model_cfg, mesh))
+        extractor=_extractor(config, model_cfg, mesh, tokenizer))
 
 
 def _attention_kw(config) -> dict:

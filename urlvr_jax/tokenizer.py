@@ -47,20 +47,24 @@ def eos_ids_of(tokenizer, model_cfg=None) -> list[int]:
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], bucket: int = 32, max_length: int | None = None,
-                   add_special_tokens: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded int32 ids and mask [B, Tp], Tp rounded up to a multiple of `bucket`.
+                   add_special_tokens: bool = True, width: int | None = None,
+                   width_name: str = "width") -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded int32 ids and mask [B, Tp]: Tp = `width` exactly when given (one compiled shape), else
+    the longest prompt rounded up to a multiple of `bucket`.
 
-    A prompt longer than max_length is an error naming its index (silently cutting a math problem
-    would grade the model on a different question).
+    A prompt longer than max_length (or width) is an error naming its index and the limit (`width_name`
+    for width): silently cutting a math problem would grade the model on a different question.
     """
     encoded = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
-    if max_length is not None:
-        for i, ids in enumerate(encoded):
-            if len(ids) > max_length:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens > max_prompt_length={max_length}; "
-                                 "raise the limit or drop the record")
-    longest = max(len(x) for x in encoded)
-    width = -(-longest // bucket) * bucket
+    limits = [(max_length, "max_prompt_length"), (width, width_name)]
+    for i, ids in enumerate(encoded):
+        for limit, name in limits:
+            if limit is not None and len(ids) > limit:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens > {name}={limit}; raise the limit or drop the "
+                                 "record")
+    if width is None:
+        longest = max(len(x) for x in encoded)
+        width = -(-longest // bucket) * bucket
     ids = np.full((len(encoded), width), pad_id_of(tokenizer), np.int32)
     mask = np.zeros((len(encoded), width), np.int32)
     for i, x in enumerate(encoded):

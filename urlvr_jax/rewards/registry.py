@@ -52,6 +52,13 @@ class RewardOutput(NamedTuple):
     majority_ratio: jax.Array  # [P] float32 (0 when not a voting reward)
 
 
+class HostRewards(NamedTuple):
+    """What an external (host) reward returns for one batch."""
+
+    rewards: Any  # [P, N] float32 (numpy)
+    metrics: dict[str, float]  # scalars about them (e.g. the verifier's parse rate)
+
+
 def check_reward_name(name: str) -> str:
     if name not in ALL_REWARDS:
         raise ValueError(f"unknown reward {name!r}; choose one of {list(ALL_REWARDS)}")

@@ -213,7 +213,7 @@ def run_config(args, size: int, seed: int):
 
 def measure_run(args, config, workdir: Path, heldout) -> list[dict[str, Any]]:
     """measure() at step 0 (the base model) and every checkpoint; cached in <workdir>/measurements.json."""
-    from urlvr_jax.train import load_problems
+    from urlvr_jax.train import load_task
 
     settings = {"samples": args.samples_eval, "eval_limit": args.eval_limit, "seeds": MEASURE_SEEDS,
                 "max_new_tokens": args.max_new_tokens, "steps": checkpoint_steps(workdir)}
@@ -221,7 +221,7 @@ def measure_run(args, config, workdir: Path, heldout) -> list[dict[str, Any]]:
     if cache.exists() and json.loads(cache.read_text())["settings"] == settings:
         return json.loads(cache.read_text())["rows"]
     reference, tok = load_policy(args.rung)
-    train_problems = load_problems(config)[0][: args.eval_limit]
+    train_problems = list(load_task(config).problems[: args.eval_limit])
     rows = []
     for step in [0] + settings["steps"]:
         policy = reference if step == 0 else load_policy(args.rung, workdir, step)[0]

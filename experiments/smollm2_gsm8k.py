@@ -73,7 +73,7 @@ def load_config_module():
 
 def smollm2_hf_folder(cache_dir: Path) -> Path:
     """The SmolLM2 GGUF converted once into an HF folder under cache_dir (reused when present)."""
-    from urlvr_jax.main import resolve_model_path
+    from urlvr_jax.models.paths import resolve_model_path
     from urlvr_jax.models.gguf_io import gguf_to_hf_folder
 
     if (cache_dir / "config.json").exists() and (cache_dir / "model.safetensors").exists():

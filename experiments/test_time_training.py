@@ -79,7 +79,7 @@ def arm_config(args, arm: str):
 
 def problem_sets(args):
     """E, T and each arm's training problems, checked: ttt trains on exactly E; disjoint and T avoid E."""
-    from urlvr_jax.train import load_problems
+    from urlvr_jax.train import load_task
 
     E = eval_problems(args.rung, args.n_eval, EVAL_SEED)
     e_ids = {p.id for p in E}
@@ -87,7 +87,7 @@ def problem_sets(args):
     T = [p for p in pool if p.id not in e_ids][: args.n_transfer]
     if len(T) < args.n_transfer:
         raise ValueError(f"only {len(T)} transfer problems disjoint from E; lower --n-transfer")
-    train_sets = {arm: load_problems(arm_config(args, arm))[0] for arm in ARMS}
+    train_sets = {arm: list(load_task(arm_config(args, arm)).problems) for arm in ARMS}
     if [p.id for p in train_sets["ttt"]] != [p.id for p in E]:
         raise AssertionError("the ttt arm does not train on exactly the evaluation set E")
     if e_ids & {p.id for p in train_sets["disjoint"]} or len(train_sets["disjoint"]) != args.n_eval:

@@ -1,13 +1,13 @@
 """Experiments 3-5 of issue 6 (experiments/dataset_size.py, test_time_training.py, external_rewards.py).
 
-- The host-reward GRPO loop of external_rewards.py equals the trainer's jitted rl_step: same sampled
-  tokens, same rewards, same parameter update (one SGD step with lr 1, so parameters compare gradients;
-  tolerance 2e-5 absolute, as tests/test_rl_step.py: float32 summation-order differences only).
 - Verification traces: evaluation lines equal the solve traces of urlvr_jax.data.synthetic (same format),
   the verdict equals the exact Countdown checker.
 - sample_scores (avg/maj/pass) against a collections.Counter reference on hand-written responses;
   kl_terms against hand-computed values.
 - Each script end to end with --smoke (tables, JSON, plots written; KL of the base model to itself is 0).
+
+external_rewards.py runs its arms through the trainer (configs/external_rewards.py); host rewards in the
+trainer are tested in tests/test_train.py.
 """
 import collections
 import json
@@ -16,12 +16,8 @@ import sys
 from fractions import Fraction
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
-from flax import nnx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))
@@ -29,57 +25,6 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import dataset_size  # noqa: E402
 import external_rewards  # noqa: E402
 
-ATOL = 2e-5
-
-
-# ---------------------------------------------------------------------------------------------- the GRPO loop
-def test_host_reward_loop_equals_trainer_step():
-    from urlvr_jax.data.synthetic import synthetic_prompt
-    from urlvr_jax.main import resolve_model_path
-    from urlvr_jax.models.weights import load_model
-    from urlvr_jax.rewards.answers import AnswerExtractor
-    from urlvr_jax.rl.advantages import compute_advantages
-    from urlvr_jax.rl.step import StepConfig, make_step
-    from urlvr_jax.rollout.sampler import SamplingConfig
-    from urlvr_jax.sft import problems_for_model
-    from urlvr_jax.tokenizer import eos_ids_of, load_tokenizer, pad_id_of
-    from urlvr_jax.train import encode_fixed
-
-    path = resolve_model_path("ladder/q0.3")
-    tok, model = load_tokenizer(path), load_model(path)
-    problems = problems_for_model(path, 3, 0, split="train")
-    ids, pmask = encode_fixed(tok, [synthetic_prompt(p) for p in problems], 24)
-    N, T = 4, 20
-    key = jax.random.key(7)
-    graphdef, params0 = nnx.split(model)
-    tx = optax.sgd(1.0)  # parameter change = gradient
-
-    # the trainer's step (reward computed on device by name)
-    cfg = StepConfig(num_samples=N, sampling=SamplingConfig(max_new_tokens=T), reward="trajectory_entropy",
-                     eos_ids=tuple(eos_ids_of(tok, model.cfg)), pad_id=pad_id_of(tok), use_reference=False)
-    ex = AnswerExtractor.from_tokenizer(tok)
-    p_ref = jax.tree.map(jnp.copy, params0)
-    step = make_step(graphdef, graphdef, tx, cfg, ex)
-    p_ref, _, out = step(p_ref, tx.init(p_ref), None, jnp.asarray(ids), jnp.asarray(pmask),
-                         jnp.full((3,), -1, jnp.int32), key, ex)
-
-    # the experiment's loop: rollout -> host-side reward -> advantages -> update
-    ro = external_rewards.rollout(nnx.merge(graphdef, params0), tok, ids, pmask, key, N, T)
-    np.testing.assert_array_equal(np.asarray(ro.tokens), np.asarray(out.rollout.tokens))
-    g = lambda x: x.reshape((3, N) + x.shape[1:])  # noqa: E731
-    rewards = external_rewards.trajectory_entropy_reward(g(ro.tokens), g(ro.mask), type(ro.stats)(*(g(s) for s in ro.stats)),
-                                                         model.cfg.vocab_size)
-    np.testing.assert_allclose(np.asarray(rewards), np.asarray(out.rewards), atol=1e-5)
-    assert float(jnp.std(rewards)) > 1e-3  # a non-trivial reward, so the update is not zero
-    adv = compute_advantages("grpo", rewards)
-    update = external_rewards.make_update(graphdef, tx, max_response_length=T)
-    p_mine = jax.tree.map(jnp.copy, params0)
-    p_mine, _, met = update(p_mine, tx.init(p_mine), jnp.asarray(ids), jnp.asarray(pmask), g(ro.tokens), g(ro.mask), adv)
-    assert int(met["skipped"]) == 0
-    moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p_ref), jax.tree.leaves(params0)))
-    assert moved > 1e-3
-    for a, b in zip(jax.tree.leaves(p_mine), jax.tree.leaves(p_ref)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=0)
 
 
 # ---------------------------------------------------------------------------------------------- verification traces
@@ -187,6 +132,6 @@ def test_external_rewards_smoke(experiment_smokes):
     for arm in external_rewards.ARMS:
         recs = res["curves"][f"{arm}_s0"]
         assert [r["step"] for r in recs] == [0, 1, 2] and "eval/avg" in recs[-1]
-        assert all(math.isfinite(r["actor/grad_norm"]) for r in recs[1:])
+        assert all(math.isfinite(r["grad_norm"]) for r in recs[1:])
     assert res["base_model"]["verification_data"]["pairs"] == 16 and len(res["examples"]["self_verification_s0"]) == 4
     assert (out / "external_rewards.png").exists()

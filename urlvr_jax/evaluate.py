@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from urlvr_jax.data.math_datasets import MathProblem
 from urlvr_jax.data.tasks import EVAL_SEED, Task, is_synthetic, make_task
@@ -156,6 +157,4 @@ def evaluate(
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="problem", disable=not enabled or jax.process_index() != 0)

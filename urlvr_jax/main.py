@@ -50,6 +50,7 @@ def eval_main(argv=None) -> int:
     parser.add_argument("--out", default="runs/eval", help="output folder: records.jsonl, summary.json")
     args = parser.parse_args(argv)
 
+    # heavy (jax, the model code): imported after the flags parse, so --help and flag errors stay fast
     import jax.numpy as jnp
 
     from urlvr_jax.evaluate import evaluate
@@ -94,6 +95,7 @@ command with the same --workdir resumes from its newest checkpoint.
 
 
 def train_main(argv=None) -> int:
+    # imported here (not at the top) so that urlvr-eval does not pay for absl/ml_collections
     from absl import flags
     from ml_collections import config_flags
 
@@ -118,7 +120,7 @@ def train_main(argv=None) -> int:
     if fv.config is None or (fv.workdir is None and not fv.dry_run):
         print(f"urlvr-train: --config and --workdir are required\n\n{TRAIN_HELP}", file=sys.stderr)
         return 2
-    from urlvr_jax.config import validate
+    from urlvr_jax.config import validate  # jax (through the reward registry): after the flags parse
 
     try:
         validate(fv.config)
@@ -127,11 +129,11 @@ def train_main(argv=None) -> int:
               "or in the config file; urlvr-train --help lists the options)", file=sys.stderr)
         return 2
     if fv.dry_run:
-        from urlvr_jax.dry_run import dry_run
+        from urlvr_jax.dry_run import dry_run  # heavy (jax, model code): only for --dry_run
 
         print(json.dumps(dry_run(fv.config), indent=2))
         return 0
-    from urlvr_jax.train import train
+    from urlvr_jax.train import train  # heavy (the whole trainer): only when training
 
     if not fv.config.model.path:
         print("urlvr-train: config.model.path is empty: point it at a local model folder, a .gguf file or "

@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
 from urlvr_jax.data import synthetic as syn
 from urlvr_jax.data.math_datasets import MathProblem, last_boxed
@@ -289,8 +290,6 @@ def train_sft_arrays(model, ids: np.ndarray, loss_mask: np.ndarray, steps: int, 
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, dynamic_ncols=True)
 
 

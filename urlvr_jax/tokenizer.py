@@ -12,17 +12,17 @@ from typing import Sequence
 
 import numpy as np
 
+from urlvr_jax.models.gguf_io import load_gguf_tokenizer
+
 
 def load_tokenizer(path: str | os.PathLike):
     """A transformers tokenizer from a local model folder or a .gguf file (never from the hub)."""
     path = Path(path)
     if path.suffix == ".gguf":
-        from urlvr_jax.models.gguf_io import load_gguf_tokenizer
-
         return load_gguf_tokenizer(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a tokenizer folder or .gguf file")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy (torch-free but slow to import): only when a folder is loaded
 
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)

@@ -1,17 +1,21 @@
 """The URLVR training loop around the RL step (`rl/step.py`).
 
-Per step: next prompt batch (grain, per-host shard) → the step's four phases (rollout, scoring, reward,
-update; one jitted function each with `train.phase_timing`, else one fused program) → host-side
-grading of this step's rollout (GT correctness, URLVR metrics, Model Collapse Step) in a background
-thread while the device runs the next step → JSONL + TensorBoard + progress bar → Orbax checkpoint
-every `train.checkpoint_every` steps (async, keep-N, atomic). When the data iterator finishes an epoch:
+Per step: next prompt batch (grain, per-host shard) → the step's phases (rollout, scoring, reward,
+update; one jitted function each with `train.phase_timing`, else one fused program; for an external
+reward — countdown, arithmetic, self_verification — the host reward runs between rollout and reward,
+rewards/host.py) → host-side grading of this step's rollout (GT correctness, URLVR metrics, Model
+Collapse Step; monitor.py) in a background thread while the device runs the next step → JSONL +
+TensorBoard + progress bar (metrics_io.py) → Orbax checkpoint every `train.checkpoint_every` steps
+(async, keep-N, atomic; checkpoint.py). When the data iterator finishes an epoch:
 an `epochs.jsonl` line with the epoch's mean training metrics, the closed-form π* diagnostics on a
 fixed probe batch (policy and frozen reference scored on fresh samples) and, with
 `train.eval_at_epoch_end`, an evaluation; a fresh run also writes the probe of the base model first
 (epoch -1, step 0: the π* ceiling predicted at the start).
 
 Per-step times in metrics.jsonl (seconds): time/rollout, time/scoring (absent when no scoring pass
-runs), time/reward, time/update (their sum: time/step), time/grading (host grading, overlapped with the
+runs), time/host_reward (external rewards: fetch, decode, check or judge; the scoring pass runs on the
+device meanwhile, and time/scoring is then only the wait that remains), time/reward, time/update (their
+sum: time/step), time/grading (host grading, overlapped with the
 next step), time/grading_wait (the part the loop waited for), time/idle (device idle before this step's
 rollout: data, transfers, logging, checkpoints, epoch work and evaluation), time/data; plus
 throughput/tokens_per_s (response tokens / time/step) and throughput/rollout_tokens_per_s.
@@ -21,15 +25,17 @@ order — rollout, scoring (only when the old-policy pass or the reference runs:
 without KL), reward, update — each followed by a wait for the device (3–4 host syncs), then one
 device-to-host fetch of the step's outputs for grading and logging; the host sends the prompt ids,
 mask and gold hashes (3 transfers) and derives the PRNG key on the devices (one eager fold_in, no
-fetch). Without it: 1 jitted program, 1 wait, 1 fetch. A checkpoint step adds a jitted device copy of
+fetch). Without it: 1 jitted program, 1 wait, 1 fetch. An external reward adds one fetch of the rollout's
+tokens and one transfer of the rewards, and splits the fused program in three (rollout | scoring, run during
+the host reward | reward + update); self-verification adds one generate call. A checkpoint step adds a jitted device copy of
 the state; an epoch end the probe (1 jitted program, 1 fetch) and the optional evaluation.
 
 Labels never enter the training signal of an unsupervised run: gold answers are used only for the
 metrics here and for evaluation.
 
 Resume: rerunning the same command with the same workdir restores parameters, optimizer state, the
-step, the data iterator and the collapse tracker from the newest checkpoint, truncates metrics.jsonl
-and epochs.jsonl to that step, and continues; each step's PRNG key is fold_in(seed, step), so the
+step, the data iterator and the collapse tracker from the newest checkpoint, truncates metrics.jsonl,
+epochs.jsonl and rollouts.jsonl to that step, and continues; each step's PRNG key is fold_in(seed, step), so the
 resumed run repeats the uninterrupted one exactly.
 """
 from __future__ import annotations

@@ -203,6 +203,7 @@ def run_trl(args, folder: str, tok, prompts, workdir: str, between=None) -> dict
     import torch
     from transformers import LlamaForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+
     from urlvr_jax.rewards.grading import extract_boxed
 
     P, N, T = args.prompts, args.samples, args.new_tokens

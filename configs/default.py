@@ -23,7 +23,6 @@ Variants (after a colon):
 """
 from urlvr_jax.config import base_config
 
-
 VARIANTS = ("default", "mcs_probe")
 
 

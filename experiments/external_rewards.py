@@ -50,10 +50,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (EVAL_SEED, add_common_args, curve, load_policy, moving_average, pyplot, run_training,  # noqa: E402
-                    setup_jax, write_json)
-from dataset_size import (SMOOTH, checkpoint_steps, fmt, machine_line, md_table, mean_first_last,  # noqa: E402
-                          measure)
+from common import (  # noqa: E402
+    EVAL_SEED,
+    add_common_args,
+    curve,
+    load_policy,
+    moving_average,
+    pyplot,
+    run_training,
+    setup_jax,
+    write_json,
+)
+from dataset_size import SMOOTH, checkpoint_steps, fmt, machine_line, md_table, mean_first_last, measure  # noqa: E402
 
 NAME = "external_rewards"
 ARMS = ("countdown", "self_verification", "trajectory_entropy")
@@ -153,7 +161,8 @@ TASK = {"n_numbers": 3, "max_number": 9, "target_range": (10, 40)}
 
 
 def base_recipe(args) -> dict:
-    return {"version": VERSION, "q": args.q, "seed": args.base_seed, "task": {**TASK, "target_range": list(TASK["target_range"])},
+    return {"version": VERSION, "q": args.q, "seed": args.base_seed,
+            "task": {**TASK, "target_range": list(TASK["target_range"])},
             "sft_steps": args.sft_steps, "n_problems": args.n_problems, "traces_per_problem": args.traces_per_problem,
             "verify_per_problem": args.verify_per_problem, "size": "tiny", "lr": 1e-2, "batch_size": 32}
 
@@ -171,8 +180,14 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     from urlvr_jax.data import synthetic as syn
     from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
     from urlvr_jax.models.weights import init_model, save_model
-    from urlvr_jax.sft import (DEFAULT_FAMILY_PARAMS, RECIPE_FILE, base_model_config, encode_sft_examples,
-                               make_problems, train_sft_arrays)
+    from urlvr_jax.sft import (
+        DEFAULT_FAMILY_PARAMS,
+        RECIPE_FILE,
+        base_model_config,
+        encode_sft_examples,
+        make_problems,
+        train_sft_arrays,
+    )
 
     recipe = base_recipe(args)
     meta_file = out_dir / "c2_recipe.json"
@@ -193,7 +208,8 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     cfg = base_model_config("tiny")
     model = init_model(cfg, seed=args.base_seed)
     prior_steps = args.sft_steps // 3
-    model, losses = train_sft_arrays(model, ids[:n], mask[:n], args.sft_steps, 32, 1e-2, args.base_seed, progress=progress,
+    model, losses = train_sft_arrays(model, ids[:n], mask[:n], args.sft_steps, 32, 1e-2, args.base_seed,
+                                     progress=progress,
                                      then=(args.sft_steps - prior_steps, ids[n:], mask[n:]))
     final = out_dir / "model"
     save_model(model, final, tokenizer=tok)
@@ -246,7 +262,8 @@ def rollout_verdict_metrics(workdir: Path, problems_by_id: dict, verdicts: bool)
         batch = [problems_by_id[p["id"]] for p in ro["problems"]]
         texts = ro["responses"]
         correct = np.array([[check_answer(p, t) for t in group] for p, group in zip(batch, texts)], bool)
-        asked = np.array([[task.verification_prompt(p, t) is not None for t in group] for p, group in zip(batch, texts)])
+        asked = np.array([[task.verification_prompt(p, t) is not None for t in group]
+                          for p, group in zip(batch, texts)])
         v = verdict_metrics(np.asarray(ro["rewards"]), correct, None, asked) if verdicts else {}
         out[ro["step"]] = {**v, "response/answered_frac": float(np.mean([["\\boxed{" in t for t in g] for g in texts]))}
     return out
@@ -333,8 +350,9 @@ def measure_base(model_dir: str, heldout, args) -> dict[str, float]:
     for b in range(0, len(heldout) - P + 1, P):
         batch = heldout[b:b + P]
         ids, pmask = encode_prompts(tok, task.prompts(batch, tok), width=args.prompt_width)
-        ro = generate_ids(model, ids, pmask, jax.random.key(1000 + b), SamplingConfig(max_new_tokens=args.max_new_tokens),
-                          num_samples=N, eos_ids=tuple(eos_ids_of(tok, model.cfg)), pad_id=pad_id_of(tok))
+        ro = generate_ids(model, ids, pmask, jax.random.key(1000 + b),
+                          SamplingConfig(max_new_tokens=args.max_new_tokens), num_samples=N,
+                          eos_ids=tuple(eos_ids_of(tok, model.cfg)), pad_id=pad_id_of(tok))
         texts = decode_responses(tok, *jax.device_get((ro.tokens, ro.mask)))
         groups = [texts[i * N:(i + 1) * N] for i in range(P)]
         truth.append(task.correct(batch, texts, N))
@@ -449,7 +467,8 @@ def plot(path: Path, runs: dict, args) -> None:
             if pts:
                 ax[1, 0].plot([x for x, _ in pts], moving_average([y for _, y in pts], SMOOTH), ls, color="gray",
                               alpha=0.6 + 0.4 * (seed == args.seeds[0]),
-                              label=f"self-verifier, seed {seed}: P({'True | correct' if 'true' in key else 'False | wrong'})")
+                              label=f"self-verifier, seed {seed}: "
+                                    f"P({'True | correct' if 'true' in key else 'False | wrong'})")
     ax[1, 0].legend(fontsize=6)
     fig.suptitle(f"Countdown: external rewards vs trajectory entropy (tiny synthetic model, q={args.q}, "
                  f"{args.prompts} prompts x {args.samples} samples per step, lr {args.lr:g}, seeds {args.seeds})")
@@ -495,13 +514,15 @@ def main(argv=None) -> dict[str, Any]:
     md = [f"# Finding 5: external rewards vs trajectory entropy (Countdown, q={args.q})", "",
           f"{args.steps} GRPO steps of {args.prompts} prompts x {args.samples} samples x {args.max_new_tokens} tokens, "
           f"lr {args.lr:g}, RL seeds {args.seeds}, {args.train_size} training problems. Held-out: {args.eval_limit} "
-          f"eval-split problems, avg/maj/pass over {args.samples_eval} samples at T=1 (same draws at every evaluation); "
+          f"eval-split problems, avg/maj/pass over {args.samples_eval} samples at T=1 (same draws at every "
+          "evaluation); "
           f"'first'/'last' = mean of the first/last {SMOOTH} steps; MCS = sustained Model Collapse Step (— = never).",
           "", "Base model before RL: " + ", ".join(f"{k} {fmt(v)}" for k, v in prior.items()) + ".", "",
           md_table(COLUMNS, rows), ""]
     for r in rows:
         if r["arm"] == "self_verification" and "true_given_correct_first" in r:
-            md += [f"Self-verification verdicts, seed {r['seed']}: P(True | correct) {fmt(r['true_given_correct_first'])} "
+            md += [f"Self-verification verdicts, seed {r['seed']}: "
+                   f"P(True | correct) {fmt(r['true_given_correct_first'])} "
                    f"→ {fmt(r['true_given_correct_last'])}, P(False | wrong) {fmt(r.get('false_given_wrong_first'))} → "
                    f"{fmt(r.get('false_given_wrong_last'))} (first → last {SMOOTH} steps).", ""]
     sv = [(seed, runs[(arm, seed)]["examples"]) for arm, seed in runs if arm == "self_verification"]

@@ -1,4 +1,4 @@
-"""Experiments 3-5 of issue 6 (experiments/dataset_size.py, test_time_training.py, external_rewards.py).
+"""Experiments 3-5 of issue 6 (experiments/dataset_size.py, testtime_training.py, external_rewards.py).
 
 - Verification traces: evaluation lines equal the solve traces of urlvr_jax.data.synthetic (same format),
   the verdict equals the exact Countdown checker.
@@ -26,7 +26,6 @@ import dataset_size  # noqa: E402
 import external_rewards  # noqa: E402
 
 
-
 # ---------------------------------------------------------------------------------------------- verification traces
 def test_verification_traces_follow_solver_format_and_checker():
     from urlvr_jax.data import synthetic as syn
@@ -47,7 +46,8 @@ def test_verification_traces_follow_solver_format_and_checker():
         assert verdict == ("True" if syn.check_countdown(expr, p.extra["numbers"], p.extra["target"]) else "False")
         value = syn.evaluate(syn.parse_expression(expr))
         cmp = completion.split("\n")[-2]
-        assert cmp == (f"{value}={p.extra['target']}" if value == p.extra["target"] else f"{value}!={p.extra['target']}")
+        target = p.extra["target"]
+        assert cmp == (f"{value}={target}" if value == target else f"{value}!={target}")
     # the verifier is not taught to check the numbers used: an expression hitting the target with a number
     # that was not given is labelled False by the checker, but its comparison line says "=target"
     p = problems[0]
@@ -72,7 +72,8 @@ def test_sample_scores_against_counter_reference():
     a = [int(p.answer) for p in problems]
     texts = [  # 4 samples per problem
         f"\\boxed{{{a[0]}}}", f"\\boxed{{{a[0] + 1}}}", f"\\boxed{{{a[0] + 1}}}", "no answer",  # wrong majority
-        f"\\boxed{{{a[1] + 2}}}", f"\\boxed{{{a[1]}}}", f"\\boxed{{{a[1] + 2}}}", f"\\boxed{{{a[1]}}}",  # tie: first seen
+        # a tie: the first seen wins
+        f"\\boxed{{{a[1] + 2}}}", f"\\boxed{{{a[1]}}}", f"\\boxed{{{a[1] + 2}}}", f"\\boxed{{{a[1]}}}",
         "x", "y", "z", f"\\boxed{{{a[2]}}}"]  # one answer: majority of the voters, correct
     got = dataset_size.sample_scores(problems, texts, 4)
     correct = [[t == f"\\boxed{{{a[i]}}}" for t in texts[4 * i:4 * i + 4]] for i in range(3)]
@@ -82,7 +83,8 @@ def test_sample_scores_against_counter_reference():
         top = max(collections.Counter(votes).values())
         winner = next(v for v in votes if collections.Counter(votes)[v] == top)
         maj.append(winner == f"\\boxed{{{a[i]}}}")
-    assert got == {"avg": float(np.mean(correct)), "maj": float(np.mean(maj)), "pass": float(np.mean([any(c) for c in correct]))}
+    assert got == {"avg": float(np.mean(correct)), "maj": float(np.mean(maj)),
+                   "pass": float(np.mean([any(c) for c in correct]))}
     assert maj == [False, False, True]
     with pytest.raises(ValueError, match="texts"):
         dataset_size.sample_scores(problems, texts[:-1], 4)
@@ -108,9 +110,11 @@ def _smoke(script: str, experiment_smokes):
     return json.loads((out / "results.json").read_text()), (out / "results.md").read_text(), out
 
 
+@pytest.mark.slow  # experiment smoke runs
 def test_dataset_size_smoke(experiment_smokes):
     res, md, out = _smoke("dataset_size.py", experiment_smokes)
-    assert [(r["size"], r["seed"]) for r in res["rows"]] == [(8, 0)] and (out / "dataset_size.png").stat().st_size > 10_000
+    assert [(r["size"], r["seed"]) for r in res["rows"]] == [(8, 0)]
+    assert (out / "dataset_size.png").stat().st_size > 10_000
     rows = res["measurements"]["n8_s0"]
     assert [r["step"] for r in rows] == [0, 1, 2]
     # π_θ = π_ref at step 0: only the sampler-vs-scoring-pass float32 rounding remains
@@ -119,13 +123,15 @@ def test_dataset_size_smoke(experiment_smokes):
     assert "| 8 | 0 |" in md and res["means"][0]["seeds"] == 1
 
 
+@pytest.mark.slow  # experiment smoke runs
 def test_test_time_training_smoke(experiment_smokes):
-    res, md, out = _smoke("test_time_training.py", experiment_smokes)
+    res, md, out = _smoke("testtime_training.py", experiment_smokes)
     assert [r["run"] for r in res["rows"]] == ["base", "ttt", "disjoint"]
     assert not set(res["E_ids"]) & set(res["T_ids"]) and not set(res["E_ids"]) & set(res["disjoint_train_ids"])
     assert abs(res["rows"][0]["E/kl_seq"]) < 1e-4 and (out / "test_time_training.png").exists()
 
 
+@pytest.mark.slow  # experiment smoke runs
 def test_external_rewards_smoke(experiment_smokes):
     res, md, out = _smoke("external_rewards.py", experiment_smokes)
     assert [r["arm"] for r in res["rows"]] == list(external_rewards.ARMS)

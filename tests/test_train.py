@@ -13,6 +13,8 @@ import transformers
 
 from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
 
+pytestmark = pytest.mark.slow  # trainer runs in subprocesses (minutes each)
+
 HERE = Path(__file__).parent
 TIMING_PREFIXES = ("time/", "throughput/")
 
@@ -87,7 +89,8 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
     assert ea == eb  # epoch 1's line was recomputed after the restart (probe, means over steps 3-4)
     assert [r["epoch"] for r in a] == [0, 0, 1, 1, 2]
     for e in ea:  # π* diagnostics from the probe, and the epoch's means of the step metrics
-        assert all(k in e for k in ("pistar/accuracy", "pistar/kl_to_ref", "pistar/ess_frac", "probe/urlvr/proxy_reward_mean"))
+        assert all(k in e for k in ("pistar/accuracy", "pistar/kl_to_ref", "pistar/ess_frac",
+                                    "probe/urlvr/proxy_reward_mean"))
         assert 0 < e["pistar/ess_frac"] <= 1
         steps = [r for r in a if r["epoch"] == e["epoch"]]
         if e["epoch"] >= 0:

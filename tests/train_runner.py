@@ -8,8 +8,8 @@ import os
 import signal
 import sys
 
-from urlvr_jax.config import base_config
 from urlvr_jax import train as train_mod
+from urlvr_jax.config import base_config
 
 
 def main():

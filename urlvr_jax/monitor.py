@@ -23,7 +23,6 @@ from urlvr_jax.rollout.sampler import SamplingConfig
 from urlvr_jax.sharding import replicate, shard_batch, to_host
 from urlvr_jax.tokenizer import decode_responses, encode_prompts, eos_ids_of
 
-
 VOTING_METRICS = ("majority_vote", "ground_truth")  # rewards whose majority ratio is logged
 
 
@@ -125,7 +124,8 @@ class EpochProbe:
                                    width_name="config.data.max_prompt_length")
         self.ids, self.mask = shard_batch(ids, rules), shard_batch(mask, rules)
         self.gold = task.gold_hashes(self.batch)
-        cfg = dataclasses.replace(step_cfg, use_reference=True, skip_redundant_old_pass=False, dynamic_sampling_groups=0)
+        cfg = dataclasses.replace(step_cfg, use_reference=True, skip_redundant_old_pass=False,
+                                  dynamic_sampling_groups=0)
         self.fn = make_probe(graphdef, ref_graphdef, cfg)
         self.key = jax.random.key(seed + PROBE_SEED_OFFSET)
 

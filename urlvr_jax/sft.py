@@ -70,8 +70,7 @@ from tqdm.auto import tqdm
 from urlvr_jax.data import synthetic as syn
 from urlvr_jax.data.math_datasets import MathProblem, last_boxed
 from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
-from urlvr_jax.data.tasks import (DEFAULT_TASKS, RECIPE_FILE, load_recipe, make_problems,  # noqa: F401 (re-exported)
-                                  problems_for_model)
+from urlvr_jax.data.tasks import DEFAULT_TASKS, RECIPE_FILE, load_recipe, make_problems, problems_for_model  # noqa: F401 (re-exported)
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.models.weights import init_model, save_model
 from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
@@ -315,7 +314,8 @@ def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str
     loss curve and timings). Data: n_problems distinct train problems of `task` (None:
     steps·batch_size / samples_per_problem), each with samples_per_problem independent traces
     (make_sft_traces with `family_params`, default DEFAULT_FAMILY_PARAMS); the defaults make 48000
-    traces, each seen once by 1500 steps of 32. Returns the recipe, plus "model_object" (the trained model), "losses", "out_dir".
+    traces, each seen once by 1500 steps of 32. Returns the recipe, plus "model_object" (the trained model), "losses",
+    "out_dir".
     """
     if not 0.0 <= float(q) <= 1.0:
         raise ValueError(f"build_base_model: q must be in [0, 1], got {q}")

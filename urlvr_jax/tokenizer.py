@@ -27,7 +27,8 @@ def load_tokenizer(path: str | os.PathLike):
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{path}: no usable tokenizer files (tokenizer.json / tokenizer_config.json): {e}") from e
+        raise FileNotFoundError(f"{path}: no usable tokenizer files (tokenizer.json / tokenizer_config.json): "
+                                f"{e}") from e
 
 
 def pad_id_of(tokenizer) -> int:

@@ -27,8 +27,8 @@ device-to-host fetch of the step's outputs for grading and logging; the host sen
 mask and gold hashes (3 transfers) and derives the PRNG key on the devices (one eager fold_in, no
 fetch). Without it: 1 jitted program, 1 wait, 1 fetch. An external reward adds one fetch of the rollout's
 tokens and one transfer of the rewards, and splits the fused program in three (rollout | scoring, run during
-the host reward | reward + update); self-verification adds one generate call. A checkpoint step adds a jitted device copy of
-the state; an epoch end the probe (1 jitted program, 1 fetch) and the optional evaluation.
+the host reward | reward + update); self-verification adds one generate call. A checkpoint step adds a jitted
+device copy of the state; an epoch end the probe (1 jitted program, 1 fetch) and the optional evaluation.
 
 Labels never enter the training signal of an unsupervised run: gold answers are used only for the
 metrics here and for evaluation.

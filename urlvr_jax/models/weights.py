@@ -75,7 +75,8 @@ def _hf_shape(spec: ParamSpec) -> tuple[int, ...]:
         return (s[2], s[0] * s[1])
     if name in ("gate", "up", "down", "lm_head"):
         return (s[1], s[0])
-    return (int(np.prod(s)),) if name in ("q_bias", "k_bias", "v_bias") or (name in ("q_norm", "k_norm") and len(s) == 2) else s
+    flat = name in ("q_bias", "k_bias", "v_bias") or (name in ("q_norm", "k_norm") and len(s) == 2)
+    return (int(np.prod(s)),) if flat else s
 
 
 def _from_hf(spec: ParamSpec, t: np.ndarray) -> np.ndarray:

@@ -29,6 +29,7 @@ def get_config(variant: str = "countdown"):
         raise ValueError(f"configs/external_rewards.py: unknown variant {variant!r}; choose one of {VARIANTS}")
     c = base_config()
     c.model.path = BASE_MODEL
+    c.model.preset = "synthetic-tiny"  # its architecture, for --dry_run before the model is built
     c.data.dataset = "synthetic/countdown"
     c.data.split = "train"
     c.data.synthetic_size = 700  # the base model's SFT problems (train split)

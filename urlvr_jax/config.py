@@ -10,6 +10,8 @@ from __future__ import annotations
 import ml_collections
 
 from urlvr_jax.rewards.registry import ALL_REWARDS
+from urlvr_jax.rl.advantages import ESTIMATOR_NAMES
+from urlvr_jax.rl.losses import AGGREGATIONS, KL_ESTIMATORS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -128,12 +130,12 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             bad("verify.max_new_tokens", "verify.max_new_tokens and verify.max_prompt_length must be >= 1")
         if c.verify.temperature <= 0 or not 0 < c.verify.top_p <= 1:
             bad("verify.temperature", "need verify.temperature > 0 and verify.top_p in (0, 1]")
-    if c.rl.advantage not in ("grpo", "drgrpo", "rloo", "reinforce_pp"):
-        bad("rl.advantage", "choose grpo, drgrpo, rloo or reinforce_pp")
-    if c.rl.aggregation not in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
-        bad("rl.aggregation", "choose token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm")
-    if c.rl.kl_estimator not in ("k1", "k2", "k3"):
-        bad("rl.kl_estimator", "choose k1, k2 or k3")
+    if c.rl.advantage not in ESTIMATOR_NAMES:
+        bad("rl.advantage", f"choose one of {list(ESTIMATOR_NAMES)} (the last ones are verl's names)")
+    if c.rl.aggregation not in AGGREGATIONS:
+        bad("rl.aggregation", f"choose one of {list(AGGREGATIONS)}")
+    if c.rl.kl_estimator not in KL_ESTIMATORS:
+        bad("rl.kl_estimator", f"choose one of {list(KL_ESTIMATORS)} (k1/k2/k3 and verl's names)")
     if c.rl.num_samples < 1:
         bad("rl.num_samples", "must be >= 1")
     if c.rl.reward in ("majority_vote", "semantic_cluster") and c.rl.num_samples < 2:

@@ -3,15 +3,21 @@
     prompts [P, Tp] ──► rollout: sampler (policy params, read in place) ──► tokens [P·N, T] + sampler stats
                    ──► scoring: pre-update policy (old log-probs, entropies, self-certainty) — skipped when
                        redundant (StepConfig.old_policy_pass) — and the frozen reference when KL needs it
-                   ──► reward: answer extraction on token ids ──► reward by name (registry) ──► advantages
+                   ──► [host reward: external rewards only — the rollout's token ids go to the host, are
+                       decoded and checked (or judged by the policy through the sampler), rewards [P, N] come
+                       back; the scoring pass runs on the device meanwhile]
+                   ──► reward: answer extraction on token ids ──► reward by name (registry) or the host's
+                       rewards ──► advantages
                    ──► update: for each mini-batch, grad of the PPO loss summed over micro-batches of whole
                        groups (exact global token-mean) ──► optax update (skipped if non-finite)
 
-`make_step` jits the four phases as one program; `make_step(..., phased=True)` runs them as four jitted
-functions with a sync after each and records each phase's wall-clock time (the trainer's default, for
-the per-phase times in metrics.jsonl). Nothing leaves the device inside the step; it returns the new
-parameters/optimizer state, the rollout (for host-side grading, logging and diagnostics) and a dict of
-scalar metrics.
+The phases are listed once (`PHASE_LIST`: what each reads and writes); `StepRunner` runs the list.
+`make_step` jits the device phases as one program (as few as the host reward allows: rollout | scoring |
+reward + update); `make_step(..., phased=True)` runs them as one jitted function each with a sync after
+each and records each phase's wall-clock time (the trainer's default, for the per-phase times in
+metrics.jsonl); `make_probe` is the fused runner without the update. For device rewards nothing leaves the
+device inside the step; it returns the new parameters/optimizer state, the rollout (for host-side
+grading, logging and diagnostics) and a dict of scalar metrics.
 
 Group integrity: rows are prompt-major ([P, N] groups contiguous). A micro-batch holds whole groups;
 when P is not a multiple of the micro-batch size the last one is padded with masked copies that carry

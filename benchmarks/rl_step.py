@@ -142,15 +142,10 @@ def build_world(args, folder: str):
 
 
 def encode_prompts(tok, prompts) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded ids/mask [P, Tp], Tp = the longest prompt, tokenised as TRL does (`tok(text=...)`)."""
-    ids = tok(text=prompts)["input_ids"]
-    width = max(len(x) for x in ids)
-    out = np.full((len(ids), width), tok.pad_token_id, np.int32)
-    mask = np.zeros((len(ids), width), np.int32)
-    for i, x in enumerate(ids):
-        out[i, width - len(x):] = x
-        mask[i, width - len(x):] = 1
-    return out, mask
+    """Left-padded ids/mask [P, Tp], Tp = the longest prompt (the library's encoder, no bucketing)."""
+    from urlvr_jax.tokenizer import encode_prompts as encode
+
+    return encode(tok, prompts, bucket=1)
 
 
 def majority_vote_rewards(answers: list, n: int) -> list[float]:
@@ -208,6 +203,7 @@ def run_trl(args, folder: str, tok, prompts, workdir: str, between=None) -> dict
     import torch
     from transformers import LlamaForCausalLM, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
+
     from urlvr_jax.rewards.grading import extract_boxed
 
     P, N, T = args.prompts, args.samples, args.new_tokens

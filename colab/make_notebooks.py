@@ -47,7 +47,7 @@ import numpy as np
 from IPython.display import Image, display
 
 from configs.default import get_config
-from urlvr_jax.main import resolve_model_path
+from urlvr_jax.models.paths import resolve_model_path
 from urlvr_jax.train import train
 
 print("jax", jax.__version__, "on", jax.devices())

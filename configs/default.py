@@ -1,7 +1,7 @@
 """The default experiment (README command 1): majority-vote URLVR on the synthetic arithmetic world.
 
-Starts from the best-aligned rung of the shipped base-model ladder (ladder/q0.1: avg@16 0.52, maj@16 0.80;
-urlvr_jax/models/ladder/, built by experiments/build_ladder.py), so the majority is usually right and
+Starts from the best-aligned rung of the shipped base-model ladder (ladder/q0.1; urlvr_jax/models/ladder/,
+measured in its README, built by experiments/build_ladder.py), so the majority is usually right and
 training first gains accuracy, then sharpens onto its own mistakes. Trains with the label-free
 majority-vote reward, and tracks what the paper tracks: GT accuracy (for monitoring only), proxy
 reward, reward and label accuracy, entropy, response length, the Model Collapse Step and the closed-form
@@ -19,13 +19,9 @@ Variants (after a colon):
   mcs_probe  the paper's aggressive MCS probe on the same prior (§5: "mini-batch 1 ... collapse sooner"):
              8 prompts x 8 samples, one optimizer step per group (8 updates per rollout batch), lr 3e-3, at
              most 100 steps, stopped once reward accuracy stays below 1% for 5 steps (sustained MCS).
-             Measured (seed 0, CPU): MCS raw 31, sustained 79 at d84b3c1; raw 23 and no sustained MCS in 100
-             steps at 2b116ac, whose attention differs only in float rounding (MCS is that fragile); GT accuracy
-             0.56 at step 1, ~0.05 from step 2 on. Without the
-             per-group updates (one update per batch) it did not fire in 100 steps (reward accuracy min 0.05).
+             What it measured, and how fragile that is: README.md and experiments/README.md.
 """
 from urlvr_jax.config import base_config
-
 
 VARIANTS = ("default", "mcs_probe")
 

@@ -100,7 +100,7 @@ def write_table(rungs: list[dict], config: dict, path: Path) -> str:
     n = config["n_samples"]
     head = "| q | " + " | ".join(h.replace("N", str(n)) if "@N" in h else h for _, h in COLUMNS) + " |"
     sep = "|" + "---|" * (len(COLUMNS) + 1)
-    lines = [f"# Base-model ladder (measured)", "",
+    lines = ["# Base-model ladder (measured)", "",
              f"{config['n_eval']} held-out arithmetic problems (split eval, seed {EVAL_SEED}) × {n} samples at "
              f"temperature 1.0; each model measured from its saved folder. Definitions: urlvr_jax/sft.py.", "",
              "## All eval problems", "", head, sep]
@@ -186,7 +186,8 @@ def write_models_readme(rungs: list[dict], config: dict, models_dir: Path) -> No
         "Problems from the training distribution: `urlvr_jax.sft.problems_for_model(folder, n, seed, split)`.", "",
         f"Measured on {config['n_eval']} held-out problems × {config['n_samples']} samples at temperature 1.0 "
         "(experiments/results/ladder/ladder.md has all columns):", "",
-        "| q | avg@N | maj@N | pass@N | systematic | maj = systematic | confident maj correct | AUROC within | build s |",
+        "| q | avg@N | maj@N | pass@N | systematic | maj = systematic | confident maj correct | AUROC within "
+        "| build s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rungs:
@@ -226,7 +227,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="SFT steps (default: urlvr_jax.sft.DEFAULT_STEPS)")
     p.add_argument("--measure-only", action="store_true", help="do not train; measure the existing folders")
     p.add_argument("--report-only", action="store_true",
-                   help="neither train nor measure: rewrite ladder.md, ladder.png and the models README from ladder.json")
+                   help="neither train nor measure: rewrite ladder.md, ladder.png and the models README from "
+                        "ladder.json")
     args = p.parse_args(argv)
     if args.report_only:
         results_dir = Path(args.results_dir)
@@ -237,9 +239,9 @@ def main(argv=None) -> dict:
         write_models_readme(rungs, data["config"], Path(args.models_dir))
         return data
 
-    from urlvr_jax import sft
-
     import jax
+
+    from urlvr_jax import sft
 
     models_dir, results_dir = Path(args.models_dir), Path(args.results_dir)
     models_dir.mkdir(parents=True, exist_ok=True)

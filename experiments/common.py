@@ -172,7 +172,7 @@ def load_policy(rung: str, workdir: str | os.PathLike | None = None, step: int |
     import orbax.checkpoint as ocp
     from flax import nnx
 
-    from urlvr_jax.main import resolve_model_path
+    from urlvr_jax.models.paths import resolve_model_path
     from urlvr_jax.models.weights import load_model
     from urlvr_jax.tokenizer import load_tokenizer
 
@@ -196,7 +196,7 @@ def load_policy(rung: str, workdir: str | os.PathLike | None = None, step: int |
 
 def eval_problems(rung: str, n: int, seed: int = EVAL_SEED):
     """n held-out problems (split "eval") from the distribution the base model was trained on."""
-    from urlvr_jax.main import resolve_model_path
+    from urlvr_jax.models.paths import resolve_model_path
     from urlvr_jax.sft import problems_for_model
 
     return problems_for_model(resolve_model_path(model_path(rung)), n, seed, split="eval")

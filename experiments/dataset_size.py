@@ -37,15 +37,27 @@ from typing import Any, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (EVAL_SEED, ROOT, add_common_args, curve, eval_problems, experiment_config,  # noqa: E402
-                    load_policy, majority, moving_average, pyplot, run_training, setup_jax, write_json)
+from common import (  # noqa: E402
+    EVAL_SEED,
+    add_common_args,
+    curve,
+    eval_problems,
+    experiment_config,
+    load_policy,
+    majority,
+    moving_average,
+    pyplot,
+    run_training,
+    setup_jax,
+    write_json,
+)
 
 NAME = "dataset_size"
 SMOOTH = 10  # trailing window (steps) for per-step curves in tables and plots
 
 
 # ----------------------------------------------------------------------------------------------------
-# Helpers shared with test_time_training.py and external_rewards.py
+# Helpers shared with testtime_training.py and external_rewards.py
 # ----------------------------------------------------------------------------------------------------
 def sample_scores(problems: Sequence[Any], texts: Sequence[str], n_samples: int) -> dict[str, float]:
     """avg / maj / pass of n_samples responses per problem (texts [P·N], problem-major), exact checker.
@@ -121,7 +133,8 @@ def measure(policy, tokenizer, problems: Sequence[Any], n_samples: int, max_new_
             sums += kl_terms(lp, np.asarray(jax.device_get(ref))[:rows], rmask)
     res = {**sample_scores(problems, texts, n_samples), "length": float(np.mean(lengths))}
     if reference is not None:
-        res.update(kl_seq=sums[0] / sums[3], kl_k1_tok=sums[0] / max(sums[2], 1.0), kl_k3_tok=sums[1] / max(sums[2], 1.0))
+        res.update(kl_seq=sums[0] / sums[3], kl_k1_tok=sums[0] / max(sums[2], 1.0),
+                   kl_k3_tok=sums[1] / max(sums[2], 1.0))
     return res
 
 
@@ -161,7 +174,8 @@ def machine_line() -> str:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
         load = "unknown"
-    return f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}, load average at the end {load}"
+    return (f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}, "
+            f"load average at the end {load}")
 
 
 def mean_first_last(values, w: int = SMOOTH) -> tuple[float, float]:
@@ -183,7 +197,8 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     add_common_args(p, NAME)
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 128, 2048], help="training-set sizes (prompts)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="train.seed of the runs (one run per size and seed)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                   help="train.seed of the runs (one run per size and seed)")
     p.add_argument("--steps", type=int, default=150, help="RL steps per run")
     p.add_argument("--rung", default="q0.3", help="base model: a ladder rung (q0.1 ... q0.8) or a folder")
     p.add_argument("--prompts", type=int, default=8, help="prompts per step")
@@ -203,7 +218,8 @@ def parse_args(argv=None):
 
 
 def run_config(args, size: int, seed: int):
-    overrides = {"data.limit": size, "data.synthetic_size": max(4096, size), "sampling.max_new_tokens": args.max_new_tokens,
+    overrides = {"data.limit": size, "data.synthetic_size": max(4096, size),
+                 "sampling.max_new_tokens": args.max_new_tokens,
                  "train.checkpoint_every": args.every, "train.keep_checkpoints": args.steps // args.every + 2}
     if args.smoke:
         overrides["train.pistar_diagnostics"] = False  # one scoring pass fewer to compile
@@ -213,7 +229,7 @@ def run_config(args, size: int, seed: int):
 
 def measure_run(args, config, workdir: Path, heldout) -> list[dict[str, Any]]:
     """measure() at step 0 (the base model) and every checkpoint; cached in <workdir>/measurements.json."""
-    from urlvr_jax.train import load_problems
+    from urlvr_jax.train import load_task
 
     settings = {"samples": args.samples_eval, "eval_limit": args.eval_limit, "seeds": MEASURE_SEEDS,
                 "max_new_tokens": args.max_new_tokens, "steps": checkpoint_steps(workdir)}
@@ -221,7 +237,7 @@ def measure_run(args, config, workdir: Path, heldout) -> list[dict[str, Any]]:
     if cache.exists() and json.loads(cache.read_text())["settings"] == settings:
         return json.loads(cache.read_text())["rows"]
     reference, tok = load_policy(args.rung)
-    train_problems = load_problems(config)[0][: args.eval_limit]
+    train_problems = list(load_task(config).problems[: args.eval_limit])
     rows = []
     for step in [0] + settings["steps"]:
         policy = reference if step == 0 else load_policy(args.rung, workdir, step)[0]
@@ -258,7 +274,8 @@ def summarize(size: int, seed: int, run: dict, rows: list[dict], args) -> dict[s
     return out
 
 
-COLUMNS = [("size", "prompts", "str"), ("seed", "seed", "str"), ("epochs", "epochs", "f1"), ("mcs_sustained", "MCS", "str"),
+COLUMNS = [("size", "prompts", "str"), ("seed", "seed", "str"), ("epochs", "epochs", "f1"),
+           ("mcs_sustained", "MCS", "str"),
            ("reward_acc_first", "reward acc first", "f3"), ("reward_acc_last", "last", "f3"),
            ("proxy_first", "proxy first", "f3"), ("proxy_last", "last", "f3"),
            ("heldout_avg_base", "held-out avg base", "f3"), ("heldout_avg_peak", "peak", "f3"),

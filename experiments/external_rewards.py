@@ -22,12 +22,10 @@ expressions are drawn from the same trace distribution (correct, systematic and 
 verifier has seen the kinds of mistakes the solver makes; it was never taught to check which numbers
 were used.
 
-The trainer (urlvr_jax.train) computes rewards on device by name and has no host-side reward path, so
-this script runs its own small GRPO loop with the same pieces: the sampler (generate_ids), a host
-reward, compute_advantages("grpo"), policy_loss (PPO clip, token-mean, one update per batch as in the
-trainer with mini_batches = 1), urlvr_jax.train.make_optimizer, the trainer's prompt loader and metrics
-(step_metrics, ModelCollapseTracker). tests/test_experiments_c2.py checks that one step of this loop
-equals one step of the trainer's rl_step (same tokens, rewards and parameter update).
+Each arm is a variant of configs/external_rewards.py run through the trainer (urlvr_jax.train: external
+rewards go through the step's host-reward port), with train.seed = the RL seed; held-out accuracy is
+measured from the checkpoints (measure(): T = 1, the same draws at every evaluation) and the verifier's
+verdict quality from the logged rollouts (rollouts.jsonl).
 
     python experiments/external_rewards.py                   # base model + 3 arms x RL seeds 0, 1 x 100 steps
     python experiments/external_rewards.py --arms countdown trajectory_entropy --steps 40
@@ -35,32 +33,39 @@ equals one step of the trainer's rl_step (same tokens, rewards and parameter upd
 
 Writes to --out: results.md, results.json (settings, base-model recipe and prior, table, every per-step
 record), external_rewards.png. Under --runs-dir: base_model/ (the Countdown base model, reused when its
-recipe matches; --rebuild to force) and <arm>/metrics.jsonl (reused when the settings match; --fresh).
+recipe matches; --rebuild to force) and <arm>_s<seed>/ (trainer workdirs, reused when the config matches; --fresh).
 """
 from __future__ import annotations
 
 import argparse
-import functools
+import importlib.util
 import json
-import shutil
 import sys
 import time
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import EVAL_SEED, add_common_args, curve, moving_average, pyplot, setup_jax, write_json  # noqa: E402
-from dataset_size import SMOOTH, fmt, machine_line, md_table, mean_first_last, measure  # noqa: E402
+from common import (  # noqa: E402
+    EVAL_SEED,
+    add_common_args,
+    curve,
+    load_policy,
+    moving_average,
+    pyplot,
+    run_training,
+    setup_jax,
+    write_json,
+)
+from dataset_size import SMOOTH, checkpoint_steps, fmt, machine_line, md_table, mean_first_last, measure  # noqa: E402
 
 NAME = "external_rewards"
 ARMS = ("countdown", "self_verification", "trajectory_entropy")
 BINARY = ("countdown", "self_verification")
-VERIFY_PREFIX = "V: "
-MAX_EXPR_CHARS = 24  # longer boxed answers are not sent to the verifier (reward 0): they do not fit its prompt
 VERSION = 1  # of the base-model recipe below (part of the cache key)
 EVAL_DRAWS = 1  # seed of the held-out evaluation draws: the same at every evaluation, in every arm and run
 
@@ -106,7 +111,10 @@ def evaluation_lines(expression: str) -> tuple[Fraction | None, list[str]]:
 
 
 def verification_prompt(problem, expression: str) -> str:
-    return f"{VERIFY_PREFIX}{problem.problem} by {expression}\nA: "
+    """The judge's prompt, in the format the trainer's self-verification uses (data/tasks.py: Task)."""
+    from urlvr_jax.data.tasks import SYNTHETIC_VERIFY_PREFIX
+
+    return f"{SYNTHETIC_VERIFY_PREFIX}{problem.problem} by {expression}\nA: "
 
 
 def verification_completion(problem, expression: str) -> str:
@@ -153,7 +161,8 @@ TASK = {"n_numbers": 3, "max_number": 9, "target_range": (10, 40)}
 
 
 def base_recipe(args) -> dict:
-    return {"version": VERSION, "q": args.q, "seed": args.base_seed, "task": {**TASK, "target_range": list(TASK["target_range"])},
+    return {"version": VERSION, "q": args.q, "seed": args.base_seed,
+            "task": {**TASK, "target_range": list(TASK["target_range"])},
             "sft_steps": args.sft_steps, "n_problems": args.n_problems, "traces_per_problem": args.traces_per_problem,
             "verify_per_problem": args.verify_per_problem, "size": "tiny", "lr": 1e-2, "batch_size": 32}
 
@@ -171,8 +180,14 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     from urlvr_jax.data import synthetic as syn
     from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
     from urlvr_jax.models.weights import init_model, save_model
-    from urlvr_jax.sft import (DEFAULT_FAMILY_PARAMS, RECIPE_FILE, base_model_config, encode_sft_examples,
-                               make_problems, train_sft_arrays)
+    from urlvr_jax.sft import (
+        DEFAULT_FAMILY_PARAMS,
+        RECIPE_FILE,
+        base_model_config,
+        encode_sft_examples,
+        make_problems,
+        train_sft_arrays,
+    )
 
     recipe = base_recipe(args)
     meta_file = out_dir / "c2_recipe.json"
@@ -193,7 +208,8 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     cfg = base_model_config("tiny")
     model = init_model(cfg, seed=args.base_seed)
     prior_steps = args.sft_steps // 3
-    model, losses = train_sft_arrays(model, ids[:n], mask[:n], args.sft_steps, 32, 1e-2, args.base_seed, progress=progress,
+    model, losses = train_sft_arrays(model, ids[:n], mask[:n], args.sft_steps, 32, 1e-2, args.base_seed,
+                                     progress=progress,
                                      then=(args.sft_steps - prior_steps, ids[n:], mask[n:]))
     final = out_dir / "model"
     save_model(model, final, tokenizer=tok)
@@ -211,237 +227,82 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
-# The GRPO loop with a host-side reward
+# The arms: trainer runs of configs/external_rewards.py
 # ----------------------------------------------------------------------------------------------------
-def response_logprob(model, prompt_ids, prompt_mask, tokens, mask, temperature: float = 1.0):
-    """log π(y_t) [B, T] of the response tokens (prompt left-padded [B, Tp], response [B, T]); differentiable."""
-    import jax
-    import jax.numpy as jnp
-
-    ids = jnp.concatenate([prompt_ids, tokens], axis=1)
-    full_mask = jnp.concatenate([prompt_mask, mask], axis=1)
-    hidden = model.hidden_states(ids, full_mask)
-    Tp, T = prompt_ids.shape[1], tokens.shape[1]
-    logits = model.logits(hidden[:, Tp - 1: Tp + T - 1]).astype(jnp.float32) / temperature
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    return jnp.take_along_axis(logp, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0] * mask
-
-
-@functools.lru_cache(maxsize=8)
-def make_update(graphdef, tx, clip_low: float = 0.2, clip_high: float = 0.2, dual_clip: float = 3.0,
-                max_response_length: int | None = None):
-    """Jitted update (params, opt_state, prompt_ids [P,Tp], prompt_mask, tokens [P,N,T], mask, advantages [P,N]).
-
-    One optimizer step on the whole batch, PPO-clip loss with token-mean aggregation over the global token
-    count, old log-probs = the pre-update policy's (the same forward with its gradient stopped: ratio 1 on
-    policy, as in the trainer with mini_batches = 1); a non-finite loss or gradient skips the update.
-    """
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from urlvr_jax.rl.losses import count_valid, policy_loss
-
-    def loss_fn(params, ids, pmask, tokens, mask, adv, n_tokens, n_seqs):
-        model = nnx.merge(graphdef, params)
-        lp = response_logprob(model, ids, pmask, tokens, mask)
-        return policy_loss(lp, jax.lax.stop_gradient(lp), adv, mask, clip_low=clip_low, clip_high=clip_high,
-                           dual_clip=dual_clip, aggregation="token-mean", global_num_tokens=n_tokens,
-                           global_num_seqs=n_seqs, max_response_length=max_response_length)
-
-    def update(params, opt_state, prompt_ids, prompt_mask, tokens, mask, advantages):
-        P, N, T = tokens.shape
-        ids = jnp.repeat(prompt_ids, N, axis=0)
-        pmask = jnp.repeat(prompt_mask, N, axis=0)
-        tokens, mask, adv = tokens.reshape(P * N, T), mask.reshape(P * N, T), advantages.reshape(P * N)
-        n_tokens, n_seqs = count_valid(mask)
-        (loss, met), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, ids, pmask, tokens, mask, adv,
-                                                                       n_tokens, n_seqs)
-        grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = tx.update(grads, opt_state, params)
-        new_params = optax.apply_updates(params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
-        return keep(new_params, params), keep(new_opt, opt_state), {**met, "grad_norm": grad_norm,
-                                                                    "skipped": (~finite).astype(jnp.int32)}
-
-    return jax.jit(update, donate_argnums=(0, 1))
+def arm_config(arm: str, seed: int, args, model_dir: str):
+    """configs/external_rewards.py:<arm> with this run's sizes and RL seed."""
+    spec = importlib.util.spec_from_file_location("external_rewards_config", ROOT / "configs" / "external_rewards.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(arm)
+    c.model.path = str(model_dir)
+    c.data.synthetic_size, c.data.synthetic_seed = args.train_size, args.base_seed
+    c.data.prompt_batch_size, c.data.max_prompt_length = args.prompts, args.prompt_width
+    c.rl.num_samples, c.rl.learning_rate = args.samples, args.lr
+    c.sampling.max_new_tokens = args.max_new_tokens
+    c.verify.max_prompt_length, c.verify.max_new_tokens = args.verify_width, args.verdict_tokens
+    c.train.steps, c.train.checkpoint_every, c.train.seed = args.steps, args.every, seed
+    c.train.progress = not args.smoke
+    return c
 
 
-def rollout(model, tokenizer, prompt_ids, prompt_mask, key, num_samples: int, max_new_tokens: int):
-    """The trainer's sampling: key split like rl_step, temperature 1, full vocabulary."""
-    import jax
-
-    from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
-    from urlvr_jax.tokenizer import eos_ids_of, pad_id_of
-
-    sample_key, _ = jax.random.split(key)
-    return generate_ids(model, prompt_ids, prompt_mask, sample_key, SamplingConfig(max_new_tokens=max_new_tokens),
-                        num_samples=num_samples, eos_ids=tuple(eos_ids_of(tokenizer, model.cfg)),
-                        pad_id=pad_id_of(tokenizer))
-
-
-def trajectory_entropy_reward(tokens, mask, stats, vocab_size: int):
-    """[P, N] through the registry's on-device estimator (the same definition the trainer uses)."""
-    from urlvr_jax.rewards.registry import GroupBatch, device_reward
-
-    return device_reward("trajectory_entropy", GroupBatch(tokens, mask, stats), vocab_size=vocab_size).rewards
-
-
-def countdown_rewards(texts: Sequence[str], problems, N: int):
+def rollout_verdict_metrics(workdir: Path, problems_by_id: dict, verdicts: bool) -> dict[int, dict[str, float]]:
+    """Per step, the share of responses with a boxed answer and (verdicts=True: self-verification) how the
+    verdicts (reward > 0.5 = 'True') relate to the exact checker, read from rollouts.jsonl (responses and the
+    rewards the step trained on)."""
     import numpy as np
 
-    from urlvr_jax.rewards.external import countdown_response_reward
+    from urlvr_jax.data.synthetic import check_answer
+    from urlvr_jax.data.tasks import make_task
 
-    return np.array([[countdown_response_reward(texts[i * N + j], p.extra["numbers"], p.extra["target"])
-                      for j in range(N)] for i, p in enumerate(problems)], np.float32)
-
-
-def self_verification(model, tokenizer, texts: Sequence[str], problems, N: int, key, width: int,
-                      max_new_tokens: int, temperature: float, top_p: float):
-    """Rewards [P, N] from one verdict of `model` per solution, the parsed mask and the verdict texts.
-
-    A response without a boxed answer, or one longer than MAX_EXPR_CHARS, gets reward 0 without a verdict.
-    """
-    import jax
-    import numpy as np
-
-    from urlvr_jax.rewards.external import self_verification_rewards
-    from urlvr_jax.rewards.grading import extract_boxed
-    from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
-    from urlvr_jax.tokenizer import decode_responses, eos_ids_of, pad_id_of
-    from urlvr_jax.train import encode_fixed
-
-    P = len(problems)
-    exprs = [extract_boxed(t) for t in texts]
-    ask = [e is not None and 0 < len(e.strip()) <= MAX_EXPR_CHARS for e in exprs]
-    prompts = [verification_prompt(problems[i // N], exprs[i].strip()) if ask[i] else
-               verification_prompt(problems[i // N], "0") for i in range(P * N)]  # fixed shape; unused if not ask
-    ids, mask = encode_fixed(tokenizer, prompts, width)
-    out = generate_ids(model, ids, mask, key, SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                            top_p=top_p),
-                       num_samples=1, eos_ids=tuple(eos_ids_of(tokenizer, model.cfg)), pad_id=pad_id_of(tokenizer))
-    tok, m = jax.device_get((out.tokens, out.mask))
-    verdicts = decode_responses(tokenizer, tok, m)
-    verdicts = [v if a else None for v, a in zip(verdicts, ask)]
-    rewards, parsed = self_verification_rewards([[verdicts[i * N + j] for j in range(N)] for i in range(P)])
-    return rewards, parsed, np.array(ask, bool).reshape(P, N), verdicts
-
-
-@functools.lru_cache(maxsize=8)
-def make_tx(lr: float, steps: int):
-    """The trainer's optimizer (AdamW + global-norm clip 1.0, constant lr) with the default config's
-    weight decay 0; cached so every arm shares one update function (one compilation)."""
-    from urlvr_jax.config import base_config
-    from urlvr_jax.train import make_optimizer
-
-    c = base_config()
-    c.rl.learning_rate, c.rl.weight_decay, c.train.steps = float(lr), 0.0, int(steps)
-    return make_optimizer(c)
+    task = make_task(list(problems_by_id.values())[:1])
+    out = {}
+    for line in (workdir / "rollouts.jsonl").read_text().splitlines():
+        ro = json.loads(line)
+        batch = [problems_by_id[p["id"]] for p in ro["problems"]]
+        texts = ro["responses"]
+        correct = np.array([[check_answer(p, t) for t in group] for p, group in zip(batch, texts)], bool)
+        asked = np.array([[task.verification_prompt(p, t) is not None for t in group]
+                          for p, group in zip(batch, texts)])
+        v = verdict_metrics(np.asarray(ro["rewards"]), correct, None, asked) if verdicts else {}
+        out[ro["step"]] = {**v, "response/answered_frac": float(np.mean([["\\boxed{" in t for t in g] for g in texts]))}
+    return out
 
 
 def run_arm(arm: str, seed: int, args, model_dir: str, train_problems, heldout, workdir: Path) -> dict[str, Any]:
-    """One GRPO run with reward `arm` and RL seed `seed` (prompt order, sampling keys); metrics.jsonl in
-    workdir (reused when done.json matches the settings). Returns records, the MCS summary, wall-clock and
-    examples (the first two prompts' responses of the last step, with the verdicts of self-verification)."""
-    import jax
-    import numpy as np
-    from flax import nnx
-    from tqdm.auto import tqdm
+    """One trainer run with reward `arm` and RL seed `seed`, then held-out measure() of the base model and every
+    checkpoint (cached in measurements.json). Returns records (the trainer's, with eval/* at the measured
+    steps and step 0 = the base model), the MCS summary, wall-clock and examples (the first two prompts'
+    responses of the last step, with their rewards)."""
+    from urlvr_jax.data.synthetic import check_answer
 
-    from urlvr_jax.data.pipeline import PromptLoader
-    from urlvr_jax.data.synthetic import check_answer, synthetic_prompt
-    from urlvr_jax.diagnostics.collapse import ModelCollapseTracker
-    from urlvr_jax.diagnostics.metrics import step_metrics
-    from urlvr_jax.evaluate import EVAL_SAMPLING
-    from urlvr_jax.models.weights import load_model
-    from urlvr_jax.rl.advantages import compute_advantages
-    from urlvr_jax.tokenizer import decode_responses, eos_ids_of, load_tokenizer
-    from urlvr_jax.train import encode_fixed
-
-    settings = {"arm": arm, "seed": seed, **{k: v for k, v in vars(args).items() if k not in (
-        "out", "runs_dir", "fresh", "arms", "rebuild", "build_only", "seeds")}}
-    done = workdir / "done.json"
-    if done.exists() and not args.fresh and json.loads(done.read_text())["settings"] == settings:
-        d = json.loads(done.read_text())
-        recs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-        return {"records": recs, "mcs": d["mcs"], "wall_s": d["wall_s"], "examples": d["examples"], "reused": True}
-    if workdir.exists():
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
-    tok = load_tokenizer(model_dir)
-    policy = load_model(model_dir)
-    graphdef, params = nnx.split(policy)
-    params = jax.tree.map(lambda x: x.copy(), params)  # the update donates its inputs
-    tx = make_tx(args.lr, args.steps)
-    opt_state = tx.init(params)
-    update = make_update(graphdef, tx, max_response_length=args.max_new_tokens)
-    loader = PromptLoader(train_problems, batch_size=args.prompts, seed=seed, shard_index=0, shard_count=1)
-    tracker = ModelCollapseTracker(0.01, 5, stop_on=None)  # the trainer's defaults (train.mcs_*)
-    base_key = jax.random.key(seed)
-    N = args.samples
-    eos = (eos_ids_of(tok) or [None])[0]
-    t_start = time.perf_counter()
-
-    def evaluate_now():  # the same draws at every evaluation and in every arm
-        m = measure(nnx.merge(graphdef, params), tok, heldout, args.samples_eval, args.max_new_tokens, EVAL_DRAWS)
-        return {f"eval/{k}": v for k, v in m.items()}
-
-    records = [{"step": 0, **evaluate_now()}]
-    bar = tqdm(range(1, args.steps + 1), desc=arm, unit="step", disable=args.smoke, leave=False)
-    for step in bar:
-        t0 = time.perf_counter()
-        batch = next(loader)
-        ids, pmask = encode_fixed(tok, [synthetic_prompt(p) for p in batch], args.prompt_width)
-        key = jax.random.fold_in(base_key, step)
-        model = nnx.merge(graphdef, params)
-        ro = rollout(model, tok, ids, pmask, key, N, args.max_new_tokens)
-        tokens, mask, stats = ro.tokens, ro.mask, ro.stats
-        P, T = len(batch), tokens.shape[-1]
-        g = lambda x: x.reshape((P, N) + x.shape[1:])  # noqa: E731
-        host_tokens, host_mask, truncated = (np.asarray(x) for x in jax.device_get((tokens, mask, ro.truncated)))
-        texts = decode_responses(tok, host_tokens, host_mask)
-        correct = np.array([check_answer(batch[i // N], t) for i, t in enumerate(texts)], bool).reshape(P, N)
-        extra, verdicts = {}, [None] * len(texts)
-        if arm == "countdown":
-            rewards = countdown_rewards(texts, batch, N)
-        elif arm == "self_verification":
-            rewards, parsed, asked, verdicts = self_verification(model, tok, texts, batch, N, jax.random.fold_in(key, 1),
-                                                          args.verify_width, args.verdict_tokens,
-                                                          EVAL_SAMPLING.temperature, EVAL_SAMPLING.top_p)
-            extra = verdict_metrics(rewards, correct, parsed, asked)
-        else:
-            rewards = np.asarray(trajectory_entropy_reward(g(tokens), g(mask), type(stats)(*(g(s) for s in stats)),
-                                                           policy.cfg.vocab_size))
-        adv = compute_advantages("grpo", jax.numpy.asarray(rewards))
-        t_reward = time.perf_counter() - t0
-        params, opt_state, met = update(params, opt_state, ids, pmask, g(tokens), g(mask), adv)
-        met = {k: float(v) for k, v in jax.device_get(met).items()}
-        m = step_metrics(rewards, correct.astype(np.float32), host_mask.reshape(P, N, T),
-                         binary_proxy=arm in BINARY, entropy=np.asarray(stats.entropy).reshape(P, N, T),
-                         tokens=host_tokens.reshape(P, N, T), truncated=truncated.reshape(P, N), eos_id=eos)
-        rec = {"step": step, **m, **{f"actor/{k}": v for k, v in met.items()}, **extra,
-               "urlvr/pass_at_n": float(correct.any(axis=1).mean()),
-               "response/answered_frac": float(np.mean(["\\boxed{" in t for t in texts])),
-               "time/rollout_and_reward": t_reward, "time/step": time.perf_counter() - t0}
-        tracker.update(step, rec["urlvr/reward_accuracy"])
-        s = tracker.summary()
-        rec["mcs/raw"] = -1 if s["mcs_raw"] is None else s["mcs_raw"]
-        rec["mcs/sustained"] = -1 if s["mcs_sustained"] is None else s["mcs_sustained"]
-        if step % args.every == 0 or step == args.steps:
-            rec.update(evaluate_now())
-        records.append(rec)
-        examples = [{"problem": batch[i // N].problem, "response": texts[i], "correct": bool(correct.flat[i]),
-                     "reward": float(np.asarray(rewards).flat[i]), "verdict": verdicts[i]} for i in range(min(2 * N, len(texts)))]
-        bar.set_postfix(gt=f"{rec['urlvr/gt_reward_mean']:.2f}", proxy=f"{rec['urlvr/proxy_reward_mean']:.2f}")
-    bar.close()
-    wall = time.perf_counter() - t_start
-    with open(workdir / "metrics.jsonl", "w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    done.write_text(json.dumps({"settings": settings, "mcs": tracker.summary(), "wall_s": wall, "examples": examples}))
-    return {"records": records, "mcs": tracker.summary(), "wall_s": wall, "examples": examples, "reused": False}
+    config = arm_config(arm, seed, args, model_dir)
+    run = run_training(config, workdir, fresh=args.fresh)
+    steps = checkpoint_steps(workdir)
+    cache = workdir / "measurements.json"
+    settings = {"samples": args.samples_eval, "eval_limit": args.eval_limit, "steps": steps,
+                "max_new_tokens": args.max_new_tokens}
+    if cache.exists() and json.loads(cache.read_text())["settings"] == settings and run["reused"]:
+        evals = {int(k): v for k, v in json.loads(cache.read_text())["evals"].items()}
+    else:
+        evals = {}
+        for step in [0] + steps:
+            policy, tok = load_policy(model_dir, workdir if step else None, step or None)
+            evals[step] = {f"eval/{k}": v for k, v in measure(policy, tok, heldout, args.samples_eval,
+                                                              args.max_new_tokens, EVAL_DRAWS).items()}
+        cache.write_text(json.dumps({"settings": settings, "evals": evals}))
+    verdicts = rollout_verdict_metrics(workdir, {p.id: p for p in train_problems}, arm == "self_verification")
+    records = [{"step": 0, **evals[0]}]
+    for r in run["records"]:
+        records.append({**r, **verdicts.get(r["step"], {}), **evals.get(r["step"], {})})
+    last = json.loads((workdir / "rollouts.jsonl").read_text().splitlines()[-1])
+    by_id = {p.id: p for p in train_problems}
+    examples = [{"problem": p["problem"], "response": t, "reward": r, "correct": check_answer(by_id[p["id"]], t)}
+                for p, group, rs in zip(last["problems"][:2], last["responses"], last["rewards"])
+                for t, r in zip(group, rs)]
+    summary = json.loads((workdir / "summary.json").read_text())
+    return {"records": records, "mcs": summary["mcs"], "wall_s": run["seconds"], "examples": examples,
+            "reused": run["reused"]}
 
 
 def verdict_metrics(rewards, correct, parsed, asked) -> dict[str, float]:
@@ -450,9 +311,10 @@ def verdict_metrics(rewards, correct, parsed, asked) -> dict[str, float]:
 
     said_true = np.asarray(rewards) > 0.5
     nan = float("nan")
-    return {"verify/asked_frac": float(asked.mean()),
-            "verify/parsed_frac": float(parsed[asked].mean()) if asked.any() else nan,
-            "verify/true_given_correct": float(said_true[correct].mean()) if correct.any() else nan,
+    out = {"verify/asked_frac": float(asked.mean())}
+    if parsed is not None:
+        out["verify/parsed_frac"] = float(np.asarray(parsed)[asked].mean()) if asked.any() else nan
+    return {**out, "verify/true_given_correct": float(said_true[correct].mean()) if correct.any() else nan,
             "verify/false_given_wrong": float((~said_true[~correct]).mean()) if (~correct).any() else nan,
             "verify/accuracy": float((said_true == correct).mean())}
 
@@ -462,34 +324,45 @@ def verdict_metrics(rewards, correct, parsed, asked) -> dict[str, float]:
 # ----------------------------------------------------------------------------------------------------
 def measure_base(model_dir: str, heldout, args) -> dict[str, float]:
     """Solve avg/maj/pass (measure(): T=1, --samples-eval draws) and the verifier's verdicts on the model's
-    own T=1 solutions to the held-out problems (as in training: one verdict per solution)."""
+    own T=1 solutions to the held-out problems, judged as in training (the trainer's HostRewarder, one
+    verdict per solution)."""
     import jax
     import numpy as np
+    from flax import nnx
 
-    from urlvr_jax.data.synthetic import check_answer, synthetic_prompt
-    from urlvr_jax.evaluate import EVAL_SAMPLING
+    from urlvr_jax.data.tasks import make_task
     from urlvr_jax.models.weights import load_model
-    from urlvr_jax.tokenizer import decode_responses, load_tokenizer
-    from urlvr_jax.train import encode_fixed
+    from urlvr_jax.rewards.host import HostRewarder, VerifySettings
+    from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
+    from urlvr_jax.tokenizer import decode_responses, encode_prompts, eos_ids_of, load_tokenizer, pad_id_of
 
     tok = load_tokenizer(model_dir)
     model = load_model(model_dir)
     out = {f"solve_{k}": v for k, v in measure(model, tok, heldout, args.samples_eval, args.max_new_tokens,
                                                EVAL_DRAWS).items()}
+    task = make_task(heldout)
+    graphdef, params = nnx.split(model)
+    verifier = HostRewarder("self_verification", tok, num_samples=args.samples, task=task, graphdef=graphdef,
+                            model_cfg=model.cfg, verify=VerifySettings(max_prompt_length=args.verify_width,
+                                                                       max_new_tokens=args.verdict_tokens))
     N, P = args.samples, args.prompts
     rewards, truth, parsed, asked = [], [], [], []
     for b in range(0, len(heldout) - P + 1, P):
         batch = heldout[b:b + P]
-        ids, pmask = encode_fixed(tok, [synthetic_prompt(p) for p in batch], args.prompt_width)
-        ro = rollout(model, tok, ids, pmask, jax.random.key(1000 + b), N, args.max_new_tokens)
+        ids, pmask = encode_prompts(tok, task.prompts(batch, tok), width=args.prompt_width)
+        ro = generate_ids(model, ids, pmask, jax.random.key(1000 + b),
+                          SamplingConfig(max_new_tokens=args.max_new_tokens), num_samples=N,
+                          eos_ids=tuple(eos_ids_of(tok, model.cfg)), pad_id=pad_id_of(tok))
         texts = decode_responses(tok, *jax.device_get((ro.tokens, ro.mask)))
-        truth.append(np.array([check_answer(batch[i // N], t) for i, t in enumerate(texts)]).reshape(P, N))
-        r, pa, a, _ = self_verification(model, tok, texts, batch, N, jax.random.key(2000 + b), args.verify_width,
-                                        args.verdict_tokens, EVAL_SAMPLING.temperature, EVAL_SAMPLING.top_p)
-        rewards.append(r), parsed.append(pa), asked.append(a)
-    v = verdict_metrics(*(np.concatenate(x) for x in (rewards, truth, parsed, asked)))
+        groups = [texts[i * N:(i + 1) * N] for i in range(P)]
+        truth.append(task.correct(batch, texts, N))
+        judged = verifier(batch, groups, params, jax.random.key(2000 + b))
+        rewards.append(judged.rewards), parsed.append(judged.metrics["verify/parsed_frac"])
+        asked.append(np.array([[task.verification_prompt(p, t) is not None for t in g] for p, g in zip(batch, groups)]))
+    v = verdict_metrics(*(np.concatenate(x) for x in (rewards, truth)), None, np.concatenate(asked))
     out.update({"samples_accuracy_t1": float(np.concatenate(truth).mean()),
-                **{k.replace("verify/", "verifier_"): x for k, x in v.items()}})
+                **{k.replace("verify/", "verifier_"): x for k, x in v.items()},
+                "verifier_parsed_frac": float(np.mean(parsed))})
     return out
 
 
@@ -594,7 +467,8 @@ def plot(path: Path, runs: dict, args) -> None:
             if pts:
                 ax[1, 0].plot([x for x, _ in pts], moving_average([y for _, y in pts], SMOOTH), ls, color="gray",
                               alpha=0.6 + 0.4 * (seed == args.seeds[0]),
-                              label=f"self-verifier, seed {seed}: P({'True | correct' if 'true' in key else 'False | wrong'})")
+                              label=f"self-verifier, seed {seed}: "
+                                    f"P({'True | correct' if 'true' in key else 'False | wrong'})")
     ax[1, 0].legend(fontsize=6)
     fig.suptitle(f"Countdown: external rewards vs trajectory entropy (tiny synthetic model, q={args.q}, "
                  f"{args.prompts} prompts x {args.samples} samples per step, lr {args.lr:g}, seeds {args.seeds})")
@@ -640,22 +514,25 @@ def main(argv=None) -> dict[str, Any]:
     md = [f"# Finding 5: external rewards vs trajectory entropy (Countdown, q={args.q})", "",
           f"{args.steps} GRPO steps of {args.prompts} prompts x {args.samples} samples x {args.max_new_tokens} tokens, "
           f"lr {args.lr:g}, RL seeds {args.seeds}, {args.train_size} training problems. Held-out: {args.eval_limit} "
-          f"eval-split problems, avg/maj/pass over {args.samples_eval} samples at T=1 (same draws at every evaluation); "
+          f"eval-split problems, avg/maj/pass over {args.samples_eval} samples at T=1 (same draws at every "
+          "evaluation); "
           f"'first'/'last' = mean of the first/last {SMOOTH} steps; MCS = sustained Model Collapse Step (— = never).",
           "", "Base model before RL: " + ", ".join(f"{k} {fmt(v)}" for k, v in prior.items()) + ".", "",
           md_table(COLUMNS, rows), ""]
     for r in rows:
         if r["arm"] == "self_verification" and "true_given_correct_first" in r:
-            md += [f"Self-verification verdicts, seed {r['seed']}: P(True | correct) {fmt(r['true_given_correct_first'])} "
+            md += [f"Self-verification verdicts, seed {r['seed']}: "
+                   f"P(True | correct) {fmt(r['true_given_correct_first'])} "
                    f"→ {fmt(r['true_given_correct_last'])}, P(False | wrong) {fmt(r.get('false_given_wrong_first'))} → "
                    f"{fmt(r.get('false_given_wrong_last'))} (first → last {SMOOTH} steps).", ""]
     sv = [(seed, runs[(arm, seed)]["examples"]) for arm, seed in runs if arm == "self_verification"]
     if sv:
         seed, ex = sv[0]
-        md += [f"Last-step responses of the self-verification run (seed {seed}), with the policy's own verdicts:", "",
+        md += [f"Last-step responses of the self-verification run (seed {seed}), with the policy's own verdict "
+               "(its reward: 1 = \\boxed{True}):", "",
                "```"]
         md += [f"{e['problem']}: {e['response'].replace(chr(10), ' ; ')}  [{'correct' if e['correct'] else 'wrong'}; "
-               f"verdict: {(e['verdict'] or '').replace(chr(10), ' ; ')}]" for e in ex[:6]]
+               f"reward {e['reward']:g}]" for e in ex[:6]]
         md += ["```", ""]
     md += [f"Total wall-clock {total:.0f} s (base model {'reused' if base.get('reused') else 'built'}); "
            f"{machine_line()}.", "", f"![curves]({NAME}.png)", ""]

@@ -36,7 +36,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 NAME = "mcs_vs_gt_gain"
@@ -105,8 +104,10 @@ def plot(out: Path, rows: list, records: dict, stats: dict, p: dict) -> list[str
     gain = [r["gt_gain"] for r in rows]
     err = [2 * r["gt_gain_se"] for r in rows]
     preds = [("mcs_raw_ranked", "MCS (raw, the headline; censored = budget+1)"),
-             ("mcs_sustained_ranked", "MCS (sustained; censored = budget+1)"), ("mcs_half_ranked", "MCS@0.5 (censored = budget+1)"),
-             ("mean_reward_accuracy", "mean reward accuracy of the probe"), ("passk_gain", f"pass@{p['eval_samples']} − pass@1 (base)")]
+             ("mcs_sustained_ranked", "MCS (sustained; censored = budget+1)"),
+             ("mcs_half_ranked", "MCS@0.5 (censored = budget+1)"),
+             ("mean_reward_accuracy", "mean reward accuracy of the probe"),
+             ("passk_gain", f"pass@{p['eval_samples']} − pass@1 (base)")]
     fig, axes = plt.subplots(1, len(preds), figsize=(4.4 * len(preds), 3.8))
     for ax, (key, label) in zip(axes, preds):
         x = [r[key] for r in rows]
@@ -152,7 +153,8 @@ def markdown(rows: list, stats: dict, prior: dict, p: dict) -> str:
     cen = lambda x, r: str(x) if x is not None else f">{r['steps_run']}"  # noqa: E731
     k = p["eval_samples"]
     table = C.markdown_table(
-        ["rung", f"base avg@{k}", f"base maj@{k}", f"base pass@{k}", f"pass@{k} − pass@1", "MCS raw", "MCS sustained", "MCS@0.5",
+        ["rung", f"base avg@{k}", f"base maj@{k}", f"base pass@{k}", f"pass@{k} − pass@1", "MCS raw", "MCS sustained",
+         "MCS@0.5",
          "mean RA", "RA first5 → last5", f"GT-run avg@{k}", "GT gain", "±SE", "MCS probe s", "GT run s"],
         [[r["rung"], r["base_avg"], r["base_maj"], r["base_pass"], r["passk_gain"], cen(r["mcs_raw"], r),
           cen(r["mcs_sustained"], r), cen(r["mcs_half"], r), r["mean_reward_accuracy"],
@@ -166,7 +168,8 @@ def markdown(rows: list, stats: dict, prior: dict, p: dict) -> str:
             f"MCS probe: majority vote, lr {p['mcs_lr']:g}, ≤ {p['mcs_steps']} steps (stop at sustained MCS); "
             f"GT run: ground_truth, lr {p['gt_lr']:g}, {p['gt_steps']} steps; both {p['prompts']} prompts × "
             f"{p['samples']} samples, seed {C.SEED}. Held-out: {p['eval_problems']} eval problems × "
-            f"{p['eval_samples']} samples, T = 1.0. RA = reward accuracy. Exact p: share of the {math.factorial(len(rows))} "
+            f"{p['eval_samples']} samples, T = 1.0. RA = reward accuracy. "
+            f"Exact p: share of the {math.factorial(len(rows))} "
             f"orderings with |ρ| at least as large (with n = 5 the smallest possible p is 2/120 = 0.017).\n\n"
             + table + "\n" + st)
 

@@ -34,7 +34,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 
 NAME = "rise_fall"
@@ -173,7 +172,8 @@ def markdown(runs: dict, p: dict, seconds: dict) -> str:
     for reward, r in runs.items():
         s = r["summary"]
         ini, fin = s["initial"], s["final"]
-        rows.append([reward, pattern(s), f"{s['heldout_first']:.3f} → {s['heldout_peak']:.3f} (step {s['heldout_peak_step']})"
+        rows.append([reward, pattern(s),
+                     f"{s['heldout_first']:.3f} → {s['heldout_peak']:.3f} (step {s['heldout_peak_step']})"
                      f" → {s['heldout_final']:.3f}", f"±{s['rise_se']:.3f}",
                      f"{ini['urlvr/proxy_reward_mean']:.3g} → {fin['urlvr/proxy_reward_mean']:.3g}",
                      f"{ini['urlvr/reward_accuracy']:.2f} → {fin['urlvr/reward_accuracy']:.2f}",

@@ -41,8 +41,7 @@ from fractions import Fraction
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (ROOT, RESULTS, RUNS, curve, markdown_table, pyplot, read_records, run_training,  # noqa: E402
-                    setup_jax, write_json)
+from common import RESULTS, ROOT, RUNS, curve, markdown_table, pyplot, run_training, setup_jax, write_json  # noqa: E402
 
 NAME = "smollm2_gsm8k"
 DEFAULT_CACHE = Path(os.environ.get("URLVR_CACHE", Path.home() / ".cache" / "urlvr_jax")) / "smollm2-135m-instruct-hf"
@@ -73,8 +72,8 @@ def load_config_module():
 
 def smollm2_hf_folder(cache_dir: Path) -> Path:
     """The SmolLM2 GGUF converted once into an HF folder under cache_dir (reused when present)."""
-    from urlvr_jax.main import resolve_model_path
     from urlvr_jax.models.gguf_io import gguf_to_hf_folder
+    from urlvr_jax.models.paths import resolve_model_path
 
     if (cache_dir / "config.json").exists() and (cache_dir / "model.safetensors").exists():
         return cache_dir
@@ -131,8 +130,8 @@ def summarize_run(records: list[dict], seconds: float | None, config) -> dict:
            "zero_variance_groups": sum(r.get("urlvr/zero_variance_frac", float("nan")) for r in records)
            / max(len(records), 1)}
     for key, col, _ in METRICS:
-        f, l, m = first_last(key)
-        out[col] = {"first": f, "last": l, "mean": m}
+        first, last_value, mean = first_last(key)
+        out[col] = {"first": first, "last": last_value, "mean": mean}
     last = records[-1] if records else {}
     out["mcs_raw"] = None if last.get("mcs/raw", -1) < 0 else int(last["mcs/raw"])
     out["mcs_sustained"] = None if last.get("mcs/sustained", -1) < 0 else int(last["mcs/sustained"])
@@ -194,7 +193,8 @@ def write_markdown(results: dict, runs: dict[str, list[dict]], path: Path) -> st
         lines.append(markdown_table(
             ["step", "loss", "grad norm", "zero-var groups"] + [c for _, c, _ in METRICS]
             + ["step s", "rollout s", "update s"],
-            [[r["step"], r["loss"], r["grad_norm"], r.get("urlvr/zero_variance_frac")] + [r.get(k) for k, _, _ in METRICS]
+            [[r["step"], r["loss"], r["grad_norm"], r.get("urlvr/zero_variance_frac")]
+             + [r.get(k) for k, _, _ in METRICS]
              + [round(r[k], 1) if k in r else None for k in ("time/step", "time/rollout", "time/update")]
              for r in records]))
     lines += ["", "![curves](curves.png)", ""]

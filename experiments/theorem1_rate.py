@@ -35,9 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
 import mcs_vs_gt_gain as F2  # noqa: E402
-import rise_fall as F1  # noqa: E402
-
 import numpy as np  # noqa: E402
+import rise_fall as F1  # noqa: E402
 
 NAME = "theorem1_rate"
 FULL = dict(probe=64, samples=16)
@@ -136,9 +135,12 @@ def analyse(t: dict, samples: int) -> dict:
     return {"rate": rate, "signed_rate": signed, "first_interval": int(steps[1]),
             "dp_first_right": float(dp[ic].mean()) if ic.any() else float("nan"),
             "dp_first_wrong": float(dp[~ic].mean()) if (~ic).any() else float("nan"),
-            "p_mean": p.mean(axis=0).round(4).tolist(), "rho_contraction": float(np.exp(-rate)), "beta_eff": (1 / rate) if rate > 0 else float("inf"),
-            "rmse_test": rmse, "rmse_no_change": rmse_static, "rmse_noise_floor": rmse_floor, "r2_test": float(1 - ss_res / ss_tot) if ss_tot > 0 else float("nan"),
-            "spearman_rate_p0": rho, "rate_median_init_right": float(np.median(per_prompt[ic])) if ic.any() else float("nan"),
+            "p_mean": p.mean(axis=0).round(4).tolist(), "rho_contraction": float(np.exp(-rate)),
+            "beta_eff": (1 / rate) if rate > 0 else float("inf"),
+            "rmse_test": rmse, "rmse_no_change": rmse_static, "rmse_noise_floor": rmse_floor,
+            "r2_test": float(1 - ss_res / ss_tot) if ss_tot > 0 else float("nan"),
+            "spearman_rate_p0": rho,
+            "rate_median_init_right": float(np.median(per_prompt[ic])) if ic.any() else float("nan"),
             "rate_median_init_wrong": float(np.median(per_prompt[~ic])) if (~ic).any() else float("nan"),
             "per_prompt_rate": per_prompt.round(5).tolist(), "predicted_test": pred.round(5).tolist(),
             "observed_test": obs.round(5).tolist(), "test_init_correct": ic[test].tolist()}
@@ -154,7 +156,8 @@ def plot(out: Path, results: dict) -> list[str]:
         r = results[name]
         a, t = r["analysis"], r["traj"]
         steps = t["steps"]
-        obs, pred, ic = np.array(a["observed_test"]), np.array(a["predicted_test"]), np.array(a["test_init_correct"], bool)
+        obs, pred = np.array(a["observed_test"]), np.array(a["predicted_test"])
+        ic = np.array(a["test_init_correct"], bool)
         for mask, label, col in ((ic, "initial majority right", "C2"), (~ic, "initial majority wrong", "C3")):
             if mask.any():
                 ax.plot(steps, obs[mask].mean(0), "o-", color=col, label=f"observed, {label} ({mask.sum()})")
@@ -216,12 +219,15 @@ def markdown(results: dict, p: dict) -> str:
                      " ".join(f"{x:.2f}" for x in a["p_mean"]), a["signed_rate"], a["rate"], a["rho_contraction"],
                      a["rmse_test"], a["rmse_noise_floor"], a["rmse_no_change"], a["r2_test"], a["spearman_rate_p0"],
                      f"{a['rate_median_init_right']:.3f} / {a['rate_median_init_wrong']:.3f}",
-                     t["final_majority_is_initial"], f"{t['flips_right_to_wrong']} / {t['flips_wrong_to_right']} of {t['n_prompts']}",
-                     t["maj_accuracy_initial"], t["accuracy"][-1], t["maj_accuracy_final"], t["top_answer_share_final"]])
+                     t["final_majority_is_initial"],
+                     f"{t['flips_right_to_wrong']} / {t['flips_wrong_to_right']} of {t['n_prompts']}",
+                     t["maj_accuracy_initial"], t["accuracy"][-1], t["maj_accuracy_final"],
+                     t["top_answer_share_final"]])
     head = ["run", "lr", "steps probed (n)", "Δp first interval: maj right / wrong (Theorem 1: > 0)",
             "mean p_k over probes", "unconstrained fitted rate", "Theorem-1 fit 1/β_eff ≥ 0", "e^{−1/β_eff}",
-            "RMSE Theorem 1 (held-out half)", "RMSE if only sampling noise", "RMSE no-change", "R²", "Spearman(rate_i, p0_i)",
-            "median rate_i (unconstrained): maj right / wrong", "final maj = initial maj", "majority flips right→wrong / wrong→right",
+            "RMSE Theorem 1 (held-out half)", "RMSE if only sampling noise", "RMSE no-change", "R²",
+            "Spearman(rate_i, p0_i)", "median rate_i (unconstrained): maj right / wrong", "final maj = initial maj",
+            "majority flips right→wrong / wrong→right",
             "ceiling (initial maj acc)", "final avg acc", "final maj acc", "top-answer share (final)"]
     return (f"# Finding 6: Theorem 1 rate, predicted vs observed\n\n{p['probe']} held-out probe problems × "
             f"{p['samples']} samples (T = 1.0) at step 0 and every checkpoint; the rate is fitted on the even "

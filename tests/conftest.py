@@ -25,7 +25,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-SMOKE_SCRIPTS = ("dataset_size.py", "test_time_training.py", "external_rewards.py")
+SMOKE_SCRIPTS = ("dataset_size.py", "testtime_training.py", "external_rewards.py")
 
 
 class ExperimentSmokes:

@@ -12,10 +12,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as PS
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as PS
 
-from urlvr_jax.rewards.answers import (AnswerExtractor, answer_hash, answer_id_from_text, canonical_answer_ids,
-                                       decode_answers, extract_boxed, span_mask, token_bytes)
+from urlvr_jax.rewards.answers import (
+    AnswerExtractor,
+    answer_hash,
+    answer_id_from_text,
+    canonical_answer_ids,
+    decode_answers,
+    extract_boxed,
+    span_mask,
+    token_bytes,
+)
 from urlvr_jax.rewards.ensemble import majority_vote
 
 DATA = "/work/shared/data"
@@ -28,7 +37,7 @@ def _math_texts():
     path = os.path.join(DATA, "math500", "test.jsonl")
     if not os.path.exists(path):
         pytest.skip(f"real data not found at {path}")
-    return [json.loads(l)["solution"] for l in open(path, encoding="utf-8")]
+    return [json.loads(line)["solution"] for line in open(path, encoding="utf-8")]
 
 
 def _train_bpe(texts, split_only_spaces: bool):

@@ -11,9 +11,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rl_step.py"
 
 
+@pytest.mark.slow  # runs the benchmark (with TRL)
 def test_rl_step_benchmark_tiny_runs_and_reports():
     env = dict(os.environ)
     # conftest forces 8 fake CPU devices for the in-process tests; the benchmark runs as on a real host.

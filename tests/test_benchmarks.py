@@ -10,9 +10,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rollout.py"
 
 
+@pytest.mark.slow  # runs the benchmark (with transformers)
 def test_rollout_benchmark_tiny_runs_and_reports():
     env = dict(os.environ)
     # conftest forces 8 fake CPU devices for the in-process tests; the benchmark runs as on a real host.

@@ -18,8 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from urlvr_jax.data import (ASSETS_DIR, DatasetFormatError, MathProblem, build_prompt, build_prompts,
-                            last_boxed, list_datasets, load_math_dataset, problems_to_jsonl)
+from urlvr_jax.data import (
+    ASSETS_DIR,
+    DatasetFormatError,
+    build_prompt,
+    build_prompts,
+    last_boxed,
+    list_datasets,
+    load_math_dataset,
+    problems_to_jsonl,
+)
 from urlvr_jax.data import math_datasets as md
 
 SHARED_DATA = Path("/work/shared/data")
@@ -357,6 +365,7 @@ def tfds_dir(tmp_path_factory):
 @pytest.mark.parametrize("name,split", [("math500", "test"), ("aime25", "test"), ("ttrl/AMC-TTT", "train")])
 def test_tfds_data_source_reads_back_same_records(tfds_dir, name, split):
     import tensorflow_datasets as tfds
+
     from urlvr_jax.data.tfds_builder import example_to_problem, tfds_config_name
 
     d, _ = tfds_dir

@@ -4,7 +4,8 @@ from collections import Counter
 import jax
 import numpy as np
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as PS
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as PS
 
 from urlvr_jax.rewards.ensemble import majority_vote, semantic_cluster
 

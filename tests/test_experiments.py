@@ -26,6 +26,7 @@ def smoke(experiment_smokes):
     return experiment_smokes.wait("chain")
 
 
+@pytest.mark.slow  # experiment smoke runs
 def test_rise_fall_smoke(smoke):
     res = json.loads((smoke / "rf" / "rise_fall.json").read_text())
     run = res["runs"]["majority_vote"]
@@ -39,6 +40,7 @@ def test_rise_fall_smoke(smoke):
     assert "| majority_vote |" in (smoke / "rf" / "rise_fall.md").read_text()
 
 
+@pytest.mark.slow  # experiment smoke runs
 def test_mcs_vs_gt_gain_smoke(smoke):
     res = json.loads((smoke / "mcs" / "mcs_vs_gt_gain.json").read_text())
     rows = res["rows"]
@@ -53,6 +55,7 @@ def test_mcs_vs_gt_gain_smoke(smoke):
     assert (smoke / "mcs" / "mcs_vs_gt_gain.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # experiment smoke runs
 def test_theorem1_rate_smoke(smoke):
     res = json.loads((smoke / "th" / "theorem1_rate.json").read_text())
     assert set(res["runs"]) == {"mcs q0.1", "mcs q0.8", "rise_fall q0.3"}
@@ -96,7 +99,6 @@ def test_logistic_is_theorem1_closed_form():
 
 def test_spearman_exact_p_value():
     import mcs_vs_gt_gain as F2
-
     from scipy.stats import spearmanr
 
     s = F2.spearman([1, 2, 3, 4, 5], [10, 20, 30, 40, 50])

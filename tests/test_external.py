@@ -1,17 +1,25 @@
 """External verifiers: Countdown (safe exact evaluation), arithmetic checker, self-verification parsing."""
 import itertools
 import random
-from collections import Counter
 import time
+from collections import Counter
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from urlvr_jax.rewards.external import (arithmetic_checker, build_verification_prompt, build_verification_prompts,
-                                        countdown_response_reward, countdown_reward, evaluate_countdown_expression,
-                                        extract_countdown_expression, parse_exact_number, parse_verdict,
-                                        self_verification_rewards)
+from urlvr_jax.rewards.external import (
+    arithmetic_checker,
+    build_verification_prompt,
+    build_verification_prompts,
+    countdown_response_reward,
+    countdown_reward,
+    evaluate_countdown_expression,
+    extract_countdown_expression,
+    parse_exact_number,
+    parse_verdict,
+    self_verification_rewards,
+)
 
 
 def brute_force_reachable(numbers):

@@ -84,6 +84,7 @@ def test_find_smollm2_gguf_missing_package(monkeypatch):
         gguf_io.find_smollm2_gguf()
 
 
+@pytest.mark.slow  # the real SmolLM2-135M GGUF
 def test_config_matches_transformers(ours, hf_gguf_model):
     config, _ = ours
     ref = hf_gguf_model.config
@@ -102,6 +103,7 @@ def test_config_matches_transformers(ours, hf_gguf_model):
             config["num_key_value_heads"], config["vocab_size"]) == (30, 576, 9, 3, 49152)
 
 
+@pytest.mark.slow  # the real SmolLM2-135M GGUF
 def test_tensors_equal_transformers_exactly(ours, hf_gguf_model):
     config, tensors = ours
     ref = {k: v.detach().numpy() for k, v in hf_gguf_model.state_dict().items()}
@@ -116,6 +118,7 @@ def test_tensors_equal_transformers_exactly(ours, hf_gguf_model):
         np.testing.assert_array_equal(w, ref[name], err_msg=name)  # tolerance: exact
 
 
+@pytest.mark.slow  # the real SmolLM2-135M GGUF
 def test_exported_folder_loads_and_matches_logits(hf_folder, hf_gguf_model, tokenizer, ours):
     saved = json.loads((hf_folder / "config.json").read_text())
     assert saved == json.loads(json.dumps(ours[0]))
@@ -141,6 +144,7 @@ def test_exported_folder_loads_and_matches_logits(hf_folder, hf_gguf_model, toke
     assert "Paris" in answer
 
 
+@pytest.mark.slow  # the real SmolLM2-135M GGUF
 def test_tokenizer(tokenizer, ours, hf_folder):
     config, _ = ours
     texts = ["Hello world!", "  two  spaces, tabs\tand\nnewlines\n", "1+1=2; 3.14159 × 2 = 6.28318 ✓ 日本語",

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from test_advantages import ref_advantages
+
 from urlvr_jax.rl import advantages as A
 from urlvr_jax.rl import losses as L
 

@@ -7,12 +7,11 @@ sequence without padding.
 Tolerance: ATOL = 1e-5 on logits of magnitude ~1 (float32 with `highest` matmul precision; the
 differences come only from summation order, ~1e-7 per op over a few layers).
 """
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-
-import jax.numpy as jnp
 
 from urlvr_jax.models.config import ConfigError, ModelConfig
 from urlvr_jax.models.weights import WeightError, load_model, save_model
@@ -21,7 +20,6 @@ from urlvr_jax.sharding import make_mesh
 ATOL = 1e-5
 
 from tiny_models import FAMILIES, SMALL, left_pad, make_hf_model, torch_logits  # noqa: E402
-
 
 PROMPTS = [[5, 17, 33, 2, 90, 11, 4, 8, 61], [7, 3, 44], [12, 80, 1, 9, 9, 30]]
 

@@ -1,6 +1,7 @@
 """The Colab notebooks (colab/*.ipynb) executed headless with nbclient on their smoke configuration.
 
-Each notebook runs in a fresh python3 kernel (the three concurrently) with URLVR_NOTEBOOK_SMOKE=1 (a few steps, a few prompts), cwd =
+Each notebook runs in a fresh python3 kernel (the three concurrently) with URLVR_NOTEBOOK_SMOKE=1 (a few steps, a few
+prompts), cwd =
 colab/, its runs written under a temporary directory, one CPU device (as on a Colab CPU runtime: the 8 fake
 devices of conftest.py are removed from the kernel's XLA_FLAGS), and an XLA compilation cache directory shared
 by the three kernels. A cell that raises fails the test
@@ -126,6 +127,7 @@ def test_committed_notebook_is_clean_and_generated(name):
 
 
 # ------------------------------------------------------------------------------------------ executed
+@pytest.mark.slow  # executes the notebooks
 def test_quickstart(executed):
     from urlvr_jax.data.synthetic import check_answer
     from urlvr_jax.sft import problems_for_model
@@ -152,6 +154,7 @@ def test_quickstart(executed):
     assert _images(nb) >= 1, "the plot cell displayed no figure"
 
 
+@pytest.mark.slow  # executes the notebooks
 def test_finding1(executed):
     nb, res = executed("finding1_rise_then_fall.ipynb")
     assert res["rewards"] == ["majority_vote", "self_certainty"]
@@ -172,6 +175,7 @@ def test_finding1(executed):
     assert _images(nb) >= 2
 
 
+@pytest.mark.slow  # executes the notebooks
 def test_finding2(executed):
     from scipy.stats import spearmanr
 

@@ -5,8 +5,14 @@ import numpy as np
 import pytest
 
 from urlvr_jax.rewards import certainty, ensemble
-from urlvr_jax.rewards.registry import (ALL_REWARDS, CERTAINTY, DEVICE_REWARDS, GroupBatch, check_reward_name,
-                                        device_reward)
+from urlvr_jax.rewards.registry import (
+    ALL_REWARDS,
+    CERTAINTY,
+    DEVICE_REWARDS,
+    GroupBatch,
+    check_reward_name,
+    device_reward,
+)
 from urlvr_jax.rollout.stats import token_stats_from_logits
 
 P, N, T, V = 3, 6, 7, 11

@@ -166,3 +166,47 @@ def test_skipping_the_redundant_old_policy_pass_changes_nothing(reference_run):
         np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)
     assert float(out_s.metrics["drift/logprob_abs_max"]) < 1e-4
     assert float(out_s.metrics["actor/clip_frac"]) == 0.0 and float(out_s.metrics["actor/ratio_max"]) == 1.0
+
+
+def test_host_reward_port_fused_equals_phased_and_overlaps_scoring(reference_run):
+    """An external reward enters through the host port: the rewards the step trains on are the host function's
+    on the sampled tokens; the fused runner (rollout | scoring, dispatched before the host reward | reward +
+    update) gives the phased runner's update; without host_reward the step refuses to run."""
+    from urlvr_jax.rewards.registry import HostRewards
+    from urlvr_jax.rl.step import active_phases, make_step
+
+    def boxed_reward(tokens, mask, params, key):  # 1 for a response holding '\boxed{' (id 2), else 0
+        r = ((np.asarray(tokens) == 2) & (np.asarray(mask) > 0)).any(-1).astype(np.float32)
+        return HostRewards(r.reshape(3, 4), {"host/calls": 1.0})
+
+    model, _ = reference_run
+    cfg = StepConfig(**{**BASE.__dict__, "reward": "countdown"})  # any EXTERNAL name: rewards come from the host
+    graphdef, _ = nnx.split(model)
+    fused = make_step(graphdef, graphdef, optax.sgd(1.0), cfg)
+    assert [[p.name for p in g] for g in fused.groups] == [["rollout"], ["scoring"], ["host_reward"],
+                                                           ["reward", "update"]]
+    assert [p.name for p in active_phases(cfg)] == ["rollout", "scoring", "host_reward", "reward", "update"]
+    outs = {}
+    for phased in (False, True):
+        ex = AnswerExtractor.from_token_strings(PIECES)
+        _, params = nnx.split(model)
+        params = jax.tree.map(jnp.copy, params)
+        tx = optax.sgd(1.0)
+        step = make_step(graphdef, graphdef, tx, cfg, ex, phased=phased)
+        ref = jax.tree.map(jnp.copy, params)
+        with pytest.raises(ValueError, match="host_reward"):
+            step(params, tx.init(params), ref, PROMPTS, PMASK, GOLD, jax.random.key(3), ex)
+        params, _, out = step(params, tx.init(params), ref, PROMPTS, PMASK, GOLD, jax.random.key(3), ex,
+                              host_reward=boxed_reward)
+        outs[phased] = (jax.device_get(params), jax.device_get(out))
+        if phased:
+            assert set(step.last_times) == {"rollout", "scoring", "host_reward", "reward", "update"}
+    (p_fused, o_fused), (p_phased, o_phased) = outs[False], outs[True]
+    expected = boxed_reward(o_fused.rollout.tokens, o_fused.rollout.mask, None, None).rewards
+    np.testing.assert_array_equal(np.asarray(o_fused.rewards), expected)
+    assert 0 < expected.mean() < 1  # a non-trivial reward, so the update is not zero
+    assert float(o_fused.metrics["host/calls"]) == 1.0
+    np.testing.assert_array_equal(np.asarray(o_phased.rollout.tokens), np.asarray(o_fused.rollout.tokens))
+    np.testing.assert_array_equal(np.asarray(o_phased.rewards), np.asarray(o_fused.rewards))
+    for a, b in zip(leaves(p_phased), leaves(p_fused)):
+        np.testing.assert_allclose(a, b, atol=ATOL, rtol=0)

@@ -251,7 +251,7 @@ def _pairwise_auroc(pos, neg):
 
 
 def test_prior_metrics_hand_computed():
-    C, S, O, N_ = "correct", "systematic", "other", "none"
+    C, S, O, N_ = "correct", "systematic", "other", "none"  # noqa: E741 (O: the "other" label)
     labels = [[C, C, S, O],  # majority 7 (2 votes of 4) correct
               [S, S, S, C],  # majority 5 (3/4) systematic
               [O, N_, C, O],  # answers 1, None, 9, 2: all single votes -> first seen (1) wins, wrong
@@ -281,6 +281,7 @@ def test_prior_metrics_hand_computed():
     pos = [-0.1, -0.2, -0.4, -0.5]
     neg = [-0.3, -0.9, -0.1, -0.1, -0.2, -0.5, -0.6, -0.7, -1.0, -1.0, -1.0, -1.0]
     wins = {-0.1: 10 + 2 * 0.5, -0.2: 9 + 0.5, -0.4: 8, -0.5: 7 + 0.5}  # per positive: greater + ties/2
+    assert sum(wins.values()) == sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
     assert m["certainty_auroc"] == pytest.approx(sum(wins.values()) / 48, rel=1e-12)
     # within: mixed problems 0, 1, 2; problem 0 AUROC 1, problem 1: -0.4 vs {-.1,-.1,-.2} -> 0,
     # problem 2: -0.5 vs {-.5,-.6,-.7} -> (0.5 + 1 + 1)/3

@@ -21,8 +21,11 @@ from urlvr_jax.models.weights import load_model  # noqa: E402
 from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids  # noqa: E402
 from urlvr_jax.tokenizer import encode_prompts, load_tokenizer  # noqa: E402
 
+pytestmark = pytest.mark.slow  # the real SmolLM2-135M against transformers
+
 LOGIT_ATOL = 1e-3
-TEXTS = ["The capital of France is", "def fibonacci(n):\n    ", "Natalia sold clips to 48 of her friends in April, and then"]
+TEXTS = ["The capital of France is", "def fibonacci(n):\n    ",
+         "Natalia sold clips to 48 of her friends in April, and then"]
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ import pytest
 pytest.importorskip("gguf")
 from urlvr_jax.models import gguf_io  # noqa: E402
 
+pytestmark = pytest.mark.slow  # urlvr-train on the real SmolLM2-135M
+
 try:
     GGUF = gguf_io.find_smollm2_gguf()
 except FileNotFoundError as e:  # pragma: no cover - CI installs it
@@ -93,7 +95,8 @@ def test_parameters_changed_within_adamw_bound(run):
     strip = lambda t: {k: (strip(v) if "value" not in v else v["value"]) for k, v in t.items()}  # noqa: E731
     trained = strip(raw)
     def flat(tree):
-        return {jax.tree_util.keystr(k): np.asarray(v, np.float32) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+        leaves = jax.tree_util.tree_leaves_with_path(tree)
+        return {jax.tree_util.keystr(k): np.asarray(v, np.float32) for k, v in leaves}
 
     flat0, flat1 = flat(initial), flat(trained)
     assert flat0.keys() == flat1.keys()

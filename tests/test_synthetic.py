@@ -17,8 +17,7 @@ import pytest
 
 from urlvr_jax.data import MathProblem, last_boxed
 from urlvr_jax.data import synthetic as syn
-from urlvr_jax.data.synthetic_tokenizer import (BOXED_TOKEN, VOCAB_SIZE, build_synthetic_tokenizer,
-                                                unencodable_chars)
+from urlvr_jax.data.synthetic_tokenizer import BOXED_TOKEN, VOCAB_SIZE, build_synthetic_tokenizer, unencodable_chars
 
 ARITH_CHARS = re.compile(r"^[0-9+\-*()]+$")
 STEP_RE = re.compile(r"^(\(-?\d+\)|\d+)([-+*/])(\(-?\d+\)|\d+)=(-?\d+)$")

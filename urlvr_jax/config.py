@@ -11,7 +11,9 @@ import math
 
 import ml_collections
 
-from urlvr_jax.rewards.registry import ALL_REWARDS, DEVICE_REWARDS
+from urlvr_jax.rewards.registry import ALL_REWARDS
+from urlvr_jax.rl.advantages import ESTIMATOR_NAMES
+from urlvr_jax.rl.losses import AGGREGATIONS, KL_ESTIMATORS
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -82,6 +84,16 @@ def base_config() -> ml_collections.ConfigDict:
     c.sampling.decode_block = 128  # continuous: response positions per attention block
     c.sampling.prefill_chunk = 0  # continuous: prompts per prefill forward; 0 = all at once
 
+    # self-verification (rl.reward='self_verification'): the policy judges each response with the task's
+    # verification prompt (data/tasks.py), sampled through the same sampler (rewards/host.py)
+    c.verify = ml_collections.ConfigDict()
+    c.verify.max_prompt_length = 512  # verification prompts are left-padded to this width; longer ones: not judged
+    c.verify.max_new_tokens = 256
+    c.verify.temperature = 0.6
+    c.verify.top_p = 0.95
+    c.verify.num_verdicts = 1  # verdicts per response (the reward is their mean)
+    c.verify.unparsed = 0.0  # reward of a verdict that does not parse, and of a response with nothing to judge
+
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1
     c.mesh.fsdp = -1  # -1: all remaining devices
@@ -101,6 +113,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.stop_at_collapse = False
     c.train.max_consecutive_skips = 3
     c.train.progress = True
+    c.train.log_rollouts = False  # rollouts.jsonl: every step's problems, responses and rewards (process 0)
     c.train.pistar_diagnostics = True  # π* estimates at each epoch end (loads the frozen reference model)
     c.train.probe_prompts = 0  # prompts in the π* probe batch (the first training problems); 0 = data.prompt_batch_size
     c.train.kl_metrics = False  # score with the frozen reference every step and log KL(π_old ‖ π_ref), no loss term
@@ -123,14 +136,22 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
     if c.rl.reward not in ALL_REWARDS:
         bad("rl.reward", f"unknown reward; choose one of {list(ALL_REWARDS)}")
-    if c.rl.reward not in DEVICE_REWARDS:
-        bad("rl.reward", f"the trainer computes rewards on device; supported here: {list(DEVICE_REWARDS)}")
-    if c.rl.advantage not in ("grpo", "drgrpo", "rloo", "reinforce_pp"):
-        bad("rl.advantage", "choose grpo, drgrpo, rloo or reinforce_pp")
-    if c.rl.aggregation not in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"):
-        bad("rl.aggregation", "choose token-mean, seq-mean-token-mean, seq-mean-token-sum or seq-mean-token-sum-norm")
-    if c.rl.kl_estimator not in ("k1", "k2", "k3"):
-        bad("rl.kl_estimator", "choose k1, k2 or k3")
+    if c.rl.reward == "countdown" and c.data.dataset == "synthetic/arithmetic":
+        bad("rl.reward", "the countdown checker needs Countdown problems (numbers and target): use "
+                         "data.dataset='synthetic/countdown' or a set whose records carry them")
+    if c.rl.reward == "self_verification":
+        if c.verify.num_verdicts < 1:
+            bad("verify.num_verdicts", "must be >= 1")
+        if c.verify.max_new_tokens < 1 or c.verify.max_prompt_length < 1:
+            bad("verify.max_new_tokens", "verify.max_new_tokens and verify.max_prompt_length must be >= 1")
+        if c.verify.temperature <= 0 or not 0 < c.verify.top_p <= 1:
+            bad("verify.temperature", "need verify.temperature > 0 and verify.top_p in (0, 1]")
+    if c.rl.advantage not in ESTIMATOR_NAMES:
+        bad("rl.advantage", f"choose one of {list(ESTIMATOR_NAMES)} (the last ones are verl's names)")
+    if c.rl.aggregation not in AGGREGATIONS:
+        bad("rl.aggregation", f"choose one of {list(AGGREGATIONS)}")
+    if c.rl.kl_estimator not in KL_ESTIMATORS:
+        bad("rl.kl_estimator", f"choose one of {list(KL_ESTIMATORS)} (k1/k2/k3 and verl's names)")
     if c.rl.num_samples < 1:
         bad("rl.num_samples", "must be >= 1")
     if c.rl.reward in ("majority_vote", "semantic_cluster") and c.rl.num_samples < 2:

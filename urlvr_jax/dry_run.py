@@ -16,7 +16,6 @@ It is an estimate (XLA's buffer assignment differs), meant to catch configuratio
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -25,28 +24,8 @@ from flax import nnx
 
 from urlvr_jax.config import micro_batch_groups_for, validate
 from urlvr_jax.models.config import ModelConfig
+from urlvr_jax.models.paths import model_config_for
 from urlvr_jax.models.transformer import Transformer
-
-
-def model_config_for(config) -> ModelConfig:
-    path = config.model.path
-    preset = config.model.get("preset", "")
-    if path.startswith("ladder/"):  # a shipped synthetic base model (urlvr_jax/models/ladder/)
-        from urlvr_jax.main import resolve_model_path
-
-        path = resolve_model_path(path)
-    if path and os.path.isdir(path):
-        return ModelConfig.from_file(path)
-    if preset:
-        from urlvr_jax.models.presets import preset_config
-
-        return preset_config(preset)
-    if path.endswith(".gguf") or path.lower().startswith("smollm2"):
-        from urlvr_jax.models.presets import preset_config
-
-        return preset_config("smollm2-135m")
-    raise FileNotFoundError(f"config.model.path={path!r} is not a local model folder and config.model.preset is "
-                            "empty: set one of them")
 
 
 def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float]:

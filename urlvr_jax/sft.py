@@ -65,10 +65,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm.auto import tqdm
 
 from urlvr_jax.data import synthetic as syn
 from urlvr_jax.data.math_datasets import MathProblem, last_boxed
 from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
+from urlvr_jax.data.tasks import DEFAULT_TASKS, RECIPE_FILE, load_recipe, make_problems, problems_for_model  # noqa: F401 (re-exported)
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.models.weights import init_model, save_model
 from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
@@ -99,15 +101,6 @@ DEFAULT_FAMILY_PARAMS = {"arithmetic": {"rules": ("mul_as_add",), "noise": 0.3},
 # 64-wide one at lr 1e-2 73% after 1500 steps in less time (q = 0, no noise) — step count, not width,
 # limits these runs.
 DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_LR = "tiny", 1500, 32, 1e-2
-RECIPE_FILE = "base_model_recipe.json"
-# Generator knobs of the default tasks (see make_arithmetic_dataset / make_countdown_dataset).
-# Arithmetic: two operations, values capped at 20 (the generator's defaults are 2–3 operations and 99):
-# a space of facts a tiny model learns within the budget (4354 train / 1119 eval problems), so its
-# errors come from the controlled error process rather than from failing to learn arithmetic. With
-# 2–3 operations, the same budget left the model's own errors ("other" answers) at 61% on the problems
-# with a systematic path (q = 0.8), drowning the designed ones.
-DEFAULT_TASKS = {"arithmetic": {"steps": (2,), "ops": "+-*", "max_operand": 9, "max_value": 20},
-                 "countdown": {"n_numbers": 4, "max_number": 12, "target_range": (10, 99)}}
 
 
 def base_model_config(size: str = DEFAULT_SIZE) -> ModelConfig:
@@ -296,47 +289,12 @@ def train_sft_arrays(model, ids: np.ndarray, loss_mask: np.ndarray, steps: int, 
 def _progress(total: int, desc: str, enabled: bool):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, desc=desc, dynamic_ncols=True)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Building a base model
 # ----------------------------------------------------------------------------------------------------
-def make_problems(family: str, n: int, seed: int, split: str, task: Optional[Mapping] = None) -> list[MathProblem]:
-    """`n` problems of `family` and `split` with the generator knobs `task` (default DEFAULT_TASKS[family]).
-
-    A base model's recipe stores its family and task, so RL prompts and evaluation problems can be drawn
-    from the distribution it was trained on (`problems_for_model`); splits never share a problem.
-    """
-    if family not in syn.FAMILIES:
-        raise ValueError(f"unknown family {family!r}; families: {syn.FAMILIES}")
-    knobs = dict(DEFAULT_TASKS[family] if task is None else task)
-    if family == "arithmetic":
-        if "steps" in knobs and not isinstance(knobs["steps"], int):
-            knobs["steps"] = tuple(knobs["steps"])
-        return syn.make_arithmetic_dataset(n, seed, split=split, **knobs)
-    if "target_range" in knobs:
-        knobs["target_range"] = tuple(knobs["target_range"])
-    return syn.make_countdown_dataset(n, seed, split=split, **knobs)
-
-
-def load_recipe(model_dir) -> dict[str, Any]:
-    """The RECIPE_FILE a build_base_model folder carries (q, family, task, training settings, …)."""
-    path = Path(model_dir) / RECIPE_FILE
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no {RECIPE_FILE}; this folder was not written by build_base_model")
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def problems_for_model(model_dir, n: int, seed: int, split: str = "train") -> list[MathProblem]:
-    """Problems from the distribution the base model in `model_dir` was trained on (its recipe's task)."""
-    r = load_recipe(model_dir)
-    return make_problems(r["family"], n, seed, split, r.get("task"))
-
-
 def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str = DEFAULT_SIZE, seed: int = 0,
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR,
                      prior_steps: Optional[int] = None, n_problems: Optional[int] = 4000,
@@ -356,7 +314,8 @@ def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str
     loss curve and timings). Data: n_problems distinct train problems of `task` (None:
     steps·batch_size / samples_per_problem), each with samples_per_problem independent traces
     (make_sft_traces with `family_params`, default DEFAULT_FAMILY_PARAMS); the defaults make 48000
-    traces, each seen once by 1500 steps of 32. Returns the recipe, plus "model_object" (the trained model), "losses", "out_dir".
+    traces, each seen once by 1500 steps of 32. Returns the recipe, plus "model_object" (the trained model), "losses",
+    "out_dir".
     """
     if not 0.0 <= float(q) <= 1.0:
         raise ValueError(f"build_base_model: q must be in [0, 1], got {q}")

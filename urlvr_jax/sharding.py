@@ -14,8 +14,11 @@ import math
 from typing import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -143,8 +146,6 @@ def shard_batch(x, rules: ShardingRules | None):
     Every process passes the same global batch; each one transfers only the rows of its own devices
     (so this is also the multi-host path: no process sends data to another's devices).
     """
-    import jax.numpy as jnp
-
     if rules is None:
         return jnp.asarray(x)
     x = np.asarray(x)
@@ -168,8 +169,6 @@ def to_host(tree):
         if x is None:
             return None
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
-            from jax.experimental import multihost_utils
-
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(jax.device_get(x))
 

@@ -12,22 +12,23 @@ from typing import Sequence
 
 import numpy as np
 
+from urlvr_jax.models.gguf_io import load_gguf_tokenizer
+
 
 def load_tokenizer(path: str | os.PathLike):
     """A transformers tokenizer from a local model folder or a .gguf file (never from the hub)."""
     path = Path(path)
     if path.suffix == ".gguf":
-        from urlvr_jax.models.gguf_io import load_gguf_tokenizer
-
         return load_gguf_tokenizer(path)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: not a tokenizer folder or .gguf file")
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy (torch-free but slow to import): only when a folder is loaded
 
     try:
         return AutoTokenizer.from_pretrained(str(path), local_files_only=True)
     except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"{path}: no usable tokenizer files (tokenizer.json / tokenizer_config.json): {e}") from e
+        raise FileNotFoundError(f"{path}: no usable tokenizer files (tokenizer.json / tokenizer_config.json): "
+                                f"{e}") from e
 
 
 def pad_id_of(tokenizer) -> int:
@@ -47,20 +48,24 @@ def eos_ids_of(tokenizer, model_cfg=None) -> list[int]:
 
 
 def encode_prompts(tokenizer, texts: Sequence[str], bucket: int = 32, max_length: int | None = None,
-                   add_special_tokens: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded int32 ids and mask [B, Tp], Tp rounded up to a multiple of `bucket`.
+                   add_special_tokens: bool = True, width: int | None = None,
+                   width_name: str = "width") -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded int32 ids and mask [B, Tp]: Tp = `width` exactly when given (one compiled shape), else
+    the longest prompt rounded up to a multiple of `bucket`.
 
-    A prompt longer than max_length is an error naming its index (silently cutting a math problem
-    would grade the model on a different question).
+    A prompt longer than max_length (or width) is an error naming its index and the limit (`width_name`
+    for width): silently cutting a math problem would grade the model on a different question.
     """
     encoded = [tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"] for t in texts]
-    if max_length is not None:
-        for i, ids in enumerate(encoded):
-            if len(ids) > max_length:
-                raise ValueError(f"prompt {i} has {len(ids)} tokens > max_prompt_length={max_length}; "
-                                 "raise the limit or drop the record")
-    longest = max(len(x) for x in encoded)
-    width = -(-longest // bucket) * bucket
+    limits = [(max_length, "max_prompt_length"), (width, width_name)]
+    for i, ids in enumerate(encoded):
+        for limit, name in limits:
+            if limit is not None and len(ids) > limit:
+                raise ValueError(f"prompt {i} has {len(ids)} tokens > {name}={limit}; raise the limit or drop the "
+                                 "record")
+    if width is None:
+        longest = max(len(x) for x in encoded)
+        width = -(-longest // bucket) * bucket
     ids = np.full((len(encoded), width), pad_id_of(tokenizer), np.int32)
     mask = np.zeros((len(encoded), width), np.int32)
     for i, x in enumerate(encoded):

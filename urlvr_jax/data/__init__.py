@@ -8,13 +8,30 @@
 The tensorflow-datasets builder lives in `urlvr_jax.data.tfds_builder` (imported on demand: it pulls
 in tensorflow_datasets, not TensorFlow).
 """
-from .math_datasets import (ASSETS_DIR, DatasetFormatError, MathProblem, asset_file, gsm8k_final_answer,
-                            last_boxed, list_datasets, load_math_dataset, problems_from_rows,
-                            problems_to_jsonl)
-from .templates import QWEN_MATH_INSTRUCTION, TEMPLATES, build_prompt, build_prompts
-from .synthetic import (check_answer, check_countdown, classify_answer, error_profile, make_arithmetic_dataset,
-                        make_countdown_dataset, make_sft_traces, synthetic_prompt)
+from .math_datasets import (
+    ASSETS_DIR,
+    DatasetFormatError,
+    MathProblem,
+    asset_file,
+    gsm8k_final_answer,
+    last_boxed,
+    list_datasets,
+    load_math_dataset,
+    problems_from_rows,
+    problems_to_jsonl,
+)
+from .synthetic import (
+    check_answer,
+    check_countdown,
+    classify_answer,
+    error_profile,
+    make_arithmetic_dataset,
+    make_countdown_dataset,
+    make_sft_traces,
+    synthetic_prompt,
+)
 from .synthetic_tokenizer import build_synthetic_tokenizer
+from .templates import QWEN_MATH_INSTRUCTION, TEMPLATES, build_prompt, build_prompts
 
 __all__ = [
     "ASSETS_DIR", "DatasetFormatError", "MathProblem", "asset_file", "gsm8k_final_answer", "last_boxed",

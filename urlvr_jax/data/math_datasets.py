@@ -30,6 +30,8 @@ import socket
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from urlvr_jax.rewards.grading import extract_boxed
+
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 # The instruction that Qwen's AIME 2025 file (QwQ eval/data/aime25.jsonl) appends to every problem.
@@ -250,8 +252,6 @@ def last_boxed(text: str) -> str | None:
 
     The grader's extractor (one definition for data, rewards and evaluation).
     """
-    from urlvr_jax.rewards.grading import extract_boxed
-
     return extract_boxed(text)
 
 
@@ -457,7 +457,7 @@ def _load_local(path: Path, dedup: bool, **keys) -> list[MathProblem]:
     if path.suffix in (".jsonl", ".json"):
         rows = ((f"{path}:{ln}", r) for ln, r in read_json_records(path))
     elif path.suffix == ".parquet":
-        import datasets
+        import datasets  # heavy import, only when needed
 
         ds = datasets.load_dataset("parquet", data_files=str(path), split="train")
         rows = ((f"{path} row {i + 1}", r) for i, r in enumerate(ds))

@@ -145,8 +145,8 @@ _TOKEN_RE = re.compile(r"\s*(?:(\d+)|([-+*/()]))")
 def parse_expression(text: str) -> Tree:
     """Tree of an expression over non-negative integer literals, binary + - * / and parentheses.
 
-    No unary minus, no leading zeros ("08"), no other characters. Raises ExpressionError (with the offending position) on
-    anything else, on more than MAX_EXPR_CHARS characters, literals over MAX_INT_DIGITS digits, or nesting
+    No unary minus, no leading zeros ("08"), no other characters. Raises ExpressionError (with the offending position)
+    on anything else, on more than MAX_EXPR_CHARS characters, literals over MAX_INT_DIGITS digits, or nesting
     deeper than MAX_DEPTH.
     """
     if not isinstance(text, str):
@@ -280,9 +280,9 @@ def _execute(tree: Tree, rule: Optional[str] = None, corrupt: Optional[tuple[int
     def go(t: Tree) -> Optional[Fraction]:
         if isinstance(t, int):
             return Fraction(t)
-        op, l, r = t
-        a = go(l)
-        b = go(r) if a is not None else None
+        op, left, right = t
+        a = go(left)
+        b = go(right) if a is not None else None
         if a is None or b is None:
             return None
         c = _apply(op, a, b, rule)

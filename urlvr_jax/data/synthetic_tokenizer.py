@@ -40,6 +40,7 @@ def build_synthetic_tokenizer():
     every single character; decoder: Fuse (concatenate, no spaces inserted); post-processor:
     "<bos> $A". pad/bos/eos/unk ids are 0/1/2/3.
     """
+    # heavy (transformers): only when the tokenizer is built
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 

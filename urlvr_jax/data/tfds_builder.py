@@ -27,8 +27,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from .math_datasets import (HUB_NAMES, SHIPPED, MathProblem, list_datasets, load_math_dataset,
-                            _canonical_name)
+from .math_datasets import HUB_NAMES, SHIPPED, MathProblem, _canonical_name, list_datasets, load_math_dataset
 
 BUILDER_NAME = "urlvr_math"
 _VERSION = "1.0.0"

@@ -330,17 +330,20 @@ def step_metrics(
     _check_pn("proxy_reward", proxy_reward)
     _check_pn("gt_reward", gt_reward, proxy_reward.shape)
     if mask.ndim != 3 or mask.shape[:2] != proxy_reward.shape:
-        raise ValueError(f"metrics.step_metrics: `mask` must be [P, N, T] with [P, N] = {proxy_reward.shape}, got {mask.shape}")
+        raise ValueError(f"metrics.step_metrics: `mask` must be [P, N, T] with [P, N] = {proxy_reward.shape}, "
+                         f"got {mask.shape}")
     for name, x, nd in (("entropy", entropy, 3), ("tokens", tokens, 3), ("truncated", truncated, 2)):
         if x is not None and tuple(jnp.shape(x)) != tuple(mask.shape[:nd]):
             raise ValueError(f"metrics.step_metrics: `{name}` has shape {jnp.shape(x)}, expected {mask.shape[:nd]}")
     for name, x in (("label_correct", label_correct), ("majority_ratio", majority_ratio)):
         if x is not None and tuple(jnp.shape(x)) != (proxy_reward.shape[0],):
-            raise ValueError(f"metrics.step_metrics: `{name}` has shape {jnp.shape(x)}, expected [P] = ({proxy_reward.shape[0]},)")
+            raise ValueError(f"metrics.step_metrics: `{name}` has shape {jnp.shape(x)}, "
+                             f"expected [P] = ({proxy_reward.shape[0]},)")
     if reference_length is not None and not float(reference_length) > 0:
         raise ValueError(f"metrics.step_metrics: reference_length must be > 0, got {reference_length!r}")
     if continuous_binarize not in _BINARIZE:
-        raise ValueError(f"metrics.step_metrics: continuous_binarize must be one of {_BINARIZE}, got {continuous_binarize!r}")
+        raise ValueError(f"metrics.step_metrics: continuous_binarize must be one of {_BINARIZE}, "
+                         f"got {continuous_binarize!r}")
     arrays = {
         "proxy_reward": proxy_reward,
         "gt_reward": gt_reward,
@@ -400,7 +403,8 @@ def maj_at_k(answers: Sequence[Sequence[Hashable]], correct, k: int | None = Non
     """
     correct = np.asarray(correct, dtype=bool)
     if correct.ndim != 2 or len(answers) != correct.shape[0]:
-        raise ValueError(f"metrics.maj_at_k: `correct` must be [P, n] matching answers' P={len(answers)}, got {correct.shape}")
+        raise ValueError(f"metrics.maj_at_k: `correct` must be [P, n] matching answers' P={len(answers)}, "
+                         f"got {correct.shape}")
     scores = []
     for p, row in enumerate(answers):
         if len(row) != correct.shape[1]:

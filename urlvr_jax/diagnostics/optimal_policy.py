@@ -59,7 +59,8 @@ def _check(rewards, correct, ref_logprob, policy_logprob, beta) -> None:
         b = float("nan")
     if not (math.isfinite(b) and b > 0):
         raise ValueError(
-            f"optimal_policy: beta must be a finite float > 0 (the KL coefficient of π* = π_ref·exp(r/β)/Z), got {beta!r}"
+            "optimal_policy: beta must be a finite float > 0 (the KL coefficient of π* = π_ref·exp(r/β)/Z), "
+            f"got {beta!r}"
         )
 
 
@@ -93,7 +94,8 @@ def group_estimates(rewards, correct, ref_logprob, beta: float, policy_logprob=N
     """
     _check(rewards, correct, ref_logprob, policy_logprob, beta)
     pol = None if policy_logprob is None else jnp.asarray(policy_logprob)
-    return _estimates(jnp.asarray(rewards), jnp.asarray(correct), jnp.asarray(ref_logprob), pol, jnp.float32(float(beta)))
+    return _estimates(jnp.asarray(rewards), jnp.asarray(correct), jnp.asarray(ref_logprob), pol,
+                      jnp.float32(float(beta)))
 
 
 def optimal_policy_diagnostics(rewards, correct, ref_logprob, beta: float, policy_logprob=None) -> dict[str, float]:

@@ -89,7 +89,8 @@ def simulate_majority_vote(
     answers = np.arange(p0.size) if answers is None else np.asarray(answers)
     if answers.shape != p0.shape or not np.issubdtype(answers.dtype, np.integer) or answers.min() < 0:
         raise ValueError(
-            f"theory.simulate_majority_vote: answers must be non-negative int ids, one per item of p0 {p0.shape}, got {answers!r}"
+            f"theory.simulate_majority_vote: answers must be non-negative int ids, one per item of p0 {p0.shape}, "
+            f"got {answers!r}"
         )
     n_ans = int(answers.max()) + 1
     rng = np.random.default_rng(seed)

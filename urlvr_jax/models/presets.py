@@ -41,6 +41,12 @@ PRESETS: dict[str, dict] = {
                          intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
                          rms_norm_eps=1e-5, rope_theta=100000.0, max_position_embeddings=8192,
                          tie_word_embeddings=True),
+    # the tiny synthetic base models (urlvr_jax.sft base_model_config("tiny"), the shipped ladder's architecture),
+    # for dry runs of synthetic-world configs whose model is built by a script (configs/external_rewards.py)
+    "synthetic-tiny": dict(architectures=["LlamaForCausalLM"], model_type="llama", vocab_size=128, hidden_size=64,
+                           intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                           head_dim=16, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=512,
+                           tie_word_embeddings=True, bos_token_id=1, eos_token_id=2, pad_token_id=0),
 }
 
 

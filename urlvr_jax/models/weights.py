@@ -24,8 +24,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from urlvr_jax.models.config import ModelConfig
+from urlvr_jax.models.gguf_io import read_gguf
 from urlvr_jax.models.transformer import ParamSpec, Transformer, param_table
 from urlvr_jax.sharding import ShardingRules, make_mesh
 
@@ -71,7 +75,8 @@ def _hf_shape(spec: ParamSpec) -> tuple[int, ...]:
         return (s[2], s[0] * s[1])
     if name in ("gate", "up", "down", "lm_head"):
         return (s[1], s[0])
-    return (int(np.prod(s)),) if name in ("q_bias", "k_bias", "v_bias") or (name in ("q_norm", "k_norm") and len(s) == 2) else s
+    flat = name in ("q_bias", "k_bias", "v_bias") or (name in ("q_norm", "k_norm") and len(s) == 2)
+    return (int(np.prod(s)),) if flat else s
 
 
 def _from_hf(spec: ParamSpec, t: np.ndarray) -> np.ndarray:
@@ -126,8 +131,6 @@ class _TensorSource:
 
     def _handle(self, file: str):
         if file not in self._handles:
-            from safetensors import safe_open
-
             self._handles[file] = safe_open(file, framework="numpy")
         return self._handles[file]
 
@@ -147,8 +150,6 @@ def _open_folder(folder: Path) -> _TensorSource:
         return _TensorSource(names_to_file=files)
     shards = sorted(folder.glob("*.safetensors"))
     if shards:
-        from safetensors import safe_open
-
         files = {}
         for shard in shards:
             with safe_open(str(shard), framework="numpy") as f:
@@ -164,7 +165,7 @@ def _open_folder(folder: Path) -> _TensorSource:
 def _load_pickle_safely(path: Path) -> dict[str, np.ndarray]:
     """Pickle checkpoints execute code when unpickled; only torch's weights_only loader is allowed."""
     try:
-        import torch
+        import torch  # optional: only to read a pickle checkpoint safely
     except ImportError as e:
         raise WeightError(
             f"{path}: pickle checkpoints are refused (unpickling can run arbitrary code). Convert it to "
@@ -195,8 +196,6 @@ def load_model(
     """
     path = Path(path)
     if path.suffix == ".gguf":
-        from urlvr_jax.models.gguf_io import read_gguf
-
         hf_config, arrays = read_gguf(path)
         cfg = ModelConfig.from_hf_dict(hf_config, source=str(path))
         source = _TensorSource(arrays=arrays)
@@ -298,8 +297,6 @@ def state_dict(model: Transformer) -> dict[str, np.ndarray]:
 def _fully_replicated(x: jax.Array) -> jax.Array:
     if jax.process_count() == 1 or x.is_fully_addressable:
         return x
-    from jax.experimental import multihost_utils
-
     return multihost_utils.process_allgather(x, tiled=True)
 
 
@@ -309,8 +306,6 @@ def save_model(model: Transformer, path: str | os.PathLike, tokenizer=None) -> P
     In a multi-process run every process must call this (parameters are gathered); only process 0
     writes. An existing folder at `path` is replaced only once the new one is complete.
     """
-    from safetensors.numpy import save_file
-
     path = Path(path)
     tensors = state_dict(model)
     if jax.process_index() != 0:

@@ -55,8 +55,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from urlvr_jax.rewards.grading import (BOX_MARKERS, DEFAULT_TIMEOUT_S, cluster_answers, extract_after_marker,
-                                       extract_boxed)
+from urlvr_jax.rewards.grading import (
+    BOX_MARKERS,
+    DEFAULT_TIMEOUT_S,
+    cluster_answers,
+    extract_after_marker,
+    extract_boxed,
+)
 
 __all__ = [
     "AnswerExtractor", "extract_boxed", "extract_after_marker", "answer_hash", "answer_id_from_text",

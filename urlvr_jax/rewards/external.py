@@ -49,7 +49,7 @@ def extract_countdown_expression(text: Optional[str]) -> Optional[str]:
     if tags and tags[-1].strip():
         return tags[-1].strip()
     lines = [m.group(1).strip() for m in _ANSWER_LINE_RE.finditer(text)]
-    lines = [l for l in lines if l]
+    lines = [line for line in lines if line]
     return lines[-1] if lines else None
 
 

@@ -24,7 +24,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 
-from urlvr_jax.rewards import certainty, ensemble
+from urlvr_jax.rewards import certainty, ensemble, external
+from urlvr_jax.rewards.grading import extract_boxed
 from urlvr_jax.rollout.stats import TokenStats
 
 CERTAINTY = ("self_certainty", "token_entropy", "trajectory_entropy", "probability", "probability_disparity")
@@ -50,6 +51,13 @@ class RewardOutput(NamedTuple):
     rewards: jax.Array  # [P, n_train] float32
     majority_id: jax.Array  # [P] int32 (−1 when not a voting reward or nobody answered)
     majority_ratio: jax.Array  # [P] float32 (0 when not a voting reward)
+
+
+class HostRewards(NamedTuple):
+    """What an external (host) reward returns for one batch."""
+
+    rewards: Any  # [P, N] float32 (numpy)
+    metrics: dict[str, float]  # scalars about them (e.g. the verifier's parse rate)
 
 
 def check_reward_name(name: str) -> str:
@@ -96,9 +104,6 @@ def host_reward(name: str, texts: Sequence[Sequence[str]], problems: Sequence[An
     (problem.extra["numbers"], problem.extra["target"]); arithmetic: the boxed answer equals the exact
     gold value.
     """
-    from urlvr_jax.rewards import external
-    from urlvr_jax.rewards.grading import extract_boxed
-
     if name == "countdown":
         return [[external.countdown_response_reward(t, p.extra["numbers"], p.extra["target"]) for t in group]
                 for group, p in zip(texts, problems)]

@@ -164,6 +164,7 @@ _ESTIMATORS: dict[str, Callable] = {
 # verl's names for the same estimators, so recipes port unchanged.
 _ALIASES = {"dr_grpo": "drgrpo", "reinforce_plus_plus_baseline": "reinforce_pp"}
 ESTIMATORS = tuple(_ESTIMATORS)
+ESTIMATOR_NAMES = ESTIMATORS + tuple(_ALIASES)  # every name compute_advantages accepts
 
 
 def compute_advantages(name: str, rewards: jax.Array, eps: float = 1e-6, valid: Optional[jax.Array] = None,

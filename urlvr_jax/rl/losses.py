@@ -101,8 +101,8 @@ def aggregate(loss_mat: jax.Array, mask: jax.Array, aggregation: str = "token-me
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {aggregation!r}; choose one of {list(AGGREGATIONS)}")
     m = jnp.asarray(mask) > 0
-    l = jnp.where(m, jnp.asarray(loss_mat, jnp.float32), 0.0)
-    seq_sum = jnp.sum(l, axis=-1)
+    masked = jnp.where(m, jnp.asarray(loss_mat, jnp.float32), 0.0)
+    seq_sum = jnp.sum(masked, axis=-1)
     lengths = jnp.sum(m, axis=-1, dtype=jnp.float32)
     if aggregation == "token-mean":
         n = jnp.sum(lengths) if global_num_tokens is None else jnp.asarray(global_num_tokens, jnp.float32)
@@ -114,7 +114,7 @@ def aggregate(loss_mat: jax.Array, mask: jax.Array, aggregation: str = "token-me
         return jnp.sum(seq_sum / jnp.maximum(lengths, 1.0)) / s
     if aggregation == "seq-mean-token-sum":
         return jnp.sum(seq_sum) / s
-    t_max = l.shape[-1] if max_response_length is None else max_response_length
+    t_max = masked.shape[-1] if max_response_length is None else max_response_length
     return jnp.sum(seq_sum) / (s * jnp.asarray(t_max, jnp.float32))
 
 

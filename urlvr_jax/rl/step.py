@@ -3,15 +3,21 @@
     prompts [P, Tp] ──► rollout: sampler (policy params, read in place) ──► tokens [P·N, T] + sampler stats
                    ──► scoring: pre-update policy (old log-probs, entropies, self-certainty) — skipped when
                        redundant (StepConfig.old_policy_pass) — and the frozen reference when KL needs it
-                   ──► reward: answer extraction on token ids ──► reward by name (registry) ──► advantages
+                   ──► [host reward: external rewards only — the rollout's token ids go to the host, are
+                       decoded and checked (or judged by the policy through the sampler), rewards [P, N] come
+                       back; the scoring pass runs on the device meanwhile]
+                   ──► reward: answer extraction on token ids ──► reward by name (registry) or the host's
+                       rewards ──► advantages
                    ──► update: for each mini-batch, grad of the PPO loss summed over micro-batches of whole
                        groups (exact global token-mean) ──► optax update (skipped if non-finite)
 
-`make_step` jits the four phases as one program; `make_step(..., phased=True)` runs them as four jitted
-functions with a sync after each and records each phase's wall-clock time (the trainer's default, for
-the per-phase times in metrics.jsonl). Nothing leaves the device inside the step; it returns the new
-parameters/optimizer state, the rollout (for host-side grading, logging and diagnostics) and a dict of
-scalar metrics.
+The phases are listed once (`PHASE_LIST`: what each reads and writes); `StepRunner` runs the list.
+`make_step` jits the device phases as one program (as few as the host reward allows: rollout | scoring |
+reward + update); `make_step(..., phased=True)` runs them as one jitted function each with a sync after
+each and records each phase's wall-clock time (the trainer's default, for the per-phase times in
+metrics.jsonl); `make_probe` is the fused runner without the update. For device rewards nothing leaves the
+device inside the step; it returns the new parameters/optimizer state, the rollout (for host-side
+grading, logging and diagnostics) and a dict of scalar metrics.
 
 Group integrity: rows are prompt-major ([P, N] groups contiguous). A micro-batch holds whole groups;
 when P is not a multiple of the micro-batch size the last one is padded with masked copies that carry
@@ -20,21 +26,22 @@ zero weight (never dropped, never split).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 
 from urlvr_jax.rewards.answers import AnswerExtractor
-from urlvr_jax.rewards.registry import CERTAINTY, GroupBatch, device_reward
+from urlvr_jax.rewards.registry import CERTAINTY, EXTERNAL, GroupBatch, HostRewards, RewardOutput, device_reward
 from urlvr_jax.rl.advantages import compute_advantages, group_is_constant
 from urlvr_jax.rl.losses import METRIC_REDUCTIONS, count_valid, kl_penalty, policy_loss
 from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _score, generate_traced
 from urlvr_jax.rollout.stats import TokenStats
+from urlvr_jax.sharding import replicate, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,8 +201,7 @@ def _update(params, opt_state, graphdef, tx, cfg: StepConfig, data: dict[str, ja
 
 
 # ------------------------------------------------------------------------------------------ phases
-# The step is four phases. `rl_step` runs them as one XLA program; `PhasedStep` runs each as its own
-# jitted function with a sync after it, to time them. Both compute the same thing.
+# The step's phases as pure functions; the phase list and its runners are below.
 class Rewarded(NamedTuple):
     answer_ids: jax.Array  # [P, N] int32, −1 = no answer
     rewards: jax.Array  # [P, n_train] (after any KL-in-reward penalty)
@@ -232,9 +238,10 @@ def scoring_phase(params, ref_params, prompt_ids, prompt_mask, tokens, mask, *, 
     return old, ref_logprob
 
 
-def reward_phase(rollout: Rollout, old: TokenStats | None, ref_logprob, gold_ids, extractor: AnswerExtractor, *,
-                 cfg: StepConfig, vocab_size: int) -> Rewarded:
-    """Answer extraction on token ids, reward by name, KL-in-reward penalty, advantages (all [P, ·])."""
+def reward_phase(rollout: Rollout, old: TokenStats | None, ref_logprob, gold_ids, extractor: AnswerExtractor,
+                 host_rewards: jax.Array | None = None, *, cfg: StepConfig, vocab_size: int) -> Rewarded:
+    """Answer extraction on token ids, reward by name — or, for an EXTERNAL reward, the host's rewards
+    host_rewards [P, N] — , KL-in-reward penalty, advantages (all [P, ·])."""
     N, n = cfg.num_samples, cfg.train_samples
     P = rollout.tokens.shape[0] // N
     grouped = lambda x: x.reshape((P, N) + x.shape[1:])  # noqa: E731
@@ -243,8 +250,14 @@ def reward_phase(rollout: Rollout, old: TokenStats | None, ref_logprob, gold_ids
     # certainty rewards read the old policy's statistics (old_policy_pass is on for them); the others
     # read none, and get the sampler's when that pass is skipped
     stats = TokenStats(*(grouped(s) for s in (old if old is not None else rollout.stats)))
-    reward_out = device_reward(cfg.reward, GroupBatch(tokens, mask, stats, answer_ids, None, gold_ids),
-                               vocab_size=vocab_size, n_votes=cfg.n_votes, n_train=n)
+    if cfg.reward in EXTERNAL:
+        if host_rewards is None:
+            raise ValueError(f"reward {cfg.reward!r} is computed on the host: pass its rewards [P, N] as host_rewards")
+        reward_out = RewardOutput(jnp.asarray(host_rewards, jnp.float32)[:, :n], jnp.full((P,), -1, jnp.int32),
+                                  jnp.zeros((P,), jnp.float32))
+    else:
+        reward_out = device_reward(cfg.reward, GroupBatch(tokens, mask, stats, answer_ids, None, gold_ids),
+                                   vocab_size=vocab_size, n_votes=cfg.n_votes, n_train=n)
     rewards = reward_out.rewards
     if cfg.kl_coef and cfg.kl_in_reward:
         kl_tok = kl_penalty(grouped(old.logprob)[:, :n], grouped(ref_logprob)[:, :n], cfg.kl_estimator)
@@ -313,93 +326,273 @@ def _output(rollout, rewarded: Rewarded, old_logprob, ref_logprob, metrics) -> S
                       metrics=metrics)
 
 
-def rl_step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, *, graphdef, ref_graphdef, tx,
-            cfg: StepConfig, extractor: AnswerExtractor) -> tuple[Any, Any, StepOutput]:
-    """One URLVR iteration (pure; jit it with `make_step`). gold_ids [P] (−1 = unknown) for metrics only."""
-    rollout = rollout_phase(params, prompt_ids, prompt_mask, key, graphdef=graphdef, cfg=cfg)
-    old, ref_logprob = scoring_phase(params, ref_params, prompt_ids, prompt_mask, rollout.tokens, rollout.mask,
-                                     graphdef=graphdef, ref_graphdef=ref_graphdef, cfg=cfg)
-    vocab_size = nnx.merge(graphdef, params).cfg.vocab_size
-    rewarded = reward_phase(rollout, old, ref_logprob, gold_ids, extractor, cfg=cfg, vocab_size=vocab_size)
-    params, opt_state, old_logprob, metrics = update_phase(params, opt_state, prompt_ids, prompt_mask, rollout, old,
-                                                           ref_logprob, rewarded, graphdef=graphdef, tx=tx, cfg=cfg)
-    return params, opt_state, _output(rollout, rewarded, old_logprob, ref_logprob, metrics)
+# ------------------------------------------------------------------------------------------ the phase list
+# The step's phases, listed once. Each reads named values of the step's state and writes new ones. The
+# runners below ("fused": as few jitted programs as the host allows; "phased": one jitted function per
+# phase, timed; the probe: the fused runner without the update) execute this list.
+class Phase(NamedTuple):
+    name: str
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    on_host: bool = False  # runs on the host between jitted programs (the host-reward port)
 
 
-PHASES = ("rollout", "scoring", "reward", "update")
+PHASE_LIST = (
+    Phase("rollout", ("params", "prompt_ids", "prompt_mask", "key"), ("rollout",)),
+    Phase("scoring", ("params", "ref_params", "prompt_ids", "prompt_mask", "rollout"), ("old", "ref_logprob")),
+    Phase("host_reward", ("params", "rollout", "key", "host_reward"), ("host_rewards", "host_metrics"), on_host=True),
+    Phase("reward", ("rollout", "old", "ref_logprob", "gold_ids", "extractor", "host_rewards"), ("rewarded",)),
+    Phase("update", ("params", "opt_state", "prompt_ids", "prompt_mask", "rollout", "old", "ref_logprob",
+                     "rewarded"), ("params", "opt_state", "old_logprob", "metrics")),
+)
+PHASES = ("rollout", "scoring", "reward", "update")  # the device phases, in order
+DONATED = ("params", "opt_state")  # donated to the program that holds the update
 
 
-class PhasedStep:
-    """The same step as `make_step`'s, run as one jitted function per phase with a sync after each, so
-    that every phase's wall-clock time is measured (`last_times`, seconds; 'scoring' is absent when there
-    is neither an old-policy nor a reference pass). Same signature and results as the fused step; it
-    costs one device-to-host sync per phase and gives up cross-phase fusion (see benchmarks/README.md).
+# host_reward(tokens [P·N, T], mask [P·N, T] (numpy), params, key) -> HostRewards. The step calls it with the
+# rollout of the policy `params` (before the update) and a key of its own (fold_in(step key, 1)).
+HostReward = Callable[..., HostRewards]
+
+
+def active_phases(cfg: StepConfig, train: bool = True) -> tuple[Phase, ...]:
+    """The phases a step with `cfg` runs: scoring only when an old-policy or reference pass is needed, the
+    host reward only for EXTERNAL rewards, the update only when training (not in the probe)."""
+    keep = {"rollout", "reward"}
+    if cfg.old_policy_pass or cfg.use_reference:
+        keep.add("scoring")
+    if cfg.reward in EXTERNAL:
+        keep.add("host_reward")
+    if train:
+        keep.add("update")
+    return tuple(p for p in PHASE_LIST if p.name in keep)
+
+
+def _model_vocab_size(graphdef, params) -> int:
+    """The vocabulary size from the graph definition's static model config (merges only if it is absent)."""
+    for attr in getattr(graphdef, "attributes", ()):
+        if isinstance(attr, tuple) and attr[0] == "cfg" and hasattr(getattr(attr[1], "value", None), "vocab_size"):
+            return int(attr[1].value.vocab_size)
+    return int(nnx.merge(graphdef, params).cfg.vocab_size)
+
+
+def _bind(graphdef, ref_graphdef, tx, cfg: StepConfig, vocab_size: int) -> dict[str, Callable]:
+    """Each device phase as fn(*reads) -> writes (a tuple), with its static settings bound."""
+
+    def rollout(params, prompt_ids, prompt_mask, key):
+        return (rollout_phase(params, prompt_ids, prompt_mask, key, graphdef=graphdef, cfg=cfg),)
+
+    def scoring(params, ref_params, prompt_ids, prompt_mask, ro):
+        return scoring_phase(params, ref_params, prompt_ids, prompt_mask, ro.tokens, ro.mask, graphdef=graphdef,
+                             ref_graphdef=ref_graphdef, cfg=cfg)
+
+    def reward(ro, old, ref_logprob, gold_ids, extractor, host_rewards):
+        return (reward_phase(ro, old, ref_logprob, gold_ids, extractor, host_rewards, cfg=cfg, vocab_size=vocab_size),)
+
+    def update(params, opt_state, prompt_ids, prompt_mask, ro, old, ref_logprob, rewarded):
+        return update_phase(params, opt_state, prompt_ids, prompt_mask, ro, old, ref_logprob, rewarded,
+                            graphdef=graphdef, tx=tx, cfg=cfg)
+
+    return {"rollout": rollout, "scoring": scoring, "reward": reward, "update": update}
+
+
+def _run_phases(phases, fns, state: dict) -> dict:
+    """Trace/run device phases in order on a state dict; returns what they wrote."""
+    written = {}
+    for ph in phases:
+        out = fns[ph.name](*(state[k] for k in ph.reads))
+        new = dict(zip(ph.writes, out))
+        state = {**state, **new}
+        written.update(new)
+    return written
+
+
+def _inputs(group: tuple[Phase, ...]) -> list[str]:
+    """The names a group of phases reads that no earlier phase of the group writes."""
+    written: set[str] = set()
+    out: list[str] = []
+    for p in group:
+        out += [k for k in p.reads if k not in written and k not in out]
+        written |= set(p.writes)
+    return out
+
+
+def _groups(phases: tuple[Phase, ...], phased: bool) -> list[tuple[Phase, ...]]:
+    """Split the phase list into programs: one per device phase (phased), else maximal runs of device phases
+    between host phases; before a host phase, the phases it does not read from form their own program,
+    dispatched before the host work so that the device runs them meanwhile (e.g. scoring during a host reward)."""
+    if phased:
+        return [(p,) for p in phases]
+    groups: list[tuple[Phase, ...]] = []
+    run: list[Phase] = []
+    for p in phases:
+        if not p.on_host:
+            run.append(p)
+            continue
+        needed = set(p.reads)
+        before, independent = [], []
+        for q in reversed(run):  # walk back: a phase is needed if the host phase (or a needed one) reads it
+            if needed & set(q.writes):
+                before.insert(0, q)
+                needed |= set(q.reads)
+            else:
+                independent.insert(0, q)
+        groups += [g for g in (tuple(before), tuple(independent)) if g] + [(p,)]
+        run = []
+    if run:
+        groups.append(tuple(run))
+    return groups
+
+
+class StepRunner:
+    """Runs the phase list as jitted programs (see `_groups`) with host phases between them.
+
+    Called as runner(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor,
+    host_reward=None) -> (params, opt_state, StepOutput) when training, or, without the update (the probe),
+    runner(params, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor, host_reward=None) -> StepOutput.
+    Parameters and optimizer state are donated to the program that holds the update. With `timed`, every
+    program is waited for and its wall-clock time recorded in `last_times` (seconds, by phase name); a
+    program dispatched before a host phase that does not need it keeps running during that phase and its
+    time is only the wait that remains after it (time/scoring then counts what the host reward did not hide).
     """
 
-    def __init__(self, graphdef, ref_graphdef, tx, cfg: StepConfig):
-        self.cfg, self.graphdef = cfg, graphdef
-        self.has_scoring = cfg.old_policy_pass or cfg.use_reference
-        self._rollout = jax.jit(functools.partial(rollout_phase, graphdef=graphdef, cfg=cfg))
-        self._scoring = jax.jit(functools.partial(scoring_phase, graphdef=graphdef, ref_graphdef=ref_graphdef,
-                                                  cfg=cfg))
-        self._update = jax.jit(functools.partial(update_phase, graphdef=graphdef, tx=tx, cfg=cfg),
-                               donate_argnums=(0, 1))
-        self._reward = None  # built on the first call (needs the vocabulary size)
+    def __init__(self, graphdef, ref_graphdef, tx, cfg: StepConfig, *, phased: bool = False, train: bool = True,
+                 timed: bool | None = None):
+        self.cfg, self.graphdef, self.ref_graphdef, self.tx, self.train = cfg, graphdef, ref_graphdef, tx, train
+        self.phases = active_phases(cfg, train)
+        self.groups = _groups(self.phases, phased)
+        self.timed = phased if timed is None else timed
+        self._programs: list | None = None  # built on the first call (the vocabulary size is read then)
         self.last_times: dict[str, float] = {}
 
     @property
     def num_jitted(self) -> int:
-        return 3 + int(self.has_scoring)
+        return sum(1 for g in self.groups if not g[0].on_host)
 
-    def __call__(self, params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor):
-        times = {}
+    def _build(self, params):
+        fns = _bind(self.graphdef, self.ref_graphdef, self.tx, self.cfg, _model_vocab_size(self.graphdef, params))
+        programs = []
+        for group in self.groups:
+            if group[0].on_host:
+                programs.append(None)
+                continue
+            donate = any(set(p.writes) & set(DONATED) for p in group)
 
-        def timed(name, fn, *args):
+            def program(donated, kept, _group=group):
+                return _run_phases(_group, fns, {**kept, **donated})
+
+            programs.append(jax.jit(program, donate_argnums=(0,) if donate else ()))
+        return programs
+
+    def run(self, state: dict) -> dict:
+        """Run every phase on `state` (a dict of the names the phases read); returns the final state."""
+        if self.cfg.reward in EXTERNAL and state.get("host_reward") is None:
+            raise ValueError(f"reward {self.cfg.reward!r} is computed on the host: pass host_reward= to the step "
+                             "(urlvr_jax.rewards.host.HostRewarder)")
+        if self._programs is None:
+            self._programs = self._build(state["params"])
+        state = {"host_rewards": None, "host_metrics": {}, "old": None, "ref_logprob": None, **state}
+        times: dict[str, float] = {}
+        pending: tuple[str, Any] | None = None  # a program left running during the next host phase
+        for i, (group, program) in enumerate(zip(self.groups, self._programs)):
+            name = "+".join(p.name for p in group)
             t0 = time.perf_counter()
-            out = jax.block_until_ready(fn(*args))
+            if program is None:
+                written = _host_phase(state)
+            else:
+                donated = {k: state[k] for k in DONATED if any(k in p.writes for p in group)}
+                kept = {k: state[k] for k in _inputs(group) if k not in donated}
+                written = program(donated, kept)
+                nxt = self.groups[i + 1][0] if i + 1 < len(self.groups) else None
+                overlaps = nxt is not None and nxt.on_host and not set(nxt.reads) & set(written)
+                if self.timed and overlaps:
+                    pending = (name, written)
+                    state.update(written)
+                    continue
+                if self.timed:
+                    jax.block_until_ready(written)
+            state.update(written)
             times[name] = time.perf_counter() - t0
-            return out
+            if pending is not None:
+                t1 = time.perf_counter()
+                jax.block_until_ready(pending[1])
+                times[pending[0]] = time.perf_counter() - t1
+                pending = None
+        if self.timed:
+            self.last_times = times
+        return state
 
-        rollout = timed("rollout", self._rollout, params, prompt_ids, prompt_mask, key)
-        old = ref_logprob = None
-        if self.has_scoring:
-            old, ref_logprob = timed("scoring", self._scoring, params, ref_params, prompt_ids, prompt_mask,
-                                     rollout.tokens, rollout.mask)
-        if self._reward is None:
-            vocab_size = nnx.merge(self.graphdef, params).cfg.vocab_size
-            self._reward = jax.jit(functools.partial(reward_phase, cfg=self.cfg, vocab_size=vocab_size))
-        rewarded = timed("reward", self._reward, rollout, old, ref_logprob, gold_ids, extractor)
-        params, opt_state, old_logprob, metrics = timed(
-            "update", self._update, params, opt_state, prompt_ids, prompt_mask, rollout, old, ref_logprob, rewarded)
-        self.last_times = times
-        return params, opt_state, _output(rollout, rewarded, old_logprob, ref_logprob, metrics)
+    def __call__(self, *args, host_reward: HostReward | None = None):
+        if self.train:
+            params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor = args
+        else:
+            (params, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor), opt_state = args, None
+        s = self.run({"params": params, "opt_state": opt_state, "ref_params": ref_params, "prompt_ids": prompt_ids,
+                      "prompt_mask": prompt_mask, "gold_ids": gold_ids, "key": key, "extractor": extractor,
+                      "host_reward": host_reward})
+        if not self.train:
+            return _output(s["rollout"], s["rewarded"], s["old"].logprob, s["ref_logprob"], dict(s["host_metrics"]))
+        metrics = {**s["metrics"], **s["host_metrics"]}
+        return s["params"], s["opt_state"], _output(s["rollout"], s["rewarded"], s["old_logprob"], s["ref_logprob"],
+                                                    metrics)
+
+
+def _host_phase(state: dict) -> dict:
+    """The host-reward port: fetch the rollout, call the host reward, put its rewards on the devices."""
+    rollout = state["rollout"]
+    tokens, mask = to_host((rollout.tokens, rollout.mask))
+    out = state["host_reward"](tokens, mask, state["params"], jax.random.fold_in(state["key"], 1))
+    rewards = np.asarray(out.rewards, np.float32)
+    if rewards.ndim != 2 or rewards.shape[0] * rewards.shape[1] != tokens.shape[0]:
+        raise ValueError(f"the host reward returned rewards of shape {rewards.shape}; expected [P, N] with "
+                         f"P·N = {tokens.shape[0]} rollout rows")
+    mesh = getattr(rollout.tokens.sharding, "mesh", None)
+    # replicated on the rollout's mesh (a multi-host global array), else on the default device
+    rewards = replicate(rewards, mesh) if isinstance(mesh, jax.sharding.Mesh) else jnp.asarray(rewards)
+    return {"host_rewards": rewards, "host_metrics": {k: float(v) for k, v in out.metrics.items()}}
+
+
+def rl_step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, *, graphdef, ref_graphdef, tx,
+            cfg: StepConfig, extractor: AnswerExtractor) -> tuple[Any, Any, StepOutput]:
+    """One URLVR iteration with an on-device reward (pure; `make_step` jits it). gold_ids [P] (−1 = unknown)
+    for metrics only. External rewards need the host between phases: use `make_step`."""
+    if cfg.reward in EXTERNAL:
+        raise ValueError(f"rl_step: reward {cfg.reward!r} is computed on the host; use make_step(...)")
+    fns = _bind(graphdef, ref_graphdef, tx, cfg, _model_vocab_size(graphdef, params))
+    s = _run_phases(active_phases(cfg), fns, {
+        "params": params, "opt_state": opt_state, "ref_params": ref_params, "prompt_ids": prompt_ids,
+        "prompt_mask": prompt_mask, "gold_ids": gold_ids, "key": key, "extractor": extractor, "old": None,
+        "ref_logprob": None, "host_rewards": None})
+    return s["params"], s["opt_state"], _output(s["rollout"], s["rewarded"], s["old_logprob"],
+                                                s.get("ref_logprob"), s["metrics"])
+
+
+class PhasedStep(StepRunner):
+    """The step run as one jitted function per phase with a sync after each, so that every phase's
+    wall-clock time is measured (`last_times`, seconds; 'scoring' is absent when there is neither an
+    old-policy nor a reference pass, 'host_reward' present for external rewards). Same signature and results
+    as the fused step; it costs one device-to-host sync per phase and gives up cross-phase fusion (see
+    benchmarks/README.md)."""
+
+    def __init__(self, graphdef, ref_graphdef, tx, cfg: StepConfig):
+        super().__init__(graphdef, ref_graphdef, tx, cfg, phased=True)
 
 
 def make_step(graphdef, ref_graphdef, tx, cfg: StepConfig, extractor: AnswerExtractor | None = None, *,
-              phased: bool = False):
-    """The step as one jitted program (parameters and optimizer state donated), or, with phased=True, as a
-    `PhasedStep` (one jitted function per phase, timed). Both are called as
-    step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor)."""
+              phased: bool = False) -> StepRunner:
+    """The step as one jitted program (parameters and optimizer state donated) — two or three around the
+    host phase of an external reward — or, with phased=True, as a `PhasedStep` (one jitted function per
+    phase, timed). Both are called as
+    step(params, opt_state, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor, host_reward=None)."""
     if phased:
         return PhasedStep(graphdef, ref_graphdef, tx, cfg)
-    fn = functools.partial(rl_step, graphdef=graphdef, ref_graphdef=ref_graphdef, tx=tx, cfg=cfg)
-    return jax.jit(lambda p, o, r, ids, m, g, k, ex: fn(p, o, r, ids, m, g, k, extractor=ex), donate_argnums=(0, 1))
+    return StepRunner(graphdef, ref_graphdef, tx, cfg)
 
 
-def make_probe(graphdef, ref_graphdef, cfg: StepConfig):
-    """A jitted rollout → scoring (old policy and reference) → reward program with no update, for the π*
-    diagnostics between epochs: probe(params, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor)
-    → StepOutput (metrics empty). cfg must have use_reference and old_policy_pass on."""
+def make_probe(graphdef, ref_graphdef, cfg: StepConfig) -> StepRunner:
+    """Rollout → scoring (old policy and reference) → reward with no update, for the π* diagnostics between
+    epochs: probe(params, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor, host_reward=None)
+    → StepOutput (metrics: the host reward's only). cfg must have use_reference and old_policy_pass on."""
     if not (cfg.use_reference and cfg.old_policy_pass):
         raise ValueError("make_probe: the probe scores with both the policy and the reference; set "
                          "use_reference=True and skip_redundant_old_pass=False in its StepConfig")
-
-    def probe(params, ref_params, prompt_ids, prompt_mask, gold_ids, key, extractor):
-        rollout = rollout_phase(params, prompt_ids, prompt_mask, key, graphdef=graphdef, cfg=cfg)
-        old, ref_logprob = scoring_phase(params, ref_params, prompt_ids, prompt_mask, rollout.tokens, rollout.mask,
-                                         graphdef=graphdef, ref_graphdef=ref_graphdef, cfg=cfg)
-        vocab_size = nnx.merge(graphdef, params).cfg.vocab_size
-        rewarded = reward_phase(rollout, old, ref_logprob, gold_ids, extractor, cfg=cfg, vocab_size=vocab_size)
-        return _output(rollout, rewarded, old.logprob, ref_logprob, {})
-
-    return jax.jit(probe)
+    return StepRunner(graphdef, ref_graphdef, None, cfg, train=False)

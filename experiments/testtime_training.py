@@ -11,9 +11,9 @@ that AMC23 and AIME24 accuracy improve. Here, from one synthetic base model (a s
 and accuracy before/after on E itself and on a transfer set T of other held-out problems (the AIME24
 analogue: same task distribution, never trained on by either run), every --every steps.
 
-    python experiments/test_time_training.py                 # |E| = 64, |T| = 256, 120 steps per run
-    python experiments/test_time_training.py --steps 60 --out /tmp/ttt --runs-dir /tmp/ttt_runs
-    python experiments/test_time_training.py --smoke --out /tmp/ttt --runs-dir /tmp/ttt_runs
+    python experiments/testtime_training.py                 # |E| = 64, |T| = 256, 120 steps per run
+    python experiments/testtime_training.py --steps 60 --out /tmp/ttt --runs-dir /tmp/ttt_runs
+    python experiments/testtime_training.py --smoke --out /tmp/ttt --runs-dir /tmp/ttt_runs
 
 Measurements (dataset_size.measure): --samples-eval samples per problem at temperature 1 (the RL and
 ladder-measurement temperature), exact checker; avg, maj, pass over those samples; the same random
@@ -32,11 +32,22 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import (EVAL_SEED, add_common_args, curve, eval_problems, experiment_config, load_policy,  # noqa: E402
-                    moving_average, pyplot, run_training, setup_jax, write_json)
+from common import (  # noqa: E402
+    EVAL_SEED,
+    add_common_args,
+    curve,
+    eval_problems,
+    experiment_config,
+    load_policy,
+    moving_average,
+    pyplot,
+    run_training,
+    setup_jax,
+    write_json,
+)
 from dataset_size import SMOOTH, checkpoint_steps, machine_line, md_table, mean_first_last, measure  # noqa: E402
 
-NAME = "test_time_training"
+NAME = "test_time_training"  # results/ and runs/ folder names (the script is testtime_training.py: not a test)
 ARMS = ("ttt", "disjoint")
 
 
@@ -79,7 +90,7 @@ def arm_config(args, arm: str):
 
 def problem_sets(args):
     """E, T and each arm's training problems, checked: ttt trains on exactly E; disjoint and T avoid E."""
-    from urlvr_jax.train import load_problems
+    from urlvr_jax.train import load_task
 
     E = eval_problems(args.rung, args.n_eval, EVAL_SEED)
     e_ids = {p.id for p in E}
@@ -87,7 +98,7 @@ def problem_sets(args):
     T = [p for p in pool if p.id not in e_ids][: args.n_transfer]
     if len(T) < args.n_transfer:
         raise ValueError(f"only {len(T)} transfer problems disjoint from E; lower --n-transfer")
-    train_sets = {arm: load_problems(arm_config(args, arm))[0] for arm in ARMS}
+    train_sets = {arm: list(load_task(arm_config(args, arm)).problems) for arm in ARMS}
     if [p.id for p in train_sets["ttt"]] != [p.id for p in E]:
         raise AssertionError("the ttt arm does not train on exactly the evaluation set E")
     if e_ids & {p.id for p in train_sets["disjoint"]} or len(train_sets["disjoint"]) != args.n_eval:
@@ -124,7 +135,8 @@ COLUMNS = [("run", "run", "str"), ("step", "step", "str"),
            ("E/kl_k3_tok", "KL k3/token on E", "f4"), ("E/kl_seq", "KL/response on E", "f3"),
            ("epochs", "epochs on its set", "f1"), ("mcs", "MCS", "str"),
            ("reward_acc_first", "reward acc first", "f3"), ("reward_acc_last", "last", "f3"),
-           ("rollout_gt_first", "rollout GT first", "f3"), ("rollout_gt_last", "last", "f3"), ("wall_s", "train s", "f0")]
+           ("rollout_gt_first", "rollout GT first", "f3"), ("rollout_gt_last", "last", "f3"),
+           ("wall_s", "train s", "f0")]
 
 
 def plot(path: Path, runs: dict, meas: dict, args) -> None:
@@ -147,7 +159,8 @@ def plot(path: Path, runs: dict, meas: dict, args) -> None:
         ax[3].plot(s, moving_average(v, SMOOTH), ":", color=col, label=f"{arm}: proxy reward")
     titles = [f"E ({args.n_eval} problems): maj/avg@{args.samples_eval}, T=1",
               f"T ({args.n_transfer} other held-out problems)",
-              f"rollouts on the training prompts (trailing mean {SMOOTH})", f"reward accuracy / proxy (trailing {SMOOTH})"]
+              f"rollouts on the training prompts (trailing mean {SMOOTH})",
+              f"reward accuracy / proxy (trailing {SMOOTH})"]
     for a, t in zip(ax, titles):
         a.set_title(t, fontsize=10)
         a.set_xlabel("step")
@@ -198,9 +211,10 @@ def main(argv=None) -> dict[str, Any]:
         "curves": {arm: [{k: r[k] for k in keep if k in r} for r in runs[arm]["records"]] for arm in runs}})
     md = [f"# Finding 4: test-time training (ladder {args.rung})", "",
           f"Majority-vote URLVR for {args.steps} steps of {args.prompts} prompts x {args.samples} samples x "
-          f"{args.max_new_tokens} tokens, lr {args.lr:g}, seed {args.seed}. ttt: trained on the {args.n_eval} unlabeled "
-          f"problems of the evaluation set E; disjoint: the same budget on {args.n_eval} training-split problems. E and "
-          f"T ({args.n_transfer} other held-out problems): avg / maj / pass over {args.samples_eval} samples per problem "
+          f"{args.max_new_tokens} tokens, lr {args.lr:g}, seed {args.seed}. ttt: trained on the {args.n_eval} "
+          f"unlabeled problems of the evaluation set E; disjoint: the same budget on {args.n_eval} training-split "
+          f"problems. E and T ({args.n_transfer} other held-out problems): avg / maj / pass over "
+          f"{args.samples_eval} samples per problem "
           f"at T=1, the same draws for every row. 'first'/'last' = mean of the first/last {SMOOTH} steps; MCS = "
           f"sustained Model Collapse Step (— = never).", "", md_table(COLUMNS, rows), "",
           f"Total wall-clock {total:.0f} s; {machine_line()}.", "", f"![curves]({NAME}.png)", ""]

@@ -31,10 +31,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from urlvr_jax.hlo_cost import hlo_cost
 
@@ -203,7 +203,7 @@ def _local_model_path(config) -> str | None:
     """The model's local folder/file when it is on this machine (a preset-only config has none)."""
     import os
 
-    from urlvr_jax.main import resolve_model_path
+    from urlvr_jax.models.paths import resolve_model_path
 
     if not config.model.path:
         return None
@@ -231,7 +231,7 @@ def load_config(spec: str):
 def abstract_step(config, devices) -> AbstractStep:
     """The step's inputs for `config` on a mesh of `devices` (abstract: no memory is allocated)."""
     from urlvr_jax.config import batch_shards, micro_batch_groups_for
-    from urlvr_jax.dry_run import model_config_for
+    from urlvr_jax.models.paths import model_config_for
     from urlvr_jax.models.transformer import Transformer
     from urlvr_jax.models.weights import _state_shardings
     from urlvr_jax.sharding import ShardingRules, make_mesh
@@ -337,7 +337,8 @@ def _measure(name: str, jitted, args: tuple, resident_extra: int, rules, compile
         cost.error = " ".join(str(e).split())[:600]
         m = _REFUSAL.search(cost.error)
         if m:  # the compiler's own figure for what it needed
-            cost.temp = int(float(m.group(1)) * {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}[m.group(2)])
+            unit = {"": 1, "K": 2 ** 10, "M": 2 ** 20, "G": 2 ** 30, "T": 2 ** 40}[m.group(2)]
+            cost.temp = int(float(m.group(1)) * unit)
         return cost, _guess_outputs(jitted, args, rules)
     cost.compile_s = time.perf_counter() - t0
     mem = compiled.memory_analysis()

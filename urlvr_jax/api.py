@@ -38,12 +38,8 @@ Prompt = Union[str, Sequence[int]]
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """A local path for a model name: 'ladder/<q>' (shipped tiny models), 'smollm2', or a path as given."""
-    # Model path resolution moves next to the models in issue 14's house refactor; until that lands it
-    # lives with the command-line entry points.
-    try:
-        from urlvr_jax.models.paths import resolve_model_path as resolve
-    except ImportError:
-        from urlvr_jax.main import resolve_model_path as resolve
+    from urlvr_jax.models.paths import resolve_model_path as resolve
+
     return resolve(os.fspath(name_or_path))
 
 

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from urlvr_jax.config import micro_batch_groups_for, validate
+from urlvr_jax.models.attention import choose_attention
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.models.paths import model_config_for
 from urlvr_jax.models.transformer import Transformer
@@ -41,7 +42,6 @@ def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float
     b_param = 2 if config.model.param_dtype == "bfloat16" else 4
     b_act = 2 if config.model.dtype == "bfloat16" else 4
     P = cfg.num_params()
-    rows = config.data.prompt_batch_size * config.rl.num_samples / batch_par
     # the update runs one micro-batch (or, without micro-batching, one mini-batch) at a time
     groups = (micro_batch_groups_for(config, batch_par)
               or config.data.prompt_batch_size / max(config.rl.mini_batches, 1))
@@ -50,9 +50,15 @@ def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float
     D, F, H, K, hd = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     # what the backward keeps of one layer, per token: the norms' inputs and outputs and the residuals
     # (~6 D), q/k/v before and after RoPE, the attention output, the MLP's gate, up and product (3 F),
-    # plus float32 attention scores and probabilities (2 H x seq). An upper estimate: XLA fuses some of
-    # these away (SmolLM2-135M, 16 rows x ~410 tokens, no remat: 18 GiB estimated, 14 GB measured on CPU).
-    per_token_layer = (b_act * (6 * D + 2 * (H * hd + 2 * K * hd) + H * hd + 3 * F) + 4 * 2 * H * seq) / mesh["tensor"]
+    # plus, with dense attention, float32 scores and probabilities (2 H x seq); flash attention keeps a
+    # float32 output accumulator and log-sum-exp per query head instead (linear in seq). An upper estimate:
+    # XLA fuses some of these away (SmolLM2-135M, 16 rows x ~410 tokens, no remat: 18 GiB estimated, 14 GB
+    # measured on CPU).
+    impl = config.model.get("attention", "auto")
+    attention = "flash" if impl == "cudnn" else choose_attention(impl, seq, seq, hd, "tpu")  # cudnn: fused, linear
+    attention_per_token = 4 * 2 * H * seq if attention == "dense" else 4 * (H * hd + H)
+    per_token_layer = (b_act * (6 * D + 2 * (H * hd + 2 * K * hd) + H * hd + 3 * F) + attention_per_token) \
+        / mesh["tensor"]
     one_layer = update_rows * seq * per_token_layer
     # remat keeps each layer's input and recomputes one layer at a time in the backward
     activations = (cfg.num_layers * update_rows * seq * D * b_act + one_layer) if config.model.remat \
@@ -66,7 +72,8 @@ def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float
         "kv_cache": 2 * cfg.num_layers * _kv_positions(config, batch_par) * cfg.num_kv_heads * cfg.head_dim * b_act
         / mesh["tensor"],
         "activations": activations,
-        "logits_chunk": update_rows * min(128, config.sampling.max_new_tokens) * cfg.vocab_size * 4 * 3 / mesh["tensor"],
+        "logits_chunk": (update_rows * min(128, config.sampling.max_new_tokens) * cfg.vocab_size * 4 * 3
+                         / mesh["tensor"]),
     }
     est = {k: v / gb for k, v in est.items()}
     est["total"] = sum(est.values())

@@ -276,7 +276,7 @@ def hlo_cost(text: str, breakdown: dict | None = None) -> HloCost:
 
     def walk(comp: str, mult: float) -> tuple[float, float]:
         flops, nbytes = 0.0, 0.0
-        before = 0.0
+        before, last = 0.0, ""
         instrs = comps.get(comp, [])
         by_name = {i.name: i for i in instrs}
         for ins in instrs:

@@ -66,8 +66,16 @@ if not __package__:  # run as the worker script (or imported from its folder): i
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from urlvr_jax.rewards.grading_rules import (  # noqa: E402,F401  (re-exported: callers import them from here)
-    BOX_MARKERS, decisive, extract_after_marker, extract_answer, extract_boxed, fast_equal, normalize_answer,
-    read_decimal_comma, too_costly)
+    BOX_MARKERS,
+    decisive,
+    extract_after_marker,
+    extract_answer,
+    extract_boxed,
+    fast_equal,
+    normalize_answer,
+    read_decimal_comma,
+    too_costly,
+)
 
 DEFAULT_TIMEOUT_S = 5.0
 SOFT_FRACTION = 0.4  # worker-side soft alarm, as a fraction of timeout_s: >= 2x headroom under the bound

@@ -39,7 +39,7 @@ from urlvr_jax.rewards.answers import AnswerExtractor
 from urlvr_jax.rewards.registry import CERTAINTY, EXTERNAL, GroupBatch, HostRewards, RewardOutput, device_reward
 from urlvr_jax.rl.advantages import compute_advantages, group_is_constant
 from urlvr_jax.rl.losses import METRIC_REDUCTIONS, count_valid, kl_penalty, policy_loss
-from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _score, generate_traced
+from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, generate_traced, score_traced
 from urlvr_jax.rollout.stats import TokenStats
 from urlvr_jax.sharding import replicate, to_host
 
@@ -129,7 +129,7 @@ def select_informative_groups(data: dict[str, jax.Array], informative: jax.Array
 
 def _loss_fn(params, graphdef, cfg: StepConfig, batch, n_tokens, n_seqs):
     model = nnx.merge(graphdef, params)
-    stats = _score(model, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["score_mask"],
+    stats = score_traced(model, batch["prompt_ids"], batch["prompt_mask"], batch["tokens"], batch["score_mask"],
                    cfg.sampling.temperature if not cfg.sampling.greedy else 1.0, cfg.score_chunk, remat_chunks=True)
     # Without an old-policy pass (one update per rollout batch) the pre-update policy IS the current one:
     # old = stop_gradient(logprob), so ratio = 1 with the gradient of logprob (what TRL/verl do then).
@@ -229,11 +229,11 @@ def scoring_phase(params, ref_params, prompt_ids, prompt_mask, tokens, mask, *, 
     temperature = 1.0 if cfg.sampling.greedy else cfg.sampling.temperature
     old = None
     if cfg.old_policy_pass:
-        old = _score(nnx.merge(graphdef, params), rep_ids, rep_mask, tokens, mask, temperature, cfg.score_chunk)
+        old = score_traced(nnx.merge(graphdef, params), rep_ids, rep_mask, tokens, mask, temperature, cfg.score_chunk)
         old = jax.tree.map(jax.lax.stop_gradient, old)
     ref_logprob = None
     if cfg.use_reference:
-        ref_logprob = _score(nnx.merge(ref_graphdef, ref_params), rep_ids, rep_mask, tokens, mask, temperature,
+        ref_logprob = score_traced(nnx.merge(ref_graphdef, ref_params), rep_ids, rep_mask, tokens, mask, temperature,
                              cfg.score_chunk).logprob
     return old, ref_logprob
 

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from urlvr_jax.models.transformer import KVCache, Transformer, init_cache
-from urlvr_jax.rollout.sampler import (Rollout, SamplingConfig, _row_limits, sample_token_rows, token_keys)
+from urlvr_jax.rollout.sampler import Rollout, SamplingConfig, _row_limits, sample_token_rows, token_keys
 from urlvr_jax.rollout.stats import TokenStats, token_stats_from_logits
 from urlvr_jax.sharding import with_logical_constraint
 

@@ -466,10 +466,15 @@ class CompileReport:
         update = next((p for p in self.programs if p.name == "update" and not p.error), None)
         if update is not None and self.tokens_per_step:
             model = 6 * self.params * self.tokens_per_step / len(t.devices)
+            compute_s = update.flops / t.flops_per_device
+            memory_s = update.bytes_accessed / t.bandwidth_per_device
             lines.append(f"update: {update.flops / 1e12:.2f} TFLOP per device vs 6·params·tokens = "
                          f"{model / 1e12:.2f} TFLOP ({update.flops / model:.2f}x: attention, remat recompute, "
-                         f"logits); roofline bound on MFU = 6·N·D / (roofline time × peak) = "
-                         f"{model / (self.roofline_s(update) * t.flops_per_device):.0%}")
+                         f"logits); at peak FLOP/s {compute_s:.2f} s, at peak HBM bandwidth {memory_s:.2f} s "
+                         f"(bytes: an upper bound, every operand of every fused op each time it runs); MFU "
+                         f"bound = 6·N·D / (roofline time × peak) = "
+                         f"{model / (self.roofline_s(update) * t.flops_per_device):.0%} (compute-bound only: "
+                         f"{model / (compute_s * t.flops_per_device):.0%})")
         lines.append("fits" if self.fits() else "DOES NOT FIT:\n  " + "\n  ".join(self.failures()))
         return "\n".join(lines)
 

@@ -277,7 +277,8 @@ def splash_fits(T: int, S: int, hd: int) -> bool:
     return True
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, rules=None) -> jax.Array:
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, rules=None,
+                     interpret: bool = False) -> jax.Array:
     """Causal grouped-query attention with the Pallas TPU splash kernel (`make_splash_mha`, KV heads not
     repeated). q [B,T,H,hd], k/v [B,T,K,hd], key_valid [B,T] -> [B,T,H,hd]. Shapes must pass `splash_fits`.
 
@@ -287,6 +288,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
     it (itself at least, so no row is empty; its output is never read by a real token). The kernel runs one
     batch row at a time (vmap) under `shard_map` over the mesh's batch axes, and over its tensor axis when
     both head counts divide by it (rules: the model's ShardingRules; None: no shard_map, one device).
+    interpret: run the kernel in the Pallas interpreter (any platform; the CPU tests' numerics check).
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -308,11 +310,11 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
     def local(q, k, v, valid):  # [b, T, h, hd], [b, T, kh, hd], [b, T]
         h = q.shape[2]
         mask = sm.MultiHeadMask([sm.CausalMask((T, T)) for _ in range(h)])
-        kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1)
+        kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
         seg = valid.astype(jnp.int32)
         qh = (q.astype(jnp.float32) * scale).astype(q.dtype).transpose(0, 2, 1, 3)  # [b, h, T, hd]
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        out = jax.vmap(lambda qi, ki, vi, si: kernel(qi, ki, vi, sk.SegmentIds(q=si, kv=si)))(qh, kh, vh, seg)
+        out = _splash_default_precision(kernel, qh, kh, vh, seg)
         return out.transpose(0, 2, 1, 3)
 
     if rules is None:
@@ -322,6 +324,40 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
     spec = P(batch_axes, None, head_axis, None)
     return jax.shard_map(local, mesh=rules.mesh, in_specs=(spec, spec, spec, P(batch_axes, None)),
                          out_specs=spec, check_vma=False)(q, k, v, key_valid)
+
+
+def _splash_batched(kernel, q, k, v, ids):
+    """The splash kernel over a batch: q [b, h, T, hd], k/v [b, kh, T, hd], segment ids [b, T]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+
+    return jax.vmap(lambda qi, ki, vi, si: kernel(qi, ki, vi, SegmentIds(q=si, kv=si)))(q, k, v, ids)
+
+
+@jax.custom_vjp
+def _splash_default_precision(kernel, q, k, v, ids):
+    """`_splash_batched`, forward and backward traced under the default matmul precision.
+
+    The splash kernels' bf16 dots do not compile (Mosaic: "Bad lhs type") when a global
+    jax_default_matmul_precision of 'highest' is set (the test suite sets it); a context manager around
+    the call covers only the forward, since the kernel's backward is traced later, while the caller's
+    gradient is transposed. Hence this custom_vjp, whose backward runs the kernel's VJP in the context.
+    The kernel (its mask tables) is an argument, not a closure: under jit its arrays are tracers."""
+    with jax.default_matmul_precision("default"):
+        return _splash_batched(kernel, q, k, v, ids)
+
+
+def _splash_fwd(kernel, q, k, v, ids):
+    with jax.default_matmul_precision("default"):
+        out, vjp = jax.vjp(lambda a, b, c: _splash_batched(kernel, a, b, c, ids), q, k, v)
+    return out, vjp
+
+
+def _splash_bwd(vjp, g):
+    with jax.default_matmul_precision("default"):
+        return (None, *vjp(g), None)
+
+
+_splash_default_precision.defvjp(_splash_fwd, _splash_bwd)
 
 
 # ------------------------------------------------------------------------------------------ cuDNN (GPU)

@@ -260,7 +260,8 @@ def test_splash_compiles_for_tpu_with_less_memory_than_dense():
     rules = ShardingRules(mesh)
     B, T, H, K, hd = 4, 2048, 16, 8, 128
     heads = NamedSharding(mesh, P("fsdp", None, "tensor", None))
-    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=heads) for s in ((B, T, H, hd), (B, T, K, hd), (B, T, K, hd))]
+    shapes = ((B, T, H, hd), (B, T, K, hd), (B, T, K, hd))
+    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=heads) for s in shapes]
     args.append(jax.ShapeDtypeStruct((B, T), bool, sharding=NamedSharding(mesh, P("fsdp", None))))
 
     def compiled(impl):
@@ -276,3 +277,24 @@ def test_splash_compiles_for_tpu_with_less_memory_than_dense():
     dense_text, dense_temp = compiled("dense")
     assert "tpu_custom_call" in splash_text and "tpu_custom_call" not in dense_text
     assert splash_temp * 4 < dense_temp, (splash_temp, dense_temp)
+
+
+def test_cudnn_path_rotation_and_lengths_with_xla():
+    """The cuDNN path's left-padding handling (rotate each row to right padding, causal + per-row lengths,
+    rotate back) through jax.nn's XLA implementation on CPU (cuDNN itself needs a GPU): equal to the float64
+    reference on real rows, zeros on padding rows. Rows: no padding, left padding, left + right padding,
+    all padding."""
+    B, T, H, K, hd = 4, 24, 4, 2, 16
+    q, k, v, valid, ct = make_case(5, B, T, H, K, hd, [0, 5, 9, 24])
+    valid[2, 20:] = False  # right padding after the real tokens
+    q, k, v = (x.astype(np.float32) for x in (q, k, v))
+    real = valid.copy()
+    ref, _ = reference_case(q, k, v, valid, ct * real[:, :, None, None])
+    fn = jax.jit(lambda a, b, c: attn.cudnn_attention(a, b, c, jnp.asarray(valid), implementation="xla"))
+    got = [np.asarray(x) for x in values_and_grads(fn, q, k, v, (ct * real[:, :, None, None]).astype(np.float32))]
+    np.testing.assert_allclose(got[0][real], ref[0][real], atol=2e-5, rtol=1e-5, err_msg="out")
+    assert not np.any(got[0][~real])
+    for name, a, b in zip(("dq", "dk", "dv"), got[1:], ref[1:]):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="bfloat16/float16"):
+        attn.cudnn_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(valid))

@@ -212,7 +212,8 @@ def _flash_fwd(q, k, v, key_valid, causal, bq, bk):
 def _flash_bwd(causal, bq, bk, res, dout):
     """FlashAttention-2 backward: per key block j (outer loop), per query block i (inner): recompute
     P = exp(S - lse), dV_j += Pᵀ dO, dS = P ∘ (dO Vᵀ - rowsum(dO ∘ O)), dQ_i += dS K / √hd,
-    dK_j += dSᵀ Q / √hd. dQ is one float32 (float64 for float64 inputs) accumulator the size of q; nothing is quadratic."""
+    dK_j += dSᵀ Q / √hd. dQ is one float32 (float64 for float64 inputs) accumulator the size of q; nothing
+    is quadratic."""
     q, k, v, key_valid, out, lse = res
     B, T, H, hd = q.shape
     S, K = k.shape[1], k.shape[2]
@@ -361,7 +362,8 @@ _splash_default_precision.defvjp(_splash_fwd, _splash_bwd)
 
 
 # ------------------------------------------------------------------------------------------ cuDNN (GPU)
-def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array) -> jax.Array:
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array,
+                    implementation: str = "cudnn") -> jax.Array:
     """Causal grouped-query attention with cuDNN's fused flash kernel (`jax.nn.dot_product_attention(
     implementation="cudnn")`). q [B,T,H,hd], k/v [B,T,K,hd], key_valid [B,T] -> [B,T,H,hd]. GPU only.
 
@@ -370,8 +372,13 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Arr
     by its number of leading padding positions (a per-row gather, linear in T), attended with is_causal and
     query/key lengths = the row's real-token count, and rotated back. This requires each row's real tokens
     to be one contiguous run (left padding, optionally right padding after it); padding rows give zeros.
+    cuDNN takes bfloat16/float16 only (model.dtype = "bfloat16"). implementation="xla" runs the same
+    rotation and lengths through jax.nn's XLA path (the CPU test of this function).
     """
     B, T, H, hd = q.shape
+    if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention 'cudnn': cuDNN flash attention takes bfloat16/float16, got {q.dtype}; "
+                         "set model.dtype='bfloat16' or use model.attention='flash'")
     valid = key_valid.astype(bool)
     lead = jnp.argmax(valid, axis=1).astype(jnp.int32)  # leading padding per row (0 for an all-padding row)
     lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
@@ -380,7 +387,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Arr
     def rotate(x):
         return jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
 
-    out = jax.nn.dot_product_attention(rotate(q), rotate(k), rotate(v), is_causal=True, implementation="cudnn",
+    out = jax.nn.dot_product_attention(rotate(q), rotate(k), rotate(v), is_causal=True, implementation=implementation,
                                        query_seq_lengths=lengths, key_value_seq_lengths=lengths)
     back = (jnp.arange(T, dtype=jnp.int32)[None, :] - lead[:, None]) % T
     out = jnp.take_along_axis(out, back[:, :, None, None], axis=1)

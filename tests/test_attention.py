@@ -152,7 +152,10 @@ def test_choose_attention():
     assert choose_attention("auto", 4096, 4096, 128, "cpu") == "flash"
     assert choose_attention("auto", 4096, 4096, 128, "gpu") == "flash"
     assert choose_attention("auto", 4096, 4096, 128, "tpu") == "splash"
+    assert choose_attention("auto", 256, 256, 128, "tpu") == "splash"
     assert choose_attention("auto", 4000, 4000, 128, "tpu") == "flash"  # not a multiple of 128: no splash
+    assert choose_attention("auto", 100, 100, 128, "tpu") == "dense"
+    assert choose_attention("auto", 4096, 4096, 32, "tpu") == "flash"  # head_dim 32: no splash
     assert choose_attention("splash", 4096, 4096, 128, "cpu") == "flash"  # clean fallback off TPU
     assert choose_attention("dense", 8192, 8192, 128, "tpu") == "dense"
     with pytest.raises(ValueError, match="'cudnn' needs a GPU"):

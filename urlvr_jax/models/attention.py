@@ -32,11 +32,13 @@ _NEG_INF = -1e30  # finite: a fully masked row never computes inf - inf
 
 IMPLEMENTATIONS = ("auto", "dense", "flash", "splash", "cudnn")
 
-# "auto" on CPU: dense up to this many query positions, flash above (benchmarks/attention.py,
-# benchmarks/README.md: where dense stops being faster and its scores start to dominate memory).
+# "auto" on CPU: dense up to this many query positions, flash above: where flash's forward + backward
+# becomes as fast as dense's at Qwen3-1.7B's head shapes and the RL benchmark's (benchmarks/attention.py,
+# benchmarks/README.md); dense's float32 scores are 4·H·T² bytes per row (16 MiB at H = 16, T = 512).
 AUTO_DENSE_MAX_LEN_CPU = 1024
-# "auto" on GPU/TPU without a fitting kernel: dense up to this length (its [B, H, T, T] float32 scores are
-# 64 MiB per row and layer at 1024 x 1024 x 16 heads), flash above.
+# "auto" on GPU, and on TPU where splash does not fit: dense up to this length, flash above. Not measured
+# on these devices (none was available): the length where dense's scores reach 64 MiB per row and layer
+# (16 heads). On TPU, "auto" takes splash wherever it fits (`splash_fits`), as MaxText does.
 AUTO_DENSE_MAX_LEN_ACCEL = 1024
 
 DEFAULT_BLOCK_Q = 512
@@ -262,14 +264,13 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # ------------------------------------------------------------------------------------------ splash (TPU)
-SPLASH_BLOCK = 512  # splash block sizes: min(SPLASH_BLOCK, T); T must be a multiple of them and of 128
+SPLASH_BLOCKS = (512, 256, 128)  # splash block size: the largest of these that divides T
 
 
 def splash_fits(T: int, S: int, hd: int) -> bool:
-    """Whether the TPU splash kernel takes these shapes (self-attention, lengths multiples of 128 and of the
-    block, head_dim a multiple of 128) and imports."""
-    block = min(SPLASH_BLOCK, T)
-    if T != S or T % 128 or T % block or hd % 128:
+    """Whether the TPU splash kernel takes these shapes (self-attention, length a multiple of 128, head_dim a
+    multiple of 64: 64 and 128 compile for v5e) and imports."""
+    if T != S or T % 128 or hd % 64:
         return False
     try:
         from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel  # noqa: F401
@@ -297,7 +298,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
     B, T, H, hd = q.shape
     K = k.shape[2]
     scale = 1.0 / math.sqrt(hd)
-    block = min(SPLASH_BLOCK, T)
+    block = next(b for b in SPLASH_BLOCKS if T % b == 0)
     sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     batch_axes = head_axis = None
@@ -406,9 +407,10 @@ def target_platform(rules=None) -> str:
 
 def choose_attention(implementation: str, T: int, S: int, hd: int, platform: str) -> str:
     """The implementation `attention` runs: an explicit choice is kept where its platform allows (splash
-    falls back to flash off TPU or where `splash_fits` is false; cudnn requires a GPU); "auto" picks dense
-    up to AUTO_DENSE_MAX_LEN_* query positions (fastest there, and its scores are small), then splash on
-    TPU where it fits, else flash."""
+    falls back to flash off TPU or where `splash_fits` is false; cudnn requires a GPU). "auto": on TPU the
+    splash kernel wherever it fits; otherwise dense up to AUTO_DENSE_MAX_LEN_CPU (CPU) or
+    AUTO_DENSE_MAX_LEN_ACCEL (GPU, TPU) query positions, flash above. "auto" never picks cudnn (untested
+    here: no GPU was available)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}: expected one of {IMPLEMENTATIONS}")
     if implementation == "cudnn":
@@ -419,10 +421,10 @@ def choose_attention(implementation: str, T: int, S: int, hd: int, platform: str
         return "splash" if platform == "tpu" and splash_fits(T, S, hd) else "flash"
     if implementation != "auto":
         return implementation
+    if platform == "tpu" and splash_fits(T, S, hd):
+        return "splash"
     limit = AUTO_DENSE_MAX_LEN_CPU if platform == "cpu" else AUTO_DENSE_MAX_LEN_ACCEL
-    if T <= limit:
-        return "dense"
-    return "splash" if platform == "tpu" and splash_fits(T, S, hd) else "flash"
+    return "dense" if T <= limit else "flash"
 
 
 def make_attention(implementation: str, key_valid: jax.Array, *, head_dim: int, rules=None,

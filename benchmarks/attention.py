@@ -9,6 +9,7 @@ The last lines say which implementation `model.attention="auto"` picks at each T
 
     python benchmarks/attention.py                       # CPU: T = 256, 1024, 2048, 4096
     python benchmarks/attention.py --lengths 1024 --block 256 512 1024   # flash block sizes
+    python benchmarks/attention.py --lengths 1024 8192 --compile-only     # memory only (nothing runs)
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=3, help="timed calls per program (median reported)")
     p.add_argument("--max-dense-run-len", type=int, default=4096,
                    help="run (not just compile) dense only up to this T (its grad needs ~4·H·T² float32 bytes)")
+    p.add_argument("--compile-only", action="store_true", help="compiled memory only, no timing")
     return p.parse_args()
 
 
@@ -77,7 +79,7 @@ def measure(impl, T, args, block):
     for name, fn, inputs in (("fwd", fwd, (q, k, v, valid)), ("grad", grad, (q, k, v, valid, ct))):
         compiled = fn.lower(*inputs).compile()
         row[f"{name}_temp"] = compiled.memory_analysis().temp_size_in_bytes
-        run = impl != "dense" or T <= args.max_dense_run_len
+        run = not args.compile_only and (impl != "dense" or T <= args.max_dense_run_len)
         row[f"{name}_s"] = median_time(compiled, inputs, args.repeats) if run else float("nan")
     return row
 
@@ -91,13 +93,20 @@ def main():
     print("| T | implementation | fwd ms | fwd+bwd ms | fwd temp MiB | fwd+bwd temp MiB | fwd+bwd time / dense |")
     print("|---|---|---|---|---|---|---|")
     mib = 2 ** 20
+    rows_by_len = {}
     for T in args.lengths:
         dense = measure("dense", T, args, 0)
         rows = [("dense", dense)] + [(f"flash (block {b})", measure("flash", T, args, b)) for b in args.block]
+        rows_by_len[T] = dict(rows)
         for name, r in rows:
             ratio = r["grad_s"] / dense["grad_s"]
             print(f"| {T} | {name} | {1e3 * r['fwd_s']:.1f} | {1e3 * r['grad_s']:.1f} | {r['fwd_temp'] / mib:.1f} "
                   f"| {r['grad_temp'] / mib:.1f} | {ratio:.2f} |", flush=True)
+    if len(args.lengths) > 1:
+        first, last = args.lengths[0], args.lengths[-1]
+        for name, r0, r1 in [(n, rows_by_len[first][n], rows_by_len[last][n]) for n in rows_by_len[first]]:
+            print(f"{name}: fwd+bwd temp memory T={last} / T={first}: {r1['grad_temp'] / r0['grad_temp']:.2f}x "
+                  f"(length {last / first:.0f}x)")
     print()
     for T in args.lengths:
         chosen = attn.choose_attention("auto", T, T, args.head_dim, platform)

@@ -35,14 +35,14 @@ IMPLEMENTATIONS = ("auto", "dense", "flash", "splash", "cudnn")
 # "auto" on CPU: dense up to this many query positions, flash above: where flash's forward + backward
 # becomes as fast as dense's at Qwen3-1.7B's head shapes and the RL benchmark's (benchmarks/attention.py,
 # benchmarks/README.md); dense's float32 scores are 4·H·T² bytes per row (16 MiB at H = 16, T = 512).
-AUTO_DENSE_MAX_LEN_CPU = 1024
+AUTO_DENSE_MAX_LEN_CPU = 512
 # "auto" on GPU, and on TPU where splash does not fit: dense up to this length, flash above. Not measured
 # on these devices (none was available): the length where dense's scores reach 64 MiB per row and layer
 # (16 heads). On TPU, "auto" takes splash wherever it fits (`splash_fits`), as MaxText does.
 AUTO_DENSE_MAX_LEN_ACCEL = 1024
 
-DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_K = 512
+DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_K = 256
 
 
 # ------------------------------------------------------------------------------------------ dense
@@ -86,8 +86,8 @@ def flash_attention(
     KV heads are never repeated), key_valid [B,S] bool (None: all keys real) -> [B,T,H,hd] in q's dtype.
 
     Mask: key_valid[b, s], and s <= t when causal. Scores, softmax statistics and the output accumulator are
-    float32 whatever the input dtype. T and S need not be multiples of the blocks (padded internally);
-    blocks are min(block, length). With causal, key blocks entirely after a query block are skipped, and
+    float32 whatever the input dtype. T and S need not be multiples of the blocks: each length is split into
+    ceil(length / block) equal blocks of at most `block` positions, the last padded internally. With causal, key blocks entirely after a query block are skipped, and
     key blocks that are padding in every row are skipped in both passes.
     """
     B, T, H, hd = q.shape
@@ -101,8 +101,14 @@ def flash_attention(
         key_valid = jnp.ones((B, S), bool)
     elif key_valid.shape != (B, S):
         raise ValueError(f"flash_attention: key_valid {key_valid.shape} must be [B, S] = {(B, S)}")
-    bq, bk = min(block_q, T), min(block_k, S)
+    bq, bk = _balanced_block(T, block_q), _balanced_block(S, block_k)
     return _flash(q, k, v, key_valid.astype(bool), causal, bq, bk)
+
+
+def _balanced_block(n: int, block: int) -> int:
+    """The block size that covers n positions in as many blocks as `block` does, with the least padding
+    (T = 320 with block 256: two blocks of 160, not two of 256)."""
+    return -(-n // -(-n // block))
 
 
 def _q_blocks(x: jax.Array, K: int, bq: int) -> jax.Array:

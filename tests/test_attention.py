@@ -301,3 +301,23 @@ def test_cudnn_path_rotation_and_lengths_with_xla():
         np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=name)
     with pytest.raises(ValueError, match="bfloat16/float16"):
         attn.cudnn_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(valid))
+
+
+def test_attention_benchmark_runs():
+    """benchmarks/attention.py end to end on tiny shapes (a smoke run, not a timing test)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, str(script), "--lengths", "40", "80", "--heads", "2", "--kv-heads", "1",
+                           "--head-dim", "8", "--block", "16", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=script.parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 40 |") or ln.startswith("| 80 |")]
+    assert len(rows) == 4 and all("nan" not in r for r in rows), proc.stdout
+    assert "auto at T=80 on cpu: dense" in proc.stdout
+    assert "flash (block 16): fwd+bwd temp memory T=80 / T=40" in proc.stdout

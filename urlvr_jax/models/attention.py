@@ -1,6 +1,6 @@
 """Attention of full sequences (the update's forward/backward, the scoring pass, the prefill).
 
-Four implementations behind one switch, `model.attention` (config) / `Transformer(attention=...)`:
+The implementations behind one switch, `model.attention` (config) / `Transformer(attention=...)`:
 
   dense   materialises float32 scores [B, H, T, S]: fastest for short sequences on CPU, quadratic memory.
   flash   blockwise online-softmax attention in plain JAX with a FlashAttention-2-style `jax.custom_vjp`:
@@ -16,8 +16,10 @@ Four implementations behind one switch, `model.attention` (config) / `Transforme
   auto    per platform and sequence length: `choose_attention`.
 
 Every implementation computes the model's mask, `tril(T, S) & key_valid[b, s]` (query t sees real keys
-s <= t). A query row with no visible key (a left-padding position) gives zeros in flash/splash/cudnn and a
-uniform average in dense; such rows never reach a real token (their keys are masked out everywhere).
+s <= t), on every real token's row. Rows at padding positions differ between implementations and are never
+read by a real token (padding keys are masked everywhere): a row with no visible key (left padding) gives a
+uniform average in dense and zeros in flash; splash lets padding rows see the padding before them; cudnn
+gives zeros on every padding row.
 """
 from __future__ import annotations
 
@@ -32,9 +34,9 @@ _NEG_INF = -1e30  # finite: a fully masked row never computes inf - inf
 
 IMPLEMENTATIONS = ("auto", "dense", "flash", "splash", "cudnn")
 
-# "auto" on CPU: dense up to this many query positions, flash above: where flash's forward + backward
-# becomes as fast as dense's at Qwen3-1.7B's head shapes and the RL benchmark's (benchmarks/attention.py,
-# benchmarks/README.md); dense's float32 scores are 4·H·T² bytes per row (16 MiB at H = 16, T = 512).
+# "auto" on CPU: dense up to this many query positions, flash above. Measured (benchmarks/attention.py,
+# benchmarks/README.md) at Qwen3-1.7B's heads and at the RL benchmark's: up to T = 384 dense's forward +
+# backward was as fast as flash's or faster, from T = 512 flash took 0.4-0.7x dense's time and less memory.
 AUTO_DENSE_MAX_LEN_CPU = 512
 # "auto" on GPU, and on TPU where splash does not fit: dense up to this length, flash above. Not measured
 # on these devices (none was available): the length where dense's scores reach 64 MiB per row and layer

@@ -152,7 +152,10 @@ def test_choose_attention():
     assert choose_attention("auto", 4096, 4096, 128, "cpu") == "flash"
     assert choose_attention("auto", 4096, 4096, 128, "gpu") == "flash"
     assert choose_attention("auto", 4096, 4096, 128, "tpu") == "splash"
+    assert choose_attention("auto", 256, 256, 128, "tpu") == "splash"
     assert choose_attention("auto", 4000, 4000, 128, "tpu") == "flash"  # not a multiple of 128: no splash
+    assert choose_attention("auto", 100, 100, 128, "tpu") == "dense"
+    assert choose_attention("auto", 4096, 4096, 32, "tpu") == "flash"  # head_dim 32: no splash
     assert choose_attention("splash", 4096, 4096, 128, "cpu") == "flash"  # clean fallback off TPU
     assert choose_attention("dense", 8192, 8192, 128, "tpu") == "dense"
     with pytest.raises(ValueError, match="'cudnn' needs a GPU"):
@@ -192,24 +195,129 @@ def test_model_flash_matches_dense_logits_and_grads(monkeypatch):
     ids = jnp.asarray(rng.integers(0, cfg.vocab_size, (B, T)), jnp.int32)
     mask = jnp.asarray(np.arange(T)[None, :] >= np.array([0, 3, 17, 30])[:, None], jnp.int32)
 
+    model = init_model(cfg, seed=0, mesh=mesh, remat=True, attention="dense")
+
+    def loss(m):
+        logits = m(ids, mask)
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        return -jnp.sum(jnp.max(logp, axis=-1) * mask) / jnp.sum(mask), logits
+
     def loss_and_grads(impl):
-        model = init_model(cfg, seed=0, mesh=mesh, remat=True, attention=impl)
-
-        def loss(m):
-            logits = m(ids, mask)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            return -jnp.sum(jnp.max(logp, axis=-1) * mask) / jnp.sum(mask), logits
-
-        (value, logits), grads = nnx.value_and_grad(loss, has_aux=True)(model)
+        model.attention = impl  # a static attribute: the jitted function retraces
+        (value, logits), grads = nnx.jit(nnx.value_and_grad(loss, has_aux=True))(model)
         return value, np.asarray(logits), jax.tree.map(np.asarray, nnx.to_pure_dict(grads))
 
     v_d, l_d, g_d = loss_and_grads("dense")
     v_f, l_f, g_f = loss_and_grads("flash")
     real = np.asarray(mask, bool)
     np.testing.assert_allclose(l_f[real], l_d[real], atol=2e-5, rtol=1e-5)
+    # padding positions differ by design (flash: zeros, dense: an average): proof that flash ran
+    assert not np.allclose(l_f[~real], l_d[~real], atol=1e-3)
     np.testing.assert_allclose(v_f, v_d, atol=2e-5, rtol=1e-5)
     for path, a in jax.tree_util.tree_leaves_with_path(g_d):
         b = g_f
         for key in path:
             b = b[key.key]
         np.testing.assert_allclose(b, a, atol=2e-5, rtol=1e-4, err_msg=jax.tree_util.keystr(path))
+
+
+# ------------------------------------------------------------------------------------------ TPU splash kernel
+def test_splash_kernel_numerics_in_interpreter():
+    """The TPU splash path (segment ids for the padding, q pre-scaled, heads-major layout, GQA) run in the
+    Pallas interpreter on CPU: values and gradients equal the float64 reference on rows that see a key."""
+    pytest.importorskip("jax.experimental.pallas.ops.tpu.splash_attention")
+    B, T, H, K, hd = 2, 256, 4, 2, 128
+    q, k, v, valid, ct = make_case(4, B, T, H, K, hd, [0, 100])
+    q, k, v = (x.astype(np.float32) for x in (q, k, v))
+    ct = ct * valid[:, :, None, None]  # padding rows see padding keys in splash (their outputs are unused)
+    ref, seen = reference_case(q, k, v, valid, ct)
+    fn = jax.jit(lambda a, b, c: attn.splash_attention(a, b, c, jnp.asarray(valid), interpret=True))
+    got = [np.asarray(x) for x in values_and_grads(fn, q, k, v, ct.astype(np.float32))]
+    np.testing.assert_allclose(got[0][seen], ref[0][seen], atol=2e-5, rtol=1e-5, err_msg="out")
+    for name, a, b in zip(("dq", "dk", "dv"), got[1:], ref[1:]):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=name)
+
+
+# ------------------------------------------------------------------------------------------ TPU (compiled, not run)
+def _tpu_mesh():
+    """A (fsdp 2, tensor 2) mesh of abstract TPU v5e devices (libtpu compiles for them on this CPU host)."""
+    topologies = pytest.importorskip("jax.experimental.topologies")
+    try:
+        topo = topologies.get_topology_desc(platform="tpu", topology_name="v5e:2x2")
+    except Exception as e:  # libtpu absent or unusable: nothing to compile with
+        pytest.skip(f"no TPU compiler (libtpu): {e}")
+    from urlvr_jax.sharding import make_mesh
+
+    return make_mesh({"fsdp": 2, "tensor": 2}, devices=topo.devices)
+
+
+def test_splash_compiles_for_tpu_with_less_memory_than_dense():
+    """On a TPU target, "auto" at T = 2048 picks the Pallas splash kernel; its gradient lowers to a Mosaic
+    custom call under shard_map (batch over fsdp, heads over tensor) and compiles with libtpu, and its
+    compiled temp memory is a small fraction of dense attention's."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from urlvr_jax.sharding import ShardingRules
+
+    mesh = _tpu_mesh()
+    rules = ShardingRules(mesh)
+    B, T, H, K, hd = 4, 2048, 16, 8, 128
+    heads = NamedSharding(mesh, P("fsdp", None, "tensor", None))
+    shapes = ((B, T, H, hd), (B, T, K, hd), (B, T, K, hd))
+    args = [jax.ShapeDtypeStruct(s, jnp.bfloat16, sharding=heads) for s in shapes]
+    args.append(jax.ShapeDtypeStruct((B, T), bool, sharding=NamedSharding(mesh, P("fsdp", None))))
+
+    def compiled(impl):
+        def loss(q, k, v, valid):
+            out = attn.make_attention(impl, valid, head_dim=hd, rules=rules)(q, k, v)
+            return jnp.sum(jnp.square(out.astype(jnp.float32)))
+        lowered = jax.jit(jax.grad(loss, (0, 1, 2))).lower(*args)
+        return lowered.as_text(), lowered.compile().memory_analysis().temp_size_in_bytes
+
+    assert attn.target_platform(rules) == "tpu"
+    assert choose_attention("auto", T, T, hd, "tpu") == "splash"
+    splash_text, splash_temp = compiled("auto")
+    dense_text, dense_temp = compiled("dense")
+    assert "tpu_custom_call" in splash_text and "tpu_custom_call" not in dense_text
+    assert splash_temp * 4 < dense_temp, (splash_temp, dense_temp)
+
+
+def test_cudnn_path_rotation_and_lengths_with_xla():
+    """The cuDNN path's left-padding handling (rotate each row to right padding, causal + per-row lengths,
+    rotate back) through jax.nn's XLA implementation on CPU (cuDNN itself needs a GPU): equal to the float64
+    reference on real rows, zeros on padding rows. Rows: no padding, left padding, left + right padding,
+    all padding."""
+    B, T, H, K, hd = 4, 24, 4, 2, 16
+    q, k, v, valid, ct = make_case(5, B, T, H, K, hd, [0, 5, 9, 24])
+    valid[2, 20:] = False  # right padding after the real tokens
+    q, k, v = (x.astype(np.float32) for x in (q, k, v))
+    real = valid.copy()
+    ref, _ = reference_case(q, k, v, valid, ct * real[:, :, None, None])
+    fn = jax.jit(lambda a, b, c: attn.cudnn_attention(a, b, c, jnp.asarray(valid), implementation="xla"))
+    got = [np.asarray(x) for x in values_and_grads(fn, q, k, v, (ct * real[:, :, None, None]).astype(np.float32))]
+    np.testing.assert_allclose(got[0][real], ref[0][real], atol=2e-5, rtol=1e-5, err_msg="out")
+    assert not np.any(got[0][~real])
+    for name, a, b in zip(("dq", "dk", "dv"), got[1:], ref[1:]):
+        np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5, err_msg=name)
+    with pytest.raises(ValueError, match="bfloat16/float16"):
+        attn.cudnn_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(valid))
+
+
+def test_attention_benchmark_runs():
+    """benchmarks/attention.py end to end on tiny shapes (a smoke run, not a timing test)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "attention.py"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run([sys.executable, str(script), "--lengths", "40", "80", "--heads", "2", "--kv-heads", "1",
+                           "--head-dim", "8", "--block", "16", "--repeats", "1"],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=script.parents[1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [ln for ln in proc.stdout.splitlines() if ln.startswith("| 40 |") or ln.startswith("| 80 |")]
+    assert len(rows) == 4 and all("nan" not in r for r in rows), proc.stdout
+    assert "auto at T=80 on cpu: dense" in proc.stdout
+    assert "flash (block 16): fwd+bwd temp memory T=80 / T=40" in proc.stdout

@@ -1,6 +1,6 @@
 """Attention of full sequences (the update's forward/backward, the scoring pass, the prefill).
 
-Four implementations behind one switch, `model.attention` (config) / `Transformer(attention=...)`:
+The implementations behind one switch, `model.attention` (config) / `Transformer(attention=...)`:
 
   dense   materialises float32 scores [B, H, T, S]: fastest for short sequences on CPU, quadratic memory.
   flash   blockwise online-softmax attention in plain JAX with a FlashAttention-2-style `jax.custom_vjp`:
@@ -16,8 +16,10 @@ Four implementations behind one switch, `model.attention` (config) / `Transforme
   auto    per platform and sequence length: `choose_attention`.
 
 Every implementation computes the model's mask, `tril(T, S) & key_valid[b, s]` (query t sees real keys
-s <= t). A query row with no visible key (a left-padding position) gives zeros in flash/splash/cudnn and a
-uniform average in dense; such rows never reach a real token (their keys are masked out everywhere).
+s <= t), on every real token's row. Rows at padding positions differ between implementations and are never
+read by a real token (padding keys are masked everywhere): a row with no visible key (left padding) gives a
+uniform average in dense and zeros in flash; splash lets padding rows see the padding before them; cudnn
+gives zeros on every padding row.
 """
 from __future__ import annotations
 
@@ -32,15 +34,17 @@ _NEG_INF = -1e30  # finite: a fully masked row never computes inf - inf
 
 IMPLEMENTATIONS = ("auto", "dense", "flash", "splash", "cudnn")
 
-# "auto" on CPU: dense up to this many query positions, flash above (benchmarks/attention.py,
-# benchmarks/README.md: where dense stops being faster and its scores start to dominate memory).
-AUTO_DENSE_MAX_LEN_CPU = 1024
-# "auto" on GPU/TPU without a fitting kernel: dense up to this length (its [B, H, T, T] float32 scores are
-# 64 MiB per row and layer at 1024 x 1024 x 16 heads), flash above.
+# "auto" on CPU: dense up to this many query positions, flash above. Measured (benchmarks/attention.py,
+# benchmarks/README.md) at Qwen3-1.7B's heads and at the RL benchmark's: up to T = 384 dense's forward +
+# backward was as fast as flash's or faster, from T = 512 flash took 0.4-0.7x dense's time and less memory.
+AUTO_DENSE_MAX_LEN_CPU = 512
+# "auto" on GPU, and on TPU where splash does not fit: dense up to this length, flash above. Not measured
+# on these devices (none was available): the length where dense's scores reach 64 MiB per row and layer
+# (16 heads). On TPU, "auto" takes splash wherever it fits (`splash_fits`), as MaxText does.
 AUTO_DENSE_MAX_LEN_ACCEL = 1024
 
-DEFAULT_BLOCK_Q = 512
-DEFAULT_BLOCK_K = 512
+DEFAULT_BLOCK_Q = 256
+DEFAULT_BLOCK_K = 256
 
 
 # ------------------------------------------------------------------------------------------ dense
@@ -84,8 +88,8 @@ def flash_attention(
     KV heads are never repeated), key_valid [B,S] bool (None: all keys real) -> [B,T,H,hd] in q's dtype.
 
     Mask: key_valid[b, s], and s <= t when causal. Scores, softmax statistics and the output accumulator are
-    float32 whatever the input dtype. T and S need not be multiples of the blocks (padded internally);
-    blocks are min(block, length). With causal, key blocks entirely after a query block are skipped, and
+    float32 whatever the input dtype. T and S need not be multiples of the blocks: each length is split into
+    ceil(length / block) equal blocks of at most `block` positions, the last padded internally. With causal, key blocks entirely after a query block are skipped, and
     key blocks that are padding in every row are skipped in both passes.
     """
     B, T, H, hd = q.shape
@@ -99,8 +103,14 @@ def flash_attention(
         key_valid = jnp.ones((B, S), bool)
     elif key_valid.shape != (B, S):
         raise ValueError(f"flash_attention: key_valid {key_valid.shape} must be [B, S] = {(B, S)}")
-    bq, bk = min(block_q, T), min(block_k, S)
+    bq, bk = _balanced_block(T, block_q), _balanced_block(S, block_k)
     return _flash(q, k, v, key_valid.astype(bool), causal, bq, bk)
+
+
+def _balanced_block(n: int, block: int) -> int:
+    """The block size that covers n positions in as many blocks as `block` does, with the least padding
+    (T = 320 with block 256: two blocks of 160, not two of 256)."""
+    return -(-n // -(-n // block))
 
 
 def _q_blocks(x: jax.Array, K: int, bq: int) -> jax.Array:
@@ -212,7 +222,8 @@ def _flash_fwd(q, k, v, key_valid, causal, bq, bk):
 def _flash_bwd(causal, bq, bk, res, dout):
     """FlashAttention-2 backward: per key block j (outer loop), per query block i (inner): recompute
     P = exp(S - lse), dV_j += Pᵀ dO, dS = P ∘ (dO Vᵀ - rowsum(dO ∘ O)), dQ_i += dS K / √hd,
-    dK_j += dSᵀ Q / √hd. dQ is one float32 (float64 for float64 inputs) accumulator the size of q; nothing is quadratic."""
+    dK_j += dSᵀ Q / √hd. dQ is one float32 (float64 for float64 inputs) accumulator the size of q; nothing
+    is quadratic."""
     q, k, v, key_valid, out, lse = res
     B, T, H, hd = q.shape
     S, K = k.shape[1], k.shape[2]
@@ -261,14 +272,13 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 
 
 # ------------------------------------------------------------------------------------------ splash (TPU)
-SPLASH_BLOCK = 512  # splash block sizes: min(SPLASH_BLOCK, T); T must be a multiple of them and of 128
+SPLASH_BLOCKS = (512, 256, 128)  # splash block size: the largest of these that divides T
 
 
 def splash_fits(T: int, S: int, hd: int) -> bool:
-    """Whether the TPU splash kernel takes these shapes (self-attention, lengths multiples of 128 and of the
-    block, head_dim a multiple of 128) and imports."""
-    block = min(SPLASH_BLOCK, T)
-    if T != S or T % 128 or T % block or hd % 128:
+    """Whether the TPU splash kernel takes these shapes (self-attention, length a multiple of 128, head_dim a
+    multiple of 64: 64 and 128 compile for v5e) and imports."""
+    if T != S or T % 128 or hd % 64:
         return False
     try:
         from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel  # noqa: F401
@@ -277,7 +287,8 @@ def splash_fits(T: int, S: int, hd: int) -> bool:
     return True
 
 
-def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, rules=None) -> jax.Array:
+def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array, rules=None,
+                     interpret: bool = False) -> jax.Array:
     """Causal grouped-query attention with the Pallas TPU splash kernel (`make_splash_mha`, KV heads not
     repeated). q [B,T,H,hd], k/v [B,T,K,hd], key_valid [B,T] -> [B,T,H,hd]. Shapes must pass `splash_fits`.
 
@@ -287,6 +298,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
     it (itself at least, so no row is empty; its output is never read by a real token). The kernel runs one
     batch row at a time (vmap) under `shard_map` over the mesh's batch axes, and over its tensor axis when
     both head counts divide by it (rules: the model's ShardingRules; None: no shard_map, one device).
+    interpret: run the kernel in the Pallas interpreter (any platform; the CPU tests' numerics check).
     """
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as sk
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as sm
@@ -294,7 +306,7 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
     B, T, H, hd = q.shape
     K = k.shape[2]
     scale = 1.0 / math.sqrt(hd)
-    block = min(SPLASH_BLOCK, T)
+    block = next(b for b in SPLASH_BLOCKS if T % b == 0)
     sizes = sk.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                           block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
     batch_axes = head_axis = None
@@ -308,11 +320,11 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
     def local(q, k, v, valid):  # [b, T, h, hd], [b, T, kh, hd], [b, T]
         h = q.shape[2]
         mask = sm.MultiHeadMask([sm.CausalMask((T, T)) for _ in range(h)])
-        kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1)
+        kernel = sk.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
         seg = valid.astype(jnp.int32)
         qh = (q.astype(jnp.float32) * scale).astype(q.dtype).transpose(0, 2, 1, 3)  # [b, h, T, hd]
         kh, vh = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        out = jax.vmap(lambda qi, ki, vi, si: kernel(qi, ki, vi, sk.SegmentIds(q=si, kv=si)))(qh, kh, vh, seg)
+        out = _splash_default_precision(kernel, qh, kh, vh, seg)
         return out.transpose(0, 2, 1, 3)
 
     if rules is None:
@@ -324,8 +336,43 @@ def splash_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Ar
                          out_specs=spec, check_vma=False)(q, k, v, key_valid)
 
 
+def _splash_batched(kernel, q, k, v, ids):
+    """The splash kernel over a batch: q [b, h, T, hd], k/v [b, kh, T, hd], segment ids [b, T]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+
+    return jax.vmap(lambda qi, ki, vi, si: kernel(qi, ki, vi, SegmentIds(q=si, kv=si)))(q, k, v, ids)
+
+
+@jax.custom_vjp
+def _splash_default_precision(kernel, q, k, v, ids):
+    """`_splash_batched`, forward and backward traced under the default matmul precision.
+
+    The splash kernels' bf16 dots do not compile (Mosaic: "Bad lhs type") when a global
+    jax_default_matmul_precision of 'highest' is set (the test suite sets it); a context manager around
+    the call covers only the forward, since the kernel's backward is traced later, while the caller's
+    gradient is transposed. Hence this custom_vjp, whose backward runs the kernel's VJP in the context.
+    The kernel (its mask tables) is an argument, not a closure: under jit its arrays are tracers."""
+    with jax.default_matmul_precision("default"):
+        return _splash_batched(kernel, q, k, v, ids)
+
+
+def _splash_fwd(kernel, q, k, v, ids):
+    with jax.default_matmul_precision("default"):
+        out, vjp = jax.vjp(lambda a, b, c: _splash_batched(kernel, a, b, c, ids), q, k, v)
+    return out, vjp
+
+
+def _splash_bwd(vjp, g):
+    with jax.default_matmul_precision("default"):
+        return (None, *vjp(g), None)
+
+
+_splash_default_precision.defvjp(_splash_fwd, _splash_bwd)
+
+
 # ------------------------------------------------------------------------------------------ cuDNN (GPU)
-def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array) -> jax.Array:
+def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Array,
+                    implementation: str = "cudnn") -> jax.Array:
     """Causal grouped-query attention with cuDNN's fused flash kernel (`jax.nn.dot_product_attention(
     implementation="cudnn")`). q [B,T,H,hd], k/v [B,T,K,hd], key_valid [B,T] -> [B,T,H,hd]. GPU only.
 
@@ -334,8 +381,13 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Arr
     by its number of leading padding positions (a per-row gather, linear in T), attended with is_causal and
     query/key lengths = the row's real-token count, and rotated back. This requires each row's real tokens
     to be one contiguous run (left padding, optionally right padding after it); padding rows give zeros.
+    cuDNN takes bfloat16/float16 only (model.dtype = "bfloat16"). implementation="xla" runs the same
+    rotation and lengths through jax.nn's XLA path (the CPU test of this function).
     """
     B, T, H, hd = q.shape
+    if implementation == "cudnn" and q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"attention 'cudnn': cuDNN flash attention takes bfloat16/float16, got {q.dtype}; "
+                         "set model.dtype='bfloat16' or use model.attention='flash'")
     valid = key_valid.astype(bool)
     lead = jnp.argmax(valid, axis=1).astype(jnp.int32)  # leading padding per row (0 for an all-padding row)
     lengths = jnp.sum(valid, axis=1).astype(jnp.int32)
@@ -344,7 +396,7 @@ def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_valid: jax.Arr
     def rotate(x):
         return jnp.take_along_axis(x, idx[:, :, None, None], axis=1)
 
-    out = jax.nn.dot_product_attention(rotate(q), rotate(k), rotate(v), is_causal=True, implementation="cudnn",
+    out = jax.nn.dot_product_attention(rotate(q), rotate(k), rotate(v), is_causal=True, implementation=implementation,
                                        query_seq_lengths=lengths, key_value_seq_lengths=lengths)
     back = (jnp.arange(T, dtype=jnp.int32)[None, :] - lead[:, None]) % T
     out = jnp.take_along_axis(out, back[:, :, None, None], axis=1)
@@ -363,9 +415,10 @@ def target_platform(rules=None) -> str:
 
 def choose_attention(implementation: str, T: int, S: int, hd: int, platform: str) -> str:
     """The implementation `attention` runs: an explicit choice is kept where its platform allows (splash
-    falls back to flash off TPU or where `splash_fits` is false; cudnn requires a GPU); "auto" picks dense
-    up to AUTO_DENSE_MAX_LEN_* query positions (fastest there, and its scores are small), then splash on
-    TPU where it fits, else flash."""
+    falls back to flash off TPU or where `splash_fits` is false; cudnn requires a GPU). "auto": on TPU the
+    splash kernel wherever it fits; otherwise dense up to AUTO_DENSE_MAX_LEN_CPU (CPU) or
+    AUTO_DENSE_MAX_LEN_ACCEL (GPU, TPU) query positions, flash above. "auto" never picks cudnn (untested
+    here: no GPU was available)."""
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"attention implementation {implementation!r}: expected one of {IMPLEMENTATIONS}")
     if implementation == "cudnn":
@@ -376,10 +429,10 @@ def choose_attention(implementation: str, T: int, S: int, hd: int, platform: str
         return "splash" if platform == "tpu" and splash_fits(T, S, hd) else "flash"
     if implementation != "auto":
         return implementation
+    if platform == "tpu" and splash_fits(T, S, hd):
+        return "splash"
     limit = AUTO_DENSE_MAX_LEN_CPU if platform == "cpu" else AUTO_DENSE_MAX_LEN_ACCEL
-    if T <= limit:
-        return "dense"
-    return "splash" if platform == "tpu" and splash_fits(T, S, hd) else "flash"
+    return "dense" if T <= limit else "flash"
 
 
 def make_attention(implementation: str, key_valid: jax.Array, *, head_dim: int, rules=None,

@@ -255,7 +255,8 @@ def test_splash_compiles_for_tpu_with_less_memory_than_dense():
     """On a TPU target, "auto" at T = 2048 picks the Pallas splash kernel; its gradient lowers to a Mosaic
     custom call under shard_map (batch over fsdp, heads over tensor) and compiles with libtpu, and its
     compiled temp memory is a small fraction of dense attention's."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from urlvr_jax.sharding import ShardingRules
 

@@ -89,8 +89,9 @@ def flash_attention(
 
     Mask: key_valid[b, s], and s <= t when causal. Scores, softmax statistics and the output accumulator are
     float32 whatever the input dtype. T and S need not be multiples of the blocks: each length is split into
-    ceil(length / block) equal blocks of at most `block` positions, the last padded internally. With causal, key blocks entirely after a query block are skipped, and
-    key blocks that are padding in every row are skipped in both passes.
+    ceil(length / block) equal blocks of at most `block` positions, the last padded internally. With causal,
+    key blocks entirely after a query block are skipped, and key blocks that are padding in every row are
+    skipped in both passes.
     """
     B, T, H, hd = q.shape
     S, K = k.shape[1], k.shape[2]

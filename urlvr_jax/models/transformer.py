@@ -27,7 +27,6 @@ import numpy as np
 from flax import nnx
 
 from urlvr_jax.models.attention import IMPLEMENTATIONS as ATTENTION_IMPLEMENTATIONS
-from urlvr_jax.models.attention import dense_attention as attention  # noqa: F401  (re-exported)
 from urlvr_jax.models.attention import make_attention
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.sharding import ShardingRules, with_logical_constraint
@@ -195,7 +194,7 @@ class Transformer(nnx.Module):
         stacked = {s.path[1]: getattr(self.layers, s.path[1])[...] for s in param_table(self.cfg)
                    if s.path[0] == "layers"}
         cfg, layers = self.cfg, []
-        D, K, hd = cfg.hidden_size, cfg.num_kv_heads, cfg.head_dim
+        D, K = cfg.hidden_size, cfg.num_kv_heads
         for i in range(cfg.num_layers):
             w = _compute_weights({k: v[i] for k, v in stacked.items()}, self.dtype)
             if fuse:
@@ -307,7 +306,8 @@ class Transformer(nnx.Module):
         x = jnp.take(self.embed[...], input_ids, axis=0).astype(dtype)
         x = with_logical_constraint(x, ("batch", "sequence", "act_embed"), self.rules)
         cos, sin = rope_cos_sin(cfg, positions)
-        layer_params = {s.path[1]: getattr(self.layers, s.path[1])[...] for s in param_table(cfg) if s.path[0] == "layers"}
+        layer_params = {s.path[1]: getattr(self.layers, s.path[1])[...] for s in param_table(cfg)
+                        if s.path[0] == "layers"}
 
         def body(h, p):
             w = _compute_weights(p, dtype)

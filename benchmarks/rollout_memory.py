@@ -65,9 +65,7 @@ def make_devices(args):
 
 
 def compile_rollout(config, cfg, devices, engine: str, new_tokens: int, max_inflight: int):
-    """memory_analysis() of the jitted rollout for one engine and length cap."""
-    import dataclasses
-
+    """(memory_analysis(), compile seconds) of the jitted rollout for one engine and length cap."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -95,7 +93,6 @@ def compile_rollout(config, cfg, devices, engine: str, new_tokens: int, max_infl
     sampling = SamplingConfig(max_new_tokens=new_tokens, temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                               engine=engine, max_inflight=max_inflight, decode_block=s.decode_block,
                               prefill_chunk=s.prefill_chunk)
-    sampling = dataclasses.replace(sampling)
     B, Tp = config.data.prompt_batch_size, config.data.max_prompt_length
     batch = NamedSharding(mesh, P(("data", "fsdp")))
     ids = jax.ShapeDtypeStruct((B, Tp), jnp.int32, sharding=batch)
@@ -109,7 +106,7 @@ def compile_rollout(config, cfg, devices, engine: str, new_tokens: int, max_infl
 
     t0 = time.perf_counter()
     compiled = jax.jit(rollout).lower(state, ids, ids, key).compile()
-    return compiled.memory_analysis(), time.perf_counter() - t0, mesh
+    return compiled.memory_analysis(), time.perf_counter() - t0
 
 
 def main(argv=None):
@@ -156,7 +153,7 @@ def main(argv=None):
                 S, _, cap = engine_shapes(SamplingConfig(max_new_tokens=T, max_inflight=slots,
                                                          decode_block=config.sampling.decode_block), P * N)
                 kv = (P * Tp + S * cap) * per_token / batch_devices
-            mem, secs, _ = compile_rollout(config, cfg, devices, engine, T, slots)
+            mem, secs = compile_rollout(config, cfg, devices, engine, T, slots)
             print(f"| {engine} | {T} | {kv / gib:.2f} | {mem.argument_size_in_bytes / gib:.2f} | "
                   f"{mem.output_size_in_bytes / gib:.2f} | {mem.temp_size_in_bytes / gib:.2f} | {secs:.0f} |",
                   flush=True)

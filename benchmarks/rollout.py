@@ -5,7 +5,8 @@ to a temporary folder and loaded into ours with `urlvr_jax.models.weights.load_m
 run the same float32 weights. Both generate exactly `--new-tokens` tokens for the same left-padded batch
 of prompts of varied lengths (no EOS can stop a row early), greedy and sampled (temperature, top-p).
 Each side is warmed up once (for ours that is the jit compilation), then the two sides are timed
-alternately `--repeats` times (so load from other processes hits both alike); the median is reported. Greedy outputs are compared token for token so the speed comparison is of equal work.
+alternately `--repeats` times (so load from other processes hits both alike); the median is reported. Greedy
+outputs are compared token for token so the speed comparison is of equal work.
 
 The timed work includes the prefill. Ours also computes the per-token statistics (log-prob, entropy,
 self-certainty, top-1 − top-2 gap) inside the loop; transformers computes none of them.
@@ -412,7 +413,8 @@ def longtail_main(args, ours, hf, ids, mask, n_params: int):
     useful = int(lengths.sum())
     print(f"longtail: {B} rows, cap {cap}, lengths log-normal (mean {args.mean_fraction:.2f} x cap, sigma "
           f"{args.length_sigma}): mean {lengths.mean():.1f}, median {np.median(lengths):.0f}, max {lengths.max()}, "
-          f"{int((lengths == cap).sum())} at the cap; {useful} useful tokens. Engine: {args.max_inflight} slots, attention "
+          f"{int((lengths == cap).sum())} at the cap; {useful} useful tokens. Engine: {args.max_inflight} slots, "
+          f"attention "
           f"blocks of {args.decode_block}. Warm-up (compilation) with every row 1 token long, then "
           f"{args.repeats} timed run(s) per side, the three sides alternately")
     static_kept = useful / (B * int(lengths.max()))

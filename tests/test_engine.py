@@ -11,12 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from test_sampler import ALPHA, PROMPTS, STATS_ATOL, hf_greedy, numpy_stats
 from test_train import tiny_model  # noqa: F401  (the trainer tests' tiny synthetic model, a fixture)
 from tiny_models import FAMILIES, left_pad, make_hf_model
-from urlvr_jax.models.weights import load_model, model_from_state_dict, state_dict
+
 from urlvr_jax.models.transformer import ragged_decode_attention
+from urlvr_jax.models.weights import load_model, model_from_state_dict, state_dict
 from urlvr_jax.rollout.engine import continuous_generate
 from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids, score
 from urlvr_jax.sharding import make_mesh
@@ -200,7 +200,7 @@ def test_ragged_decode_attention_equals_float64():
         ragged_decode_attention(q, pk, pv, pmask, k, v, lengths, 5)
 
 
-def test_trainer_resume_after_sigkill_with_the_engine(tmp_path, tiny_model):
+def test_trainer_resume_after_sigkill_with_the_engine(tmp_path, tiny_model):  # noqa: F811  (the fixture)
     """tests/test_train.py's exact-resume check with sampling.engine = "continuous" (6 slots for 4 × 4 rows,
     so rows queue for slots): the run killed at step 4 and resumed writes the same metrics as the
     uninterrupted run."""

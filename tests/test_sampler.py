@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from scipy import stats as scipy_stats
-
 from tiny_models import FAMILIES, left_pad, make_hf_model
+
 from urlvr_jax.models.weights import load_model, model_from_state_dict, state_dict
 from urlvr_jax.rollout.sampler import SamplingConfig, filter_logits, generate_ids, score
 from urlvr_jax.sharding import make_mesh
@@ -254,7 +254,8 @@ def test_inverse_cdf_sampler_distribution_and_excluded_tokens():
     p /= p.sum()
     assert not np.isin(draws, [1, 7]).any()
     expected_ok = p * n >= 5
-    pooled = np.append(np.bincount(draws, minlength=12)[expected_ok], np.isin(draws, np.flatnonzero(~expected_ok)).sum())
+    pooled = np.append(np.bincount(draws, minlength=12)[expected_ok],
+                       np.isin(draws, np.flatnonzero(~expected_ok)).sum())
     exp = np.append(p[expected_ok], p[~expected_ok].sum()) * n
     assert scipy_stats.chisquare(pooled[exp > 0], exp[exp > 0]).pvalue > ALPHA
 

@@ -146,7 +146,8 @@ def sample_token(key: jax.Array, logits: jax.Array, sampling: SamplingConfig) ->
         return first_argmax(logits)
     z = logits / sampling.temperature
     if sampling.top_k:
-        return sample_inverse_cdf(jax.random.uniform(key, z.shape[:1]), filter_logits(z, sampling.top_k, sampling.top_p))
+        filtered = filter_logits(z, sampling.top_k, sampling.top_p)
+        return sample_inverse_cdf(jax.random.uniform(key, z.shape[:1]), filtered)
     if sampling.top_p < 1.0:
         return sample_nucleus(key, logits, sampling.top_p, sampling.temperature)
     return sample_inverse_cdf(jax.random.uniform(key, z.shape[:1]), z)

@@ -70,7 +70,8 @@ def compile_rollout(config, cfg, devices, engine: str, new_tokens: int, max_infl
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     from urlvr_jax.models.transformer import Transformer
     from urlvr_jax.models.weights import _state_shardings

@@ -405,8 +405,9 @@ def compile_step(config, devices, programs=PROGRAMS) -> tuple[list[ProgramCost],
 
 # ------------------------------------------------------------------------------ report
 ADVICE = {
-    "rollout": "the rollout's KV cache: lower sampling.max_new_tokens, data.prompt_batch_size or rl.num_samples, "
-               "or use more devices on mesh.data/fsdp",
+    "rollout": "the rollout's KV cache: with sampling.engine='continuous' lower sampling.max_inflight (the KV "
+               "budget); else lower sampling.max_new_tokens, data.prompt_batch_size or rl.num_samples; or use "
+               "more devices on mesh.data/fsdp",
     "scoring": "the scoring pass: lower data.prompt_batch_size or use more devices on mesh.data/fsdp",
     "reward": "lower data.prompt_batch_size",
     "update": "the update's activations: set rl.micro_batch_groups=-1 (per-device micro-batches), model.remat=True, "

@@ -44,16 +44,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def load_config(spec: str):
-    import importlib.util
-
-    path, _, variant = spec.partition(":")
-    module_spec = importlib.util.spec_from_file_location("rollout_memory_config", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
-
-
 def make_devices(args):
     import jax
 
@@ -121,9 +111,10 @@ def main(argv=None):
 
     import jax
 
+    from urlvr_jax.api import get_config
     from urlvr_jax.dry_run import model_config_for
 
-    config = load_config(args.config)
+    config = get_config(args.config, validate=False)
     cfg = model_config_for(config)
     if args.layers:
         cfg = dataclasses.replace(cfg, num_layers=args.layers)

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from urlvr_jax import aot  # noqa: E402
+from urlvr_jax.api import get_config  # noqa: E402
 
 GIB = aot.GIB
 PRESETS = {
@@ -41,7 +42,7 @@ PRESETS = {
 
 def make_config(preset: str, attention: str | None, overrides: dict):
     spec, preset_overrides = PRESETS[preset]
-    config = aot.load_config(str(ROOT / spec.split(":")[0]) + ":" + spec.split(":")[1])
+    config = get_config(str(ROOT / spec.split(":")[0]) + ":" + spec.split(":")[1], validate=False)
     for key, value in {**preset_overrides, **overrides}.items():
         section, leaf = key.split(".")
         config[section][leaf] = value

@@ -15,6 +15,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from urlvr_jax import aot
+from urlvr_jax.api import get_config
 from urlvr_jax.hlo_cost import hlo_cost, shape_bytes
 
 needs_libtpu = pytest.mark.skipif(not aot.tpu_available(), reason="libtpu not installed (pip install '.[tpu]')")
@@ -23,7 +24,7 @@ needs_libtpu = pytest.mark.skipif(not aot.tpu_available(), reason="libtpu not in
 def _tiny():
     from pathlib import Path
 
-    c = aot.load_config(str(Path(__file__).resolve().parents[1] / "configs" / "default.py"))
+    c = get_config(str(Path(__file__).resolve().parents[1] / "configs" / "default.py"), validate=False)
     c.data.prompt_batch_size, c.rl.num_samples = 4, 2
     c.data.max_prompt_length, c.sampling.max_new_tokens = 16, 8
     return c

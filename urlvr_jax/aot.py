@@ -36,7 +36,16 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from urlvr_jax.config import validate
 from urlvr_jax.hlo_cost import hlo_cost
+from urlvr_jax.models.paths import model_config_for, resolve_model_path
+from urlvr_jax.models.transformer import Transformer
+from urlvr_jax.models.weights import _state_shardings
+from urlvr_jax.rewards.answers import AnswerExtractor
+from urlvr_jax.rl.step import reward_phase, rollout_phase, scoring_phase, update_phase
+from urlvr_jax.sharding import ShardingRules, make_mesh
+from urlvr_jax.tokenizer import load_tokenizer
+from urlvr_jax.train import make_optimizer, needs_reference, pool_size, step_config
 
 GIB = 1024 ** 3
 
@@ -176,8 +185,6 @@ def _local_tokenizer(config):
     path = _local_model_path(config)
     if path is None:
         return None
-    from urlvr_jax.tokenizer import load_tokenizer
-
     try:
         return load_tokenizer(config.model.tokenizer or path)
     except (OSError, ValueError):  # a model folder without a tokenizer
@@ -188,8 +195,6 @@ def _extractor(config, model_cfg, mesh, tokenizer):
     """The answer extractor's tables for the model's tokenizer when it is on this machine, else for a
     stand-in vocabulary of the same size (the tables' shapes then differ slightly: the reward program is
     tiny either way)."""
-    from urlvr_jax.rewards.answers import AnswerExtractor
-
     if tokenizer is not None:
         extractor = AnswerExtractor.from_tokenizer(tokenizer)
     else:
@@ -203,8 +208,6 @@ def _local_model_path(config) -> str | None:
     """The model's local folder/file when it is on this machine (a preset-only config has none)."""
     import os
 
-    from urlvr_jax.models.paths import resolve_model_path
-
     if not config.model.path:
         return None
     try:
@@ -214,28 +217,8 @@ def _local_model_path(config) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def load_config(spec: str):
-    """A config from 'configs/<file>.py[:variant]' (what --config takes), without absl flags."""
-    import importlib.util
-    import os
-
-    path, _, variant = spec.partition(":")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found (expected configs/<name>.py[:variant])")
-    module_spec = importlib.util.spec_from_file_location(f"_urlvr_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(variant) if variant else module.get_config()
-
-
 def abstract_step(config, devices) -> AbstractStep:
     """The step's inputs for `config` on a mesh of `devices` (abstract: no memory is allocated)."""
-    from urlvr_jax.config import batch_shards, micro_batch_groups_for
-    from urlvr_jax.models.paths import model_config_for
-    from urlvr_jax.models.transformer import Transformer
-    from urlvr_jax.models.weights import _state_shardings
-    from urlvr_jax.sharding import ShardingRules, make_mesh
-    from urlvr_jax.train import make_optimizer, needs_reference, pool_size, step_config
 
     model_cfg = model_config_for(config)
     tokenizer = _local_tokenizer(config)
@@ -246,7 +229,7 @@ def abstract_step(config, devices) -> AbstractStep:
 
     def build(remat):
         return nnx.eval_shape(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0), param_dtype=param_dtype, dtype=dtype,
-                                                  remat=remat, rules=rules, **_attention_kw(config)))
+                                                  remat=remat, rules=rules, attention=config.model.attention))
 
     graphdef, state = nnx.split(build(config.model.remat))
     params = jax.tree.map(_sds, state, _state_shardings(model_cfg, state, rules))
@@ -260,11 +243,9 @@ def abstract_step(config, devices) -> AbstractStep:
     opt_state = optax.tree_utils.tree_map_params(
         tx, lambda x, p: _sds(x, p.sharding), opt_shapes, params,
         transform_non_params=lambda x: _sds(x, replicated))
-    # the trainer's own StepConfig (sampling engine, micro-batches resolved for this mesh, ...) so the
-    # compiled programs are the ones `train` runs; EOS/pad ids only need to exist
-    step_cfg = dataclasses.replace(step_config(config, tokenizer or _StandInTokenizer(), model_cfg),
-                                   micro_batch_groups=micro_batch_groups_for(config, batch_shards(config,
-                                                                                                 len(devices))))
+    # the trainer's own StepConfig (sampling engine, micro-batches resolved for this mesh's device count, ...)
+    # so the compiled programs are the ones `train` runs; EOS/pad ids only need to exist
+    step_cfg = step_config(config, tokenizer or _StandInTokenizer(), model_cfg, n_devices=len(devices))
     B, Tp = pool_size(config), config.data.max_prompt_length
     batch = rules.sharding(("batch", None), (B, Tp), name="batch")
     key = jax.eval_shape(lambda: jax.random.key(0))
@@ -276,12 +257,6 @@ def abstract_step(config, devices) -> AbstractStep:
         gold=jax.ShapeDtypeStruct((B,), jnp.int32, sharding=replicated),
         key=jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated),
         extractor=_extractor(config, model_cfg, mesh, tokenizer))
-
-
-def _attention_kw(config) -> dict:
-    """model.attention, where this version of the model takes it."""
-    impl = config.model.get("attention", None)
-    return {"attention": impl} if impl else {}
 
 
 # ------------------------------------------------------------------------------ compile and measure
@@ -367,8 +342,6 @@ def compile_step(config, devices, programs=PROGRAMS) -> tuple[list[ProgramCost],
     """Compile the step's programs for `devices` (abstract TPU devices, or real ones) and measure them.
 
     programs: which to compile; the others are only shape-evaluated to feed the next phase."""
-    from urlvr_jax.rl.step import reward_phase, rollout_phase, scoring_phase, update_phase
-
     unknown = set(programs) - set(PROGRAMS)
     if unknown:
         raise ValueError(f"compile_step: unknown programs {sorted(unknown)}; choose from {PROGRAMS}")
@@ -492,8 +465,6 @@ class CompileReport:
 
 def compile_for(config, target: str | Target, config_name: str = "", programs=PROGRAMS) -> CompileReport:
     """AOT-compile `config`'s step for a TPU slice (e.g. 'v5e-16') and measure its programs."""
-    from urlvr_jax.config import validate
-
     validate(config)
     t = make_target(target) if isinstance(target, str) else target
     programs, a = compile_step(config, t.devices, programs)
@@ -509,13 +480,15 @@ def main(argv=None) -> int:
     import argparse
     import json
 
+    from urlvr_jax.api import get_config
+
     parser = argparse.ArgumentParser(prog="python -m urlvr_jax.aot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="configs/<file>.py[:variant]")
     parser.add_argument("--compile_for", required=True, help="TPU slice: v5e-16, v5e-64, v5p-8, v6e-16, v4-8, v5e:4x4")
     parser.add_argument("--json", default="", help="also write the report as JSON to this file")
     args = parser.parse_args(argv)
-    config = load_config(args.config)
+    config = get_config(args.config, validate=False)
     report = compile_for(config, args.compile_for, args.config)
     print(report.table())
     if args.json:

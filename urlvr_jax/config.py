@@ -203,11 +203,16 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-def batch_shards(c, n_devices: int) -> int:
-    """How many ways a batch is split: mesh data x fsdp, with a -1 axis filled by the remaining devices."""
+def mesh_sizes(c, n_devices: int) -> dict[str, int]:
+    """config.mesh's axis sizes for n_devices, a -1 axis filled by the remaining devices."""
     sizes = {"data": c.mesh.data, "fsdp": c.mesh.fsdp, "tensor": c.mesh.tensor}
     known = math.prod(v for v in sizes.values() if v > 0)
-    sizes = {k: (max(n_devices // known, 1) if v == -1 else v) for k, v in sizes.items()}
+    return {k: (max(n_devices // known, 1) if v == -1 else v) for k, v in sizes.items()}
+
+
+def batch_shards(c, n_devices: int) -> int:
+    """How many ways a batch is split: mesh data x fsdp."""
+    sizes = mesh_sizes(c, n_devices)
     return sizes["data"] * sizes["fsdp"]
 
 

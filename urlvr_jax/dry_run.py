@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from urlvr_jax.config import micro_batch_groups_for, validate
+from urlvr_jax.config import mesh_sizes, micro_batch_groups_for, validate
 from urlvr_jax.models.attention import choose_attention
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.models.paths import model_config_for
@@ -30,13 +30,7 @@ from urlvr_jax.models.transformer import Transformer
 
 
 def estimate_memory(config, cfg: ModelConfig, n_devices: int) -> dict[str, float]:
-    mesh = {"data": config.mesh.data, "fsdp": config.mesh.fsdp, "tensor": config.mesh.tensor}
-    known = 1
-    for v in mesh.values():
-        known *= v if v > 0 else 1
-    for k, v in mesh.items():
-        if v == -1:
-            mesh[k] = max(n_devices // known, 1)
+    mesh = mesh_sizes(config, n_devices)
     model_par = mesh["fsdp"] * mesh["tensor"]
     batch_par = mesh["data"] * mesh["fsdp"]
     b_param = 2 if config.model.param_dtype == "bfloat16" else 4

@@ -189,7 +189,7 @@ def _conv_flops(ins: _Instr, table: dict[str, str]) -> float:
     return 2.0 * out * per_output / groups
 
 
-def _trip_count(ins: _Instr, comps, table: dict[str, str], instrs_by_name: dict[str, _Instr]) -> int | None:
+def _trip_count(ins: _Instr, comps, instrs_by_name: dict[str, _Instr]) -> int | None:
     known = re.search(r'"known_trip_count":\{"n":"(\d+)"', ins.attrs)
     if known:
         return int(known.group(1))
@@ -294,7 +294,7 @@ def hlo_cost(text: str, breakdown: dict | None = None) -> HloCost:
                 nbytes += mult * _fusion_bytes(ins, comps.get(callee, []), shapes[comp], shapes.get(callee, {}))
                 continue
             elif op == "while":
-                trips = _trip_count(ins, comps, shapes[comp], by_name)
+                trips = _trip_count(ins, comps, by_name)
                 if trips is None:
                     unknown.append(ins.name)
                     trips = 1

@@ -167,7 +167,8 @@ def init_opt_state(tx, params, mesh):
         transform_non_params=lambda x: jax.device_put(x, replicated))
 
 
-def step_config(config, tokenizer, model_cfg) -> StepConfig:
+def step_config(config, tokenizer, model_cfg, n_devices: int | None = None) -> StepConfig:
+    """The step's static settings; micro-batches are resolved for `n_devices` (default: this run's devices)."""
     s = config.sampling
     return StepConfig(
         num_samples=config.rl.num_samples,
@@ -179,7 +180,7 @@ def step_config(config, tokenizer, model_cfg) -> StepConfig:
         dual_clip=config.rl.dual_clip or None, aggregation=config.rl.aggregation, kl_coef=config.rl.kl_coef,
         kl_estimator=config.rl.kl_estimator, kl_in_reward=config.rl.kl_in_reward,
         entropy_coef=config.rl.entropy_coef, mini_batches=config.rl.mini_batches,
-        micro_batch_groups=micro_batch_groups_for(config, batch_shards(config, jax.device_count())),
+        micro_batch_groups=micro_batch_groups_for(config, batch_shards(config, n_devices or jax.device_count())),
         mask_truncated=config.rl.mask_truncated,
         use_reference=reference_every_step(config), eos_ids=tuple(eos_ids_of(tokenizer, model_cfg)),
         pad_id=pad_id_of(tokenizer),

@@ -251,6 +251,7 @@ class Transformer(nnx.Module):
         cache: KVCache,
         write_index: jax.Array,
         block: int,
+        groups: int = 1,
     ) -> tuple[jax.Array, KVCache]:
         """One new token per decode slot, each slot at its own response position (continuous batching).
 
@@ -263,6 +264,11 @@ class Transformer(nnx.Module):
         [S, K, T, hd] with T a multiple of `block`. The response segment is read `block` positions at a
         time, only up to the longest slot's length (`ragged_decode_attention`). Returns float32 logits [S, V]
         and the updated slot cache.
+
+        groups > 1 splits prompts and slots into that many contiguous groups (one per device along the batch
+        axes, see `take_in_groups`): a slot of group g must decode a prompt of group g, and then the prompt KV
+        a slot reads never leaves its device (one global gather would replicate every prompt's KV on every
+        device).
         """
         cfg, dtype = self.cfg, self.dtype
         S = tokens.shape[0]
@@ -271,14 +277,14 @@ class Transformer(nnx.Module):
         slots = jnp.arange(S)
         index = jnp.asarray(write_index, jnp.int32)
         lengths = index + 1  # response positions each slot attends to, this token's included
-        p_mask = jnp.take(prompt_mask.astype(bool), prompt_index, axis=0)
+        p_mask = take_in_groups(prompt_mask.astype(bool), prompt_index, groups)
         ks, vs = list(cache.k), list(cache.v)
         for i, w in enumerate(weights):
             q, k, v = _qkv(cfg, w, x, cos, sin)
             ks[i] = ks[i].at[slots, :, :, index].set(k[:, 0].astype(ks[i].dtype))  # [S, K, hd] at (slot, t)
             vs[i] = vs[i].at[slots, :, index, :].set(v[:, 0].astype(vs[i].dtype))
-            pk = jnp.take(prompt_cache.k[i], prompt_index, axis=0).astype(dtype)
-            pv = jnp.take(prompt_cache.v[i], prompt_index, axis=0).astype(dtype)
+            pk = take_in_groups(prompt_cache.k[i], prompt_index, groups).astype(dtype)
+            pv = take_in_groups(prompt_cache.v[i], prompt_index, groups).astype(dtype)
             attn, ks[i], vs[i] = ragged_decode_attention(q, pk, pv, p_mask, ks[i], vs[i], lengths, block)
             x = _finish(cfg, w, x, attn, self.rules)
         x = rms_norm(x[:, 0], self.final_norm[...], cfg.rms_norm_eps, cfg.post_norms)
@@ -398,6 +404,25 @@ def decode_attention(q: jax.Array, k_t: jax.Array, v: jax.Array, mask: jax.Array
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgs,bksd->bkgd", probs, v)
     return out.reshape(B, 1, H, hd)
+
+
+def take_in_groups(x: jax.Array, index: jax.Array, groups: int) -> jax.Array:
+    """x[index] along axis 0, with x [B, ...] and index [S] split into `groups` contiguous groups, where
+    index[s] must point into the group of s (B / groups rows of x, S / groups entries of index per group).
+
+    The same values as jnp.take(x, index, axis=0), written as a gather batched over the group axis: when
+    both are sharded over that axis (the batch axes of the mesh, one group per device), the SPMD
+    partitioner keeps each group's gather on its device instead of all-gathering x.
+    """
+    if groups == 1:
+        return jnp.take(x, index, axis=0)
+    B, S = x.shape[0], index.shape[0]
+    if B % groups or S % groups:
+        raise ValueError(f"take_in_groups: {B} rows and {S} indices do not split into {groups} groups")
+    xg = x.reshape((groups, B // groups) + x.shape[1:])
+    local = index.reshape(groups, S // groups) - (B // groups) * jnp.arange(groups, dtype=index.dtype)[:, None]
+    out = jax.vmap(lambda a, i: jnp.take(a, i, axis=0, mode="clip"))(xg, local)
+    return out.reshape((S,) + x.shape[1:])
 
 
 def ragged_decode_attention(q: jax.Array, prompt_k_t: jax.Array, prompt_v: jax.Array, prompt_mask: jax.Array,

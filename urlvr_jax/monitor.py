@@ -45,6 +45,8 @@ class EvalSettings:
     k: int
     max_new_tokens: int
     batch_size: int
+    temperature: float = EVAL_SAMPLING.temperature  # train.eval_temperature
+    top_p: float = EVAL_SAMPLING.top_p  # train.eval_top_p
 
 
 def monitor(out, problems, gold_ids, tokenizer, task: Task, settings: MonitorSettings,
@@ -171,13 +173,14 @@ def run_eval(settings: EvalSettings, model, tokenizer, step: int,
     standard errors). The sampling seed is the step, so runs evaluated at the same steps share their random
     numbers (paired comparisons across runs)."""
     task = settings.task
-    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=EVAL_SAMPLING.temperature,
-                              top_p=EVAL_SAMPLING.top_p)
+    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                              top_p=settings.top_p)
     result = evaluate(model, tokenizer, task, k=settings.k, sampling=sampling, batch_size=settings.batch_size,
                       seed=step, progress=False)
     if out_dir is not None:
         result.write(out_dir)
-    record = eval_record(result.records, step, settings.k)
+    record = {**eval_record(result.records, step, settings.k), "eval_sampling/temperature": settings.temperature,
+              "eval_sampling/top_p": settings.top_p}
     if writer is not None:
         writer.write_eval(record)
     return {k: v for k, v in record.items() if k.startswith("eval/")}

@@ -121,7 +121,8 @@ def heldout_summary(evals: list[dict[str, Any]], window: int = WINDOW, source: s
         return d if window_steps is None else {**d, "steps": window_steps}
 
     out: dict[str, Any] = {
-        "metric": f"avg@{evals[0].get('eval/k', 'k')}", "n_problems": int(acc.shape[1]) if per_problem else None,
+        "metric": f"avg@{evals[0].get('eval/k', 'k')}", "temperature": evals[0].get("eval_sampling/temperature"),
+        "top_p": evals[0].get("eval_sampling/top_p"), "n_problems": int(acc.shape[1]) if per_problem else None,
         "eval_steps": steps, "window": w,
         "start": stat(acc[0], [steps[0]]) if steps[0] == 0 else None,
         "peak_window": stat(peak, steps[best:best + w]),

@@ -212,7 +212,8 @@ def eval_settings(config) -> EvalSettings:
     task = evaluation_task(config.train.eval_dataset or config.data.dataset, limit=config.train.eval_limit,
                            template=config.data.template, model_dir=resolve_model_path(config.model.path))
     return EvalSettings(task=task, k=config.train.eval_k, max_new_tokens=config.sampling.max_new_tokens,
-                        batch_size=min(config.data.prompt_batch_size, config.train.eval_limit))
+                        batch_size=min(config.data.prompt_batch_size, config.train.eval_limit),
+                        temperature=config.train.eval_temperature, top_p=config.train.eval_top_p)
 
 
 def pool_size(config) -> int:

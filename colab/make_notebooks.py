@@ -264,8 +264,12 @@ config = make_config(MODEL, "majority_vote", steps=STEPS, prompts=PROMPTS, sampl
 workdir = os.path.join(RUNS_DIR, "quickstart", "majority_vote")
 records, summary = run(config, workdir)
 report = summary["report"]
-print(json.dumps({k: report[k] for k in ("gt_accuracy_first", "gt_accuracy_peak", "gt_accuracy_final",
-                                         "proxy_reward_first", "proxy_reward_final") if k in report}, indent=1))
+print(json.dumps({k: report[k] for k in ("train_batch_gt_accuracy_first", "train_batch_gt_accuracy_peak",
+                                         "train_batch_gt_accuracy_final", "proxy_reward_first",
+                                         "proxy_reward_final") if k in report}, indent=1))
+heldout = report.get("heldout")  # held-out start / peak window / final window (± SE), when the run evaluated
+if heldout:
+    print({k: heldout[k] for k in ("start", "peak_window", "final_window", "rise", "fall")})
 print("Model Collapse Step (raw, sustained):", report["model_collapse_step"].get("mcs_raw"),
       report["model_collapse_step"].get("mcs_sustained"))
 print("files:", sorted(os.listdir(workdir)))

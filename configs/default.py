@@ -47,10 +47,13 @@ def get_config(variant: str = "default"):
     c.sampling.temperature = 1.0
     c.train.steps = 200
     c.train.checkpoint_every = 50
-    c.train.eval_every = 25
+    # held-out evaluation at step 0 and every 20 steps (11 evaluations): report.json's headline (start, peak and
+    # final 3-evaluation windows, rise and fall, SEs over the 256 problems) comes from these
+    c.train.eval_every = 20
     c.train.eval_dataset = "synthetic/arithmetic"
-    c.train.eval_limit = 64
+    c.train.eval_limit = 256
     c.train.eval_k = 4
+    c.train.kl_metrics = True  # KL(π_old ‖ π_ref) per token every step (kl_to_ref/*; the reference pass costs little)
     c.train.probe_prompts = 64  # the π* ceiling from 64 prompts (16 would put it at a 1/16 resolution)
     if variant == "mcs_probe":
         c.data.prompt_batch_size = 8

@@ -105,10 +105,11 @@ def _phase_inputs(a):
     if a.step_cfg.old_policy_pass or a.step_cfg.use_reference:
         scoring = jax.jit(functools.partial(scoring_phase, graphdef=a.graphdef, ref_graphdef=a.ref_graphdef,
                                             cfg=a.step_cfg))
-        old, ref_lp = aot._guess_outputs(scoring, (a.params, None, a.prompt_ids, a.prompt_mask, roll.tokens,
+        ref = a.ref_params if a.step_cfg.use_reference else None  # configs/default.py logs KL: reference on
+        old, ref_lp = aot._guess_outputs(scoring, (a.params, ref, a.prompt_ids, a.prompt_mask, roll.tokens,
                                                    roll.mask), rules)
     reward = jax.jit(functools.partial(reward_phase, cfg=a.step_cfg, vocab_size=a.model_cfg.vocab_size))
-    rewarded = aot._guess_outputs(reward, (roll, old, ref_lp, a.gold, a.extractor), rules)
+    rewarded = aot._guess_outputs(reward, (roll, old, ref_lp, a.gold, a.extractor, None, a.key), rules)
     return None, (roll, old, ref_lp, rewarded)
 
 
@@ -149,7 +150,8 @@ def test_command_line_compiles_every_program(tmp_path, capsys):
     table = capsys.readouterr().out
     assert rc == 0, table
     report = json.loads(out.read_text())
-    assert [p["name"] for p in report["programs"]] == ["rollout", "reward", "update"]
+    # configs/default.py logs KL to the reference every step (train.kl_metrics): a scoring program (reference only)
+    assert [p["name"] for p in report["programs"]] == ["rollout", "scoring", "reward", "update"]
     assert report["fits"] and all(p["peak"] > 0 and not p["error"] for p in report["programs"])
     for p in report["programs"]:
         assert f"| {p['name']} | {p['argument'] / 2**30:.2f} |" in table

@@ -12,6 +12,7 @@ from urlvr_jax.rewards.registry import (
     GroupBatch,
     check_reward_name,
     device_reward,
+    random_reward,
 )
 from urlvr_jax.rollout.stats import token_stats_from_logits
 
@@ -32,7 +33,7 @@ def batch():
 
 @pytest.mark.parametrize("name", DEVICE_REWARDS)
 def test_every_device_reward_is_jittable_and_non_constant(batch, name):
-    out = jax.jit(lambda b: device_reward(name, b, vocab_size=V))(batch)
+    out = jax.jit(lambda b, k: device_reward(name, b, vocab_size=V, key=k))(batch, jax.random.key(1))
     r = np.asarray(out.rewards)
     assert r.shape == (P, N) and r.dtype == np.float32 and np.isfinite(r).all()
     assert np.ptp(r) > 1e-6, f"{name} gives a constant reward on varied input"
@@ -68,3 +69,40 @@ def test_unknown_and_misrouted_names():
         device_reward("majority_vote", empty, vocab_size=4)
     with pytest.raises(ValueError, match="not computed on device"):
         device_reward("countdown", empty, vocab_size=4)
+
+
+def test_random_reward_is_fair_coin_flips_from_the_key_alone(batch):
+    """The `random` control: rewards are i.i.d. Bernoulli(0.5), a function of the key only.
+
+    Statistics (fixed key, so deterministic): 4096 x 8 = 32768 draws, SE of the mean 0.5/sqrt(32768) =
+    0.0028; tolerance 4 SE = 0.011 for the mean, and 4/sqrt(n) for the correlations below (each ~N(0, 1/n)
+    under independence)."""
+    r = np.asarray(random_reward(jax.random.key(7), (4096, 8)))
+    n = r.size
+    assert set(np.unique(r)) == {0.0, 1.0} and r.dtype == np.float32
+    assert abs(r.mean() - 0.5) < 4 * 0.5 / np.sqrt(n), r.mean()
+    # no structure across the sample axis (neighbouring samples of one group) or the prompt axis
+    flat = r.reshape(-1)
+    for a, b in ((r[:, :-1], r[:, 1:]), (r[:-1], r[1:])):
+        c = np.corrcoef(a.reshape(-1), b.reshape(-1))[0, 1]
+        assert abs(c) < 4 / np.sqrt(a.size), c
+    # independent of a token-derived feature of a large random batch (first token's parity)
+    tokens = np.asarray(jax.random.randint(jax.random.key(8), (4096, 8, 5), 0, V))
+    feat = (tokens[..., 0] % 2).reshape(-1).astype(float)
+    c = np.corrcoef(flat, feat)[0, 1]
+    assert abs(c) < 4 / np.sqrt(n), c
+    # determinism per key; a different key gives different draws
+    np.testing.assert_array_equal(r, np.asarray(random_reward(jax.random.key(7), (4096, 8))))
+    assert (np.asarray(random_reward(jax.random.key(9), (4096, 8))) != r).mean() > 0.4
+
+
+def test_random_reward_ignores_the_batch_and_needs_a_key(batch):
+    key = jax.random.key(3)
+    a = np.asarray(device_reward("random", batch, vocab_size=V, key=key).rewards)
+    other = batch._replace(tokens=(batch.tokens + 1) % V, answer_ids=jnp.zeros_like(batch.answer_ids))
+    b = np.asarray(device_reward("random", other, vocab_size=V, key=key).rewards)
+    np.testing.assert_array_equal(a, b)  # same key, different responses: same rewards
+    np.testing.assert_array_equal(a, np.asarray(random_reward(key, (P, N))))
+    assert device_reward("random", batch, vocab_size=V, key=key, n_train=4).rewards.shape == (P, 4)
+    with pytest.raises(ValueError, match="'random' draws its rewards from a PRNG key"):
+        device_reward("random", batch, vocab_size=V)

@@ -65,7 +65,8 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
                  "data.limit": 8, "data.max_prompt_length": 32, "data.prompt_batch_size": 4,
                  "sampling.max_new_tokens": 12, "rl.num_samples": 4, "rl.reward": "token_entropy",
                  "rl.learning_rate": 3e-3, "train.steps": 5, "train.checkpoint_every": 2, "train.progress": False,
-                 "train.kl_metrics": True}
+                 "train.kl_metrics": True, "train.eval_every": 2, "train.eval_dataset": "synthetic/arithmetic",
+                 "train.eval_limit": 4, "train.eval_k": 2}
     cache = tmp_path / "jax_cache"
     full = run(overrides, tmp_path / "full", cache)
     assert full.returncode == 0, full.stderr[-3000:]
@@ -83,6 +84,10 @@ def test_exact_resume_after_sigkill(tiny_model, tmp_path):
     # log-only KL to the reference: zero while the policy is the reference (step 1), positive after updates
     kl = [r["kl_to_ref/k3_token_mean"] for r in a]
     assert abs(kl[0]) < 1e-9 and all(k > 0 for k in kl[1:]), kl
+    # held-out evaluations: step 0 (base model) and every 2 steps, cut back and redone on resume like the rest
+    va, vb = lines(tmp_path / "full", "evals.jsonl"), lines(tmp_path / "resumed", "evals.jsonl")
+    assert [r["step"] for r in va] == [0, 2, 4] and va == vb
+    assert all(len(r["problem/avg"]) == 4 for r in va) and va[1]["eval/avg"] == a[1]["eval/avg"]  # step 2's line
     ea, eb = lines(tmp_path / "full", "epochs.jsonl"), lines(tmp_path / "resumed", "epochs.jsonl")
     # the base model's probe (epoch -1, step 0), then one line per finished epoch
     assert [(r["epoch"], r["step"], r.get("steps")) for r in ea] == [(-1, 0, None), (0, 2, 2), (1, 4, 2)]
@@ -180,6 +185,36 @@ def test_majority_vote_proxy_reward_rises_on_the_ladder_model(tmp_path):
     assert len(evaluated) == 16 and all(len(r["correct"]) == 2 for r in evaluated)
     avg = sum(sum(r["correct"]) for r in evaluated) / 32
     assert abs(last_record["eval/avg"] - avg) < 1e-9
+
+
+def test_random_reward_control_ignores_the_responses(tiny_model, tmp_path):
+    """rl.reward = 'random': rewards are Bernoulli(0.5) draws from the step's key. Two runs with the same
+    seed and different learning rates sample different responses from step 2 on, yet get identical rewards
+    at every step; the rewards are 0/1 and not constant. Also: the step-0 evaluation and report.json's
+    held-out headline."""
+    base = {"model.path": str(tiny_model), "data.dataset": "synthetic/arithmetic", "data.synthetic_size": 64,
+            "data.max_prompt_length": 32, "data.prompt_batch_size": 4, "sampling.max_new_tokens": 12,
+            "rl.num_samples": 4, "rl.reward": "random", "train.steps": 3, "train.checkpoint_every": 10,
+            "train.progress": False, "train.log_rollouts": True, "train.pistar_diagnostics": False,
+            "train.eval_every": 2, "train.eval_dataset": "synthetic/arithmetic", "train.eval_limit": 8,
+            "train.eval_k": 2, "train.eval_temperature": 1.0, "train.eval_top_p": 1.0}
+    cache = tmp_path / "jax_cache"
+    for name, lr in (("slow", 1e-3), ("fast", 1e-1)):
+        res = run({**base, "rl.learning_rate": lr}, tmp_path / name, cache, devices=1)
+        assert res.returncode == 0, res.stderr[-3000:]
+    ra, rb = lines(tmp_path / "slow", "rollouts.jsonl"), lines(tmp_path / "fast", "rollouts.jsonl")
+    assert [r["step"] for r in ra] == [1, 2, 3]
+    assert ra[0]["responses"] == rb[0]["responses"]  # same weights at step 1
+    assert any(a["responses"] != b["responses"] for a, b in zip(ra[1:], rb[1:])), "responses never diverged"
+    rewards = [r["rewards"] for r in ra]
+    assert rewards == [r["rewards"] for r in rb]  # the responses differ, the rewards do not
+    flat = [x for step in rewards for row in step for x in row]
+    assert set(flat) == {0.0, 1.0} and rewards[0] != rewards[1]
+    evals = lines(tmp_path / "slow", "evals.jsonl")
+    assert [e["step"] for e in evals] == [0, 2] and evals[0]["eval_sampling/temperature"] == 1.0
+    report = json.loads((tmp_path / "slow" / "report.json").read_text())
+    assert report["heldout"]["start"]["mean"] == pytest.approx(evals[0]["eval/avg"])
+    assert report["heldout"]["n_problems"] == 8
 
 
 @pytest.fixture(scope="module")

@@ -365,7 +365,8 @@ def compile_step(config, devices, programs=PROGRAMS) -> tuple[list[ProgramCost],
             state["opt"] + (0 if cfg.use_reference else state["ref"]) + others, rules, "scoring" in programs)
         costs.append(c)
     reward = jax.jit(functools.partial(reward_phase, cfg=cfg, vocab_size=a.model_cfg.vocab_size))
-    c, rewarded = _measure("reward", reward, (roll, old, ref_lp, a.gold, a.extractor), sum(state.values()), rules,
+    c, rewarded = _measure("reward", reward, (roll, old, ref_lp, a.gold, a.extractor, None, a.key),
+                           sum(state.values()), rules,
                            "reward" in programs)
     costs.append(c)
     update = jax.jit(functools.partial(update_phase, graphdef=a.graphdef, tx=a.tx, cfg=cfg),

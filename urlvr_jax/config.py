@@ -108,6 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.train.eval_dataset = ""
     c.train.eval_limit = 64
     c.train.eval_k = 4
+    # sampling of the periodic evaluation: the paper's validation setting (T = 0.6, top-p 0.95) by default; set
+    # 1.0 / 1.0 to evaluate the distribution the policy is trained on (what majority-vote sharpening changes)
+    c.train.eval_temperature = 0.6
+    c.train.eval_top_p = 0.95
     c.train.mcs_threshold = 0.01
     c.train.mcs_window = 5
     c.train.stop_at_collapse = False
@@ -174,6 +178,10 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("rl.oversample", "must be >= 1 (the pool of prompts the informative groups are drawn from)")
     if c.rl.beta <= 0:
         bad("rl.beta", "must be > 0")
+    if c.train.eval_temperature <= 0:
+        bad("train.eval_temperature", "must be > 0")
+    if not 0 < c.train.eval_top_p <= 1:
+        bad("train.eval_top_p", "must be in (0, 1]")
     if c.sampling.temperature <= 0:
         bad("sampling.temperature", "must be > 0")
     if not 0 < c.sampling.top_p <= 1:

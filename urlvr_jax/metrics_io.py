@@ -1,4 +1,5 @@
-"""What a training run writes as it goes: metrics.jsonl, epochs.jsonl, rollouts.jsonl, TensorBoard, the bar.
+"""What a training run writes as it goes: metrics.jsonl, epochs.jsonl, evals.jsonl, rollouts.jsonl, TensorBoard,
+the bar.
 
 Only process 0 writes. On resume every JSONL file is cut back to the restored step, so a resumed run's
 files equal an uninterrupted run's.
@@ -26,7 +27,8 @@ BAR_METRICS = {"gt_acc": "urlvr/gt_reward_mean", "proxy": "urlvr/proxy_reward_me
 
 
 class MetricsWriter:
-    """metrics.jsonl (one object per step), epochs.jsonl (one per finished epoch), rollouts.jsonl (with
+    """metrics.jsonl (one object per step), epochs.jsonl (one per finished epoch), evals.jsonl (one per periodic
+    evaluation, step 0 included: scalars and per-problem accuracies, monitor.eval_record), rollouts.jsonl (with
     `log_rollouts`: each step's problems, responses and rewards) + TensorBoard; only process 0 writes."""
 
     def __init__(self, workdir: Path, resume_step: int):
@@ -34,10 +36,11 @@ class MetricsWriter:
         self.path = workdir / "metrics.jsonl"
         self.epochs_path = workdir / "epochs.jsonl"
         self.rollouts_path = workdir / "rollouts.jsonl"
+        self.evals_path = workdir / "evals.jsonl"
         self.tb = None
         if not self.enabled:
             return
-        for path in (self.path, self.epochs_path, self.rollouts_path):
+        for path in (self.path, self.epochs_path, self.rollouts_path, self.evals_path):
             if path.exists():  # keep only what the restored checkpoint covers
                 lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
                 kept = [ln for ln in lines if json.loads(ln)["step"] <= resume_step]
@@ -50,6 +53,10 @@ class MetricsWriter:
 
     def write_epoch(self, record: dict[str, Any]) -> None:
         self._write(self.epochs_path, record, "epoch/")
+
+    def write_eval(self, record: dict[str, Any]) -> None:
+        """One evaluation (its scalars also ride on that step's metrics.jsonl line, except step 0's)."""
+        self._write(self.evals_path, record, None)
 
     def write_rollout(self, record: dict[str, Any]) -> None:
         self._write(self.rollouts_path, record, None)

@@ -45,6 +45,8 @@ class EvalSettings:
     k: int
     max_new_tokens: int
     batch_size: int
+    temperature: float = EVAL_SAMPLING.temperature  # train.eval_temperature
+    top_p: float = EVAL_SAMPLING.top_p  # train.eval_top_p
 
 
 def monitor(out, problems, gold_ids, tokenizer, task: Task, settings: MonitorSettings,
@@ -75,9 +77,12 @@ def monitor(out, problems, gold_ids, tokenizer, task: Task, settings: MonitorSet
                            eos_id=(eos_ids_of(tokenizer) or [None])[0], reference_length=reference_length)
     metrics["urlvr/pass_at_n"] = float(np.mean(np.any(correct, axis=1)))
     if ref_lp is not None:
-        # KL of the rollout policy to the frozen reference on the sampled tokens: verl's k3 per token
-        # (exp(d) - d - 1, d = log π_ref - log π_old) and the k1 sum per response
+        # KL(π_old ‖ π_ref) of the rollout policy (the pre-update policy, which sampled these tokens) to the
+        # frozen reference, estimated on the sampled response tokens (all N samples), as means over tokens:
+        # k1 = log π_old - log π_ref = -d (unbiased, can be negative on a batch) and verl's k3 = exp(d) - d - 1
+        # (unbiased, >= 0, lower variance), d = log π_ref - log π_old; plus the k1 sum per response
         d = np.where(mask > 0, np.asarray(ref_lp, np.float64) - np.asarray(old_lp, np.float64), 0.0)
+        metrics["kl_to_ref/k1_token_mean"] = float((-d).sum() / max(mask.sum(), 1))
         metrics["kl_to_ref/k3_token_mean"] = float((np.expm1(d) - d).sum() / max(mask.sum(), 1))
         metrics["kl_to_ref/k1_seq_mean"] = float((-d).sum(-1).mean())
         seq = lambda lp: (lp * mask).sum(-1).reshape(P, N)[:, :n]  # noqa: E731
@@ -161,16 +166,38 @@ def end_of_epoch(epoch: int, step: int, writer: MetricsWriter, probe: EpochProbe
 
 
 def run_eval(settings: EvalSettings, model, tokenizer, step: int,
-             out_dir: str | os.PathLike | None = None) -> dict[str, float]:
+             out_dir: str | os.PathLike | None = None, writer: MetricsWriter | None = None) -> dict[str, float]:
     """Periodic evaluation (avg@k, pass@k, maj@k) through the evaluation API; with out_dir, its per-problem
-    records.jsonl (responses, extracted answers, correctness) and summary.json are written there."""
+    records.jsonl (responses, extracted answers, correctness) and summary.json are written there; with
+    writer, one evals.jsonl line (`eval_record`: the scalars plus per-problem accuracies, for the report's
+    standard errors). The sampling seed is the step, so runs evaluated at the same steps share their random
+    numbers (paired comparisons across runs)."""
     task = settings.task
-    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=EVAL_SAMPLING.temperature,
-                              top_p=EVAL_SAMPLING.top_p)
+    sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
+                              top_p=settings.top_p)
     result = evaluate(model, tokenizer, task, k=settings.k, sampling=sampling, batch_size=settings.batch_size,
                       seed=step, progress=False)
     if out_dir is not None:
         result.write(out_dir)
-    k = settings.k
-    return {"eval/avg": result.summary[f"avg@{k}"], "eval/maj": result.summary[f"maj@{k}"],
-            "eval/pass": result.summary[f"pass@{k}"]}
+    record = {**eval_record(result.records, step, settings.k), "eval_sampling/temperature": settings.temperature,
+              "eval_sampling/top_p": settings.top_p}
+    if writer is not None:
+        writer.write_eval(record)
+    return {k: v for k, v in record.items() if k.startswith("eval/")}
+
+
+def eval_record(records: list[dict[str, Any]], step: int, k: int) -> dict[str, Any]:
+    """An evals.jsonl line from an evaluation's per-problem records (each with a list `correct` of k bools and
+    `majority_correct`): eval/avg, eval/maj, eval/pass (avg@k, maj@k, pass@k over problems), eval/avg_se and
+    eval/maj_se (standard errors over problems: std of the per-problem values (ddof 1) / sqrt(P)),
+    eval/n_problems, eval/k, and the per-problem values problem/avg (share of the k samples correct) and
+    problem/maj (0/1), in the task's problem order (the same at every step)."""
+    if not records:
+        raise ValueError(f"eval_record: the evaluation at step {step} has no problems")
+    acc = np.array([np.mean(r["correct"]) for r in records], np.float64)
+    maj = np.array([float(r["majority_correct"]) for r in records], np.float64)
+    anyc = np.array([float(any(r["correct"])) for r in records], np.float64)
+    se = lambda x: float(x.std(ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("nan")  # noqa: E731
+    return {"step": step, "eval/avg": float(acc.mean()), "eval/maj": float(maj.mean()), "eval/pass": float(anyc.mean()),
+            "eval/avg_se": se(acc), "eval/maj_se": se(maj), "eval/n_problems": len(records), "eval/k": k,
+            "problem/avg": [round(float(a), 6) for a in acc], "problem/maj": [int(m) for m in maj]}

@@ -12,6 +12,13 @@ fixed probe batch (policy and frozen reference scored on fresh samples) and, wit
 `train.eval_at_epoch_end`, an evaluation; a fresh run also writes the probe of the base model first
 (epoch -1, step 0: the π* ceiling predicted at the start).
 
+Held-out evaluation every `train.eval_every` steps, and at step 0 of a fresh run: avg@k / maj@k / pass@k with
+standard errors and per-problem accuracies in `evals.jsonl` (the report's headline numbers come from it), the
+scalars also on that step's metrics.jsonl line (not step 0's: there is none), per-problem responses under
+eval/step_NNNNNN/. With `train.kl_metrics` (or a KL coefficient) the frozen reference scores every rollout
+and each line carries kl_to_ref/k1_token_mean and kl_to_ref/k3_token_mean: KL(π_old ‖ π_ref) per response
+token, from the sampled tokens (monitor.py).
+
 Per-step times in metrics.jsonl (seconds): time/rollout, time/scoring (absent when no scoring pass
 runs), time/host_reward (external rewards: fetch, decode, check or judge; the scoring pass runs on the
 device meanwhile, and time/scoring is then only the wait that remains), time/reward, time/update (their
@@ -77,7 +84,7 @@ from urlvr_jax.rollout.sampler import SamplingConfig
 from urlvr_jax.sharding import make_mesh, replicate, shard_batch, to_host
 from urlvr_jax.tokenizer import encode_prompts, eos_ids_of, load_tokenizer, pad_id_of
 
-BINARY_REWARDS = ("majority_vote", "ground_truth", "countdown", "arithmetic")  # 0/1 proxy rewards
+BINARY_REWARDS = ("majority_vote", "ground_truth", "random", "countdown", "arithmetic")  # 0/1 proxy rewards
 
 
 class TrainingStopped(RuntimeError):
@@ -205,7 +212,8 @@ def eval_settings(config) -> EvalSettings:
     task = evaluation_task(config.train.eval_dataset or config.data.dataset, limit=config.train.eval_limit,
                            template=config.data.template, model_dir=resolve_model_path(config.model.path))
     return EvalSettings(task=task, k=config.train.eval_k, max_new_tokens=config.sampling.max_new_tokens,
-                        batch_size=min(config.data.prompt_batch_size, config.train.eval_limit))
+                        batch_size=min(config.data.prompt_batch_size, config.train.eval_limit),
+                        temperature=config.train.eval_temperature, top_p=config.train.eval_top_p)
 
 
 def pool_size(config) -> int:
@@ -317,6 +325,8 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
         if start == 0 and epoch_probe is not None:  # the π* ceiling predicted for the base model
             writer.write_epoch(end_of_epoch(-1, 0, writer, epoch_probe, params, ref_params, graphdef, tokenizer,
                                             extractor))
+        if start == 0 and config.train.eval_every:  # the base model's held-out accuracy (evals.jsonl only)
+            run_eval(evaluation, nnx.merge(graphdef, params), tokenizer, 0, workdir / "eval" / "step_000000", writer)
         for step in range(start + 1, config.train.steps + 1):
             # ---- data
             t0 = time.perf_counter()
@@ -355,7 +365,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
             if config.train.eval_every and step % config.train.eval_every == 0:
                 t_eval = time.perf_counter()
                 pending_eval.update(run_eval(evaluation, nnx.merge(graphdef, params), tokenizer, step,
-                                             workdir / "eval" / f"step_{step:06d}"))
+                                             workdir / "eval" / f"step_{step:06d}", writer))
                 pending_eval["time/eval"] = time.perf_counter() - t_eval
             if consecutive_skips >= config.train.max_consecutive_skips:
                 raise TrainingStopped(

@@ -13,6 +13,10 @@ Every on-device estimator maps a group batch to rewards [P, N] inside jitted cod
     semantic_cluster     |cluster(answer)| / N                        EMPO
   supervised baseline:
     ground_truth         1[answer id == gold answer id]
+  control:
+    random               i.i.d. Bernoulli(0.5) per response, from the step's key (independent of the
+                         responses): GRPO advantages are pure noise, so a run with it measures what the
+                         optimiser does without any signal (drift), the baseline a "fall" is judged against
 
 External rewards (programmatic checkers, self-verification) run on decoded text on the host:
 `host_reward(name, texts, problems)`; self-verification needs the sampler (`rewards.self_verify`).
@@ -31,8 +35,9 @@ from urlvr_jax.rollout.stats import TokenStats
 CERTAINTY = ("self_certainty", "token_entropy", "trajectory_entropy", "probability", "probability_disparity")
 ENSEMBLE = ("majority_vote", "semantic_cluster")
 SUPERVISED = ("ground_truth",)
+CONTROL = ("random",)
 EXTERNAL = ("countdown", "arithmetic", "self_verification")
-DEVICE_REWARDS = CERTAINTY + ENSEMBLE + SUPERVISED
+DEVICE_REWARDS = CERTAINTY + ENSEMBLE + SUPERVISED + CONTROL
 ALL_REWARDS = DEVICE_REWARDS + EXTERNAL
 
 
@@ -66,9 +71,15 @@ def check_reward_name(name: str) -> str:
     return name
 
 
+def random_reward(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """The control reward: i.i.d. Bernoulli(0.5) of `shape` as float32 0/1, a function of `key` alone."""
+    return jax.random.bernoulli(key, 0.5, shape).astype(jnp.float32)
+
+
 def device_reward(name: str, batch: GroupBatch, *, vocab_size: int, n_votes: int | None = None,
-                  n_train: int | None = None) -> RewardOutput:
-    """Rewards [P, n_train] for an on-device estimator (jittable; `name` is static)."""
+                  n_train: int | None = None, key: jax.Array | None = None) -> RewardOutput:
+    """Rewards [P, n_train] for an on-device estimator (jittable; `name` is static). `key` (a PRNG key) is
+    read only by the `random` control, which needs it."""
     check_reward_name(name)
     if name not in DEVICE_REWARDS:
         raise ValueError(f"reward {name!r} is not computed on device; use host_reward / self_verify "
@@ -86,6 +97,10 @@ def device_reward(name: str, batch: GroupBatch, *, vocab_size: int, n_votes: int
         else:
             r = fn(batch.stats, batch.mask)
         return RewardOutput(r[:, :n_train], none_id, zero_ratio)
+    if name == "random":
+        if key is None:
+            raise ValueError("reward 'random' draws its rewards from a PRNG key: pass key= to device_reward")
+        return RewardOutput(random_reward(key, (P, n_train)), none_id, zero_ratio)
     _need(batch.answer_ids, name, "answer_ids")
     if name == "majority_vote":
         mv = ensemble.majority_vote(batch.answer_ids, n_votes=n_votes, n_train=n_train)

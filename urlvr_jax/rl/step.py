@@ -92,6 +92,9 @@ class StepConfig:
         return not (redundant and self.skip_redundant_old_pass)
 
 
+REWARD_KEY_FOLD = 2  # the reward phase's key: fold_in(step key, 2) (1 is the host reward's)
+
+
 class StepOutput(NamedTuple):
     rollout: Rollout  # all N samples per prompt, rows prompt-major
     answer_ids: jax.Array  # [P, N]
@@ -239,9 +242,12 @@ def scoring_phase(params, ref_params, prompt_ids, prompt_mask, tokens, mask, *, 
 
 
 def reward_phase(rollout: Rollout, old: TokenStats | None, ref_logprob, gold_ids, extractor: AnswerExtractor,
-                 host_rewards: jax.Array | None = None, *, cfg: StepConfig, vocab_size: int) -> Rewarded:
+                 host_rewards: jax.Array | None = None, key: jax.Array | None = None, *, cfg: StepConfig,
+                 vocab_size: int) -> Rewarded:
     """Answer extraction on token ids, reward by name — or, for an EXTERNAL reward, the host's rewards
-    host_rewards [P, N] — , KL-in-reward penalty, advantages (all [P, ·])."""
+    host_rewards [P, N] — , KL-in-reward penalty, advantages (all [P, ·]). `key` is the step's key; the
+    `random` control draws its rewards from fold_in(key, REWARD_KEY_FOLD) (the rollout uses split(key)[0], a
+    host reward fold_in(key, 1)), so they depend on train.seed and the step only, never on the responses."""
     N, n = cfg.num_samples, cfg.train_samples
     P = rollout.tokens.shape[0] // N
     grouped = lambda x: x.reshape((P, N) + x.shape[1:])  # noqa: E731
@@ -256,8 +262,9 @@ def reward_phase(rollout: Rollout, old: TokenStats | None, ref_logprob, gold_ids
         reward_out = RewardOutput(jnp.asarray(host_rewards, jnp.float32)[:, :n], jnp.full((P,), -1, jnp.int32),
                                   jnp.zeros((P,), jnp.float32))
     else:
+        reward_key = None if key is None else jax.random.fold_in(key, REWARD_KEY_FOLD)
         reward_out = device_reward(cfg.reward, GroupBatch(tokens, mask, stats, answer_ids, None, gold_ids),
-                                   vocab_size=vocab_size, n_votes=cfg.n_votes, n_train=n)
+                                   vocab_size=vocab_size, n_votes=cfg.n_votes, n_train=n, key=reward_key)
     rewards = reward_out.rewards
     if cfg.kl_coef and cfg.kl_in_reward:
         kl_tok = kl_penalty(grouped(old.logprob)[:, :n], grouped(ref_logprob)[:, :n], cfg.kl_estimator)
@@ -341,7 +348,7 @@ PHASE_LIST = (
     Phase("rollout", ("params", "prompt_ids", "prompt_mask", "key"), ("rollout",)),
     Phase("scoring", ("params", "ref_params", "prompt_ids", "prompt_mask", "rollout"), ("old", "ref_logprob")),
     Phase("host_reward", ("params", "rollout", "key", "host_reward"), ("host_rewards", "host_metrics"), on_host=True),
-    Phase("reward", ("rollout", "old", "ref_logprob", "gold_ids", "extractor", "host_rewards"), ("rewarded",)),
+    Phase("reward", ("rollout", "old", "ref_logprob", "gold_ids", "extractor", "host_rewards", "key"), ("rewarded",)),
     Phase("update", ("params", "opt_state", "prompt_ids", "prompt_mask", "rollout", "old", "ref_logprob",
                      "rewarded"), ("params", "opt_state", "old_logprob", "metrics")),
 )
@@ -385,8 +392,9 @@ def _bind(graphdef, ref_graphdef, tx, cfg: StepConfig, vocab_size: int) -> dict[
         return scoring_phase(params, ref_params, prompt_ids, prompt_mask, ro.tokens, ro.mask, graphdef=graphdef,
                              ref_graphdef=ref_graphdef, cfg=cfg)
 
-    def reward(ro, old, ref_logprob, gold_ids, extractor, host_rewards):
-        return (reward_phase(ro, old, ref_logprob, gold_ids, extractor, host_rewards, cfg=cfg, vocab_size=vocab_size),)
+    def reward(ro, old, ref_logprob, gold_ids, extractor, host_rewards, key):
+        return (reward_phase(ro, old, ref_logprob, gold_ids, extractor, host_rewards, key, cfg=cfg,
+                             vocab_size=vocab_size),)
 
     def update(params, opt_state, prompt_ids, prompt_mask, ro, old, ref_logprob, rewarded):
         return update_phase(params, opt_state, prompt_ids, prompt_mask, ro, old, ref_logprob, rewarded,

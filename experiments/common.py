@@ -60,7 +60,8 @@ def experiment_config(rung: str = "q0.3", reward: str = "majority_vote", *, step
                       samples: int = 8, lr: float = 1e-3, seed: int = SEED, **overrides):
     """The synthetic-world training config every experiment starts from (the values of configs/default.py
     when these runs were made, pinned here so a later change of the default job does not change the
-    experiments): arithmetic prompts from the base model's recipe, 48 new tokens at T = 1.0, GRPO, no KL,
+    experiments): arithmetic prompts from the base model's recipe, 48 new tokens (or the recipe's
+    max_new_tokens: 96 for ladder v2) at T = 1.0, GRPO, no KL,
     AdamW without weight decay. In-trainer evaluation is off (experiments evaluate checkpoints themselves).
     overrides: dotted keys, e.g. {"rl.mini_batches": 2, "train.checkpoint_every": 10}."""
     from urlvr_jax.config import base_config
@@ -79,7 +80,7 @@ def experiment_config(rung: str = "q0.3", reward: str = "majority_vote", *, step
     c.rl.learning_rate = float(lr)
     c.rl.weight_decay = 0.0
     c.rl.beta = 0.05
-    c.sampling.max_new_tokens = 48
+    c.sampling.max_new_tokens = _recipe_max_new_tokens(c.model.path) or 48
     c.sampling.temperature = 1.0
     c.train.steps = int(steps)
     c.train.seed = int(seed)
@@ -99,6 +100,19 @@ def experiment_config(rung: str = "q0.3", reward: str = "majority_vote", *, step
             raise KeyError(f"experiment_config: unknown config key {key!r}")
         node[leaf] = value
     return c
+
+
+def _recipe_max_new_tokens(path: str) -> int | None:
+    """The response cap a synthetic base model was built for (ladder v2 records 96 in its recipe; v1 rungs
+    have none, and their ~17-token traces use the experiments' historical 48)."""
+    from urlvr_jax.data.tasks import RECIPE_FILE, load_recipe
+    from urlvr_jax.models.paths import resolve_model_path
+
+    folder = resolve_model_path(path)
+    if not (Path(folder) / RECIPE_FILE).exists():
+        return None
+    value = load_recipe(folder).get("max_new_tokens")
+    return int(value) if value else None
 
 
 def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False) -> dict[str, Any]:

@@ -246,3 +246,40 @@ def test_dry_run_kv_estimate_follows_the_engine():
     assert estimate_memory(c, cfg, 8)["memory_gb/kv_cache"] == engine_kv
     c.rl.num_samples, c.sampling.engine = 8, "static"
     assert estimate_memory(c, cfg, 8)["memory_gb/kv_cache"] == pytest.approx(512 * 8192 / 8 * per_position, abs=1e-3)
+
+
+def test_sharded_engine_keeps_prompt_kv_on_its_device(llama):
+    """One row queue per device: the partitioned program never all-gathers the prompt KV or prompt logits.
+
+    With a single global queue any slot may read any prompt, and XLA's SPMD partitioner replicated every
+    prompt's KV on every device (a TPU v5e 2x4 compile of a 2-layer Qwen3-1.7B-shaped rollout held 8x its
+    prompt KV per device). Checked on the compiled HLO of the 8-device mesh: no all-gather produces a float
+    buffer with the full prompt batch in its leading axis and the prompt length or vocabulary in another
+    (before the fix: the prompt K and V of every layer and the prompt logits).
+    """
+    import re
+
+    from flax import nnx
+
+    from urlvr_jax.rollout.engine import continuous_generate_traced, queue_groups
+
+    mesh8 = make_mesh({"fsdp": 8}, devices=jax.devices()[:8])
+    sharded = model_from_state_dict(llama.cfg, state_dict(llama), mesh=mesh8)
+    B, Tp, N, slots = 16, 24, 2, 16
+    assert queue_groups(sharded.rules, B, slots) == 8
+    graphdef, state = nnx.split(sharded)
+    cfg = engine(SamplingConfig(max_new_tokens=8, temperature=1.0), slots=slots)
+    batch = jax.sharding.NamedSharding(mesh8, jax.sharding.PartitionSpec(("data", "fsdp")))
+    ids = jax.ShapeDtypeStruct((B, Tp), jnp.int32, sharding=batch)
+
+    def fn(state, ids, mask, key):
+        return continuous_generate_traced(nnx.merge(graphdef, state), ids, mask, key, sampling=cfg, num_samples=N,
+                                          eos_ids=(3,), stop_seqs=((5, 6),), pad_id=0)
+
+    hlo = jax.jit(fn).lower(state, ids, ids, jax.random.key(0)).compile().as_text()
+    # float buffers only: the prefill's embedding lookup all-gathers the int32 prompt ids (an fsdp-sharded
+    # table indexed by fsdp-sharded ids; a few bytes per token, the static sampler's too)
+    gathered = re.findall(r"= (?:f32|bf16|f16)\[([\d,]+)\]\S* all-gather", hlo)
+    V = llama.cfg.vocab_size
+    whole = [s for s in gathered if s.split(",")[0] == str(B) and ({str(Tp), str(V)} & set(s.split(",")[1:]))]
+    assert not whole, f"all-gathers of whole-batch prompt buffers: {whole}"

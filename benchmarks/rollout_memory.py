@@ -102,6 +102,9 @@ def compile_rollout(config, cfg, devices, engine: str, new_tokens: int, max_infl
 
 def main(argv=None):
     args = parse_args(argv)
+    # libtpu's lock file would refuse a second process (or a test run beside this one); nothing here runs
+    # on a real TPU, the chips are abstract (as in urlvr_jax/aot.py)
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     if args.platform == "cpu":
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                    + f" --xla_force_host_platform_device_count={args.devices}")

@@ -16,6 +16,9 @@ inherits that error process, so q is a knob on its confidence–correctness alig
 
 The default recipe (DEFAULT_* below) builds one model in about 2 CPU-minutes; the shipped ladder
 (urlvr_jax/models/ladder, experiments/build_ladder.py) uses it with q in {0.1, 0.3, 0.45, 0.6, 0.8}.
+Ladder v2 (V2_* below, `build_base_model_v2`, urlvr_jax/models/ladder_v2, `build_ladder.py --v2`) is the
+redesigned world of issue #13: per-fact errors, answers 0..99, noise 0.1, longer traces with variants, the
+real 101-id vocabulary and max_new_tokens 96 in the recipe.
 `build_base_model` trains in two data phases within one run: first on traces drawn with q = 0 (the
 arithmetic skill, identical for every q at a given seed), then, for the last third of the steps, on
 traces drawn with q (the prior). The defaults (two-operation arithmetic up to 20, one systematic

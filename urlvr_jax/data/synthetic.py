@@ -52,6 +52,28 @@ q < 0.5 (and small noise): the majority answer is the correct one — confidence
 from well- to badly-aligned confidence. `error_profile` gives every problem's correct and systematic
 answers, so experiments can measure how often a model outputs the systematic error (`classify_answer`).
 
+Ladder v2 (issue #13; every v2 knob is off by default, so v1 problems and traces are unchanged):
+* Generator knobs table_facts / mul_share of make_arithmetic_dataset: every multiplication is a times-table
+  fact (operands 1..FACT_MAX = 9, none nested under another), the correct path and every designed wrong path
+  stay in 0..max_value, and a set share of problems contains a multiplication.
+* Rule "fact_error" (per-fact systematic errors): each fact a*b (= b*a) has its OWN fixed wrong product,
+  fact_error_value(a, b): a neighbouring times-table entry, (a±1)*b or a*(b±1), picked by a hash of the fact
+  (FACT_ERRORS lists all 45). In each trace, each distinct fact of the problem is independently wrong with
+  probability q (one draw per fact per trace: all its occurrences agree) and the wrong product is carried
+  honestly. The profile's systematic answer has EVERY fact wrong; on a problem with two distinct facts the
+  answers with one of them wrong (probability q(1-q) each; path "partial") are `partial_answers` and
+  classify_answer calls them "other". P(correct) = (1-q)^k (1-noise) with k facts; the all-wrong answer beats
+  the correct one exactly when q > 1/2 for k = 1 and k = 2 alike. With table_facts every subset of wrong
+  facts gives a different answer. Unsystematic noise is drawn only for traces with no wrong fact, kept in
+  0..V2_MAX_VALUE and away from the correct, systematic and partial answers.
+* family_params "format": "restate" — each step line but the last restates the remaining expression:
+      Q: 8+6*8-4            6*8=48 so 8+48-4
+                            8+48=56 so 56-4
+                            56-4=52
+                            \\boxed{52}
+  "variants": {answer_only, restated, repeated: probability}, drawn per trace apart from the path (see
+  VARIANTS); SFTTrace.variant records it.
+
 Ids are "<family>/<split>/<content hash>", stable across seeds and knobs.
 Splits: every problem belongs to "train" or "eval" by a hash of its content (EVAL_FRACTION of the problem
 space is eval), so datasets built with any seeds for different splits never share a problem. Within one

@@ -317,13 +317,40 @@ def write_v2_readme(rungs: list[dict], config: dict, models_dir: Path, results_d
         "responses of that shape (`sft.response_shape`); mean length: response tokens incl. <eos>. Build s: this "
         "rung's own wall-clock build (data, compile, its prior phase, save); the shared skill phase took "
         f"{_secs(config.get('skill_phase_seconds'))} s once.", "",
-    ] + write_v2_tables(rungs, config) + [
+    ] + write_v2_tables(rungs, config) + [""] + v2_checks(rungs) + [
         "", f"Results JSON: {config.get('results_json')}. Built on: {config['machine']}.",
         f"Total wall-clock for the command: {config['total_seconds']:.0f} s.",
     ]
     (models_dir / "README.md").write_text("\n".join(lines) + "\n")
     (results_dir / "ladder_v2.md").write_text("\n".join(["# Ladder v2 (measured)", ""] + write_v2_tables(rungs, config))
                                               + "\n")
+
+
+def v2_checks(rungs: list[dict]) -> list[str]:
+    """The design goals of ladder v2, checked on the measured table (computed, not asserted)."""
+    qr = [r for r in rungs if r["name"] != "inflated"]
+    out = ["## Design goals, checked on these numbers", ""]
+    if qr:
+        lo = qr[0]
+        other = lo["metrics"]["other_rate"]
+        out.append(f"* \"other wrong\" <= ~0.15 at the smallest q ({lo['name']}): {other:.3f} -> "
+                   f"{'met' if other <= 0.15 else 'NOT met'}.")
+        maj = [r["metrics"]["maj_accuracy"] for r in qr]
+        mono = all(b <= a for a, b in zip(maj, maj[1:]))
+        out.append(f"* maj@N falls monotonically with q over {len(qr)} rungs: {'yes' if mono else 'no'} "
+                   f"({', '.join(f'{m:.3f}' for m in maj)}).")
+        flip = [r for r in qr if r["metrics"].get("on_error_problems", {}).get("maj_systematic_rate", 0) >
+                r["metrics"].get("on_error_problems", {}).get("maj_accuracy", 1)]
+        out.append("* On problems with a multiplication, the majority is more often the systematic answer than the "
+                   f"correct one from q = {flip[0]['q']:g} on." if flip else
+                   "* On problems with a multiplication, the systematic answer never wins more majorities than the "
+                   "correct one on these rungs.")
+    inf = [r for r in rungs if r["name"] == "inflated"]
+    if inf and qr:
+        m = inf[0]["metrics"]
+        out.append(f"* pass@k-inflated rung: pass@N {m['pass_at_n']:.3f}, maj@N {m['maj_accuracy']:.3f}, avg@N "
+                   f"{m['accuracy']:.3f}.")
+    return out
 
 
 def base_model_arch(rc: dict) -> dict:
@@ -364,9 +391,11 @@ def main_v2(args) -> dict:
         if not args.measure_only:
             print(f"== building {spec['name']} (q={spec['q']:g}, noise={spec['noise']:g}) -> {folder}", flush=True)
             t0 = time.perf_counter()
+            over = {} if args.steps is None else {"steps": args.steps, "prior_steps": args.steps // 3}
+            if args.size:
+                over["size"] = args.size
             r = sft.build_base_model_v2(spec["q"], folder, noise=spec["noise"], seed=args.seed, skill_cache=cache,
-                                        **({} if args.steps is None else {"steps": args.steps,
-                                                                               "prior_steps": args.steps // 3}))
+                                        **over)
             entry["build_seconds"] = round(time.perf_counter() - t0, 1)
             if not r.get("skill_phase_reused"):
                 config["skill_phase_seconds"] = r.get("skill_phase_seconds_shared")
@@ -405,11 +434,17 @@ def main(argv=None) -> dict:
     p.add_argument("--v2", action="store_true", help="build/measure ladder v2 (urlvr_jax/models/ladder_v2; the V2_* "
                    "recipe of urlvr_jax/sft.py): rungs q in V2_QS (or --qs) plus the pass@k-inflated rung")
     p.add_argument("--no-inflated", action="store_true", help="--v2: skip the pass@k-inflated rung")
+    p.add_argument("--size", default=None, help="--v2: model size (urlvr_jax.sft.SIZES; default sft.V2_SIZE)")
     args = p.parse_args(argv)
     if args.v2:
         args.argv = argv
         if args.report_only:
-            raise SystemExit("--report-only is not implemented for --v2 (the README is rewritten after every rung)")
+            results_dir = Path(args.results_dir or ROOT / "experiments" / "results" / "ladder_v2")
+            data = json.loads((results_dir / "ladder_v2.json").read_text())
+            rungs = [dict(r, metrics=_none_to_nan(r["metrics"])) for r in data["rungs"]]
+            write_v2_readme(rungs, data["config"], Path(args.models_dir or ROOT / "urlvr_jax" / "models" / "ladder_v2"),
+                            results_dir)
+            return data
         return main_v2(args)
     args.models_dir = args.models_dir or str(ROOT / "urlvr_jax" / "models" / "ladder")
     args.results_dir = args.results_dir or str(ROOT / "experiments" / "results" / "ladder")

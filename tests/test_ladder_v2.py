@@ -256,7 +256,9 @@ def test_vocab_101_model_samples_saves_and_self_certainty_uses_real_ids(tmp_path
     toks = np.asarray(out.tokens)
     assert toks.max() < 101
     # self-certainty = mean_t KL(U_101 || p_t): recompute each step's logits with a forward pass (float64)
-    sc = np.asarray(self_certainty(out.stats, out.mask, cfg.vocab_size))
+    T = toks.shape[1]  # rows are prompt-major: row r is sample r % 2 of prompt r // 2
+    stats = jax.tree.map(lambda x: x.reshape(2, 2, T), out.stats)
+    sc = np.asarray(self_certainty(stats, out.mask.reshape(2, 2, T), cfg.vocab_size)).reshape(-1)
     rmask = np.asarray(out.mask)
     for r in range(toks.shape[0]):
         p_ids = ids[r // 2][mask[r // 2] == 1]

@@ -148,8 +148,9 @@ def test_error_profile_and_classify_answer_with_fact_errors(problems):
             assert prof.partial_answers == ()
         assert prof.systematic_trace.endswith(f"\\boxed{{{prof.systematic_answer}}}")
     assert n_two > 10
-    with pytest.raises(ValueError, match="cannot be combined"):
-        syn.error_profile(problems[0], {"arithmetic": {"rules": ("fact_error", "sub_swap"), "noise": 0.1}})
+    with pytest.raises(ValueError, match="variants"):
+        syn.error_profile(problems[0], {"arithmetic": {"rules": ("fact_error",), "noise": 0.1,
+                                                       "variants": {"answer_only": 0.7, "repeated": 0.4}}})
 
 
 # ------------------------------------------------------------------------------------------ answers, problems

@@ -390,7 +390,9 @@ FACT_ERRORS: dict[tuple[int, int], int] = {
 
 
 def problem_facts(problem_or_tree) -> tuple[tuple[int, int], ...]:
-    """The distinct times-table facts (fact_key pairs, sorted) of the correct solution's multiplications."""
+    """The distinct times-table facts (fact_key pairs, sorted) of the correct solution's multiplications. Under
+    fact_error these are the facts that can go wrong; on a problem not made with table_facts, a multiplication
+    whose operands an earlier error changed (nested products) asks for another fact and is computed correctly."""
     tree = problem_or_tree if not isinstance(problem_or_tree, MathProblem) else _solution_tree(problem_or_tree)
     run = _run(tree)
     if run is None:
@@ -842,9 +844,6 @@ def _resolve_family_params(family_params: Optional[Mapping]) -> dict:
         if unknown:
             raise ValueError(f"family_params[{fam!r}]['rules']: unknown rules {unknown}; "
                              f"rules of {fam}: {RULES[fam]}")
-        if "fact_error" in rules and len(rules) > 1:
-            raise ValueError(f"family_params[{fam!r}]['rules']: 'fact_error' cannot be combined with other rules, "
-                             f"got {list(rules)}")
         params["rules"] = rules
         if not 0.0 <= float(params["noise"]) <= 1.0:
             raise ValueError(f"family_params[{fam!r}]['noise'] must be in [0, 1], got {params['noise']}")

@@ -334,7 +334,8 @@ def v2_checks(rungs: list[dict]) -> list[str]:
         lo = qr[0]
         other = lo["metrics"]["other_rate"]
         out.append(f"* \"other wrong\" <= ~0.15 at the smallest q ({lo['name']}): {other:.3f} -> "
-                   f"{'met' if other <= 0.15 else 'NOT met'}.")
+                   f"{'met' if other <= 0.15 else 'NOT met'}." + ("" if other <= 0.15 else
+                   " experiments/results/ladder_v2/step_errors.md: which steps fail, and a `small` trial."))
         maj = [r["metrics"]["maj_accuracy"] for r in qr]
         mono = all(b <= a for a, b in zip(maj, maj[1:]))
         out.append(f"* maj@N falls monotonically with q over {len(qr)} rungs: {'yes' if mono else 'no'} "

@@ -43,7 +43,7 @@ setup(
     packages=find_packages(include=["urlvr_jax", "urlvr_jax.*"]),
     include_package_data=True,
     package_data={"urlvr_jax": ["data/assets/**/*", "data/assets/*/*", "data/assets/*/*/*",
-                                "models/ladder/*", "models/ladder/*/*"]},
+                                "models/ladder/*", "models/ladder/*/*", "models/ladder_v2/*", "models/ladder_v2/*/*"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={

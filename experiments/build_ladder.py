@@ -4,6 +4,7 @@ by the systematic-error rate q of their SFT traces (urlvr_jax.sft).
     python experiments/build_ladder.py                     # build + measure q in 0.1 0.3 0.45 0.6 0.8
     python experiments/build_ladder.py --measure-only      # re-measure the shipped checkpoints
     python experiments/build_ladder.py --qs 0.1 --models-dir /tmp/ladder --results-dir /tmp/ladder_res
+    python experiments/build_ladder.py --v2                # ladder v2 (urlvr_jax/models/ladder_v2, issue #13)
 
 Writes:
   <models-dir>/q<q>/            HF folder (config.json, model.safetensors, tokenizer, base_model_recipe.json)
@@ -24,6 +25,8 @@ import os
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -91,7 +94,8 @@ def measure(folder: Path, n_eval: int, n_samples: int, seed: int) -> dict:
     problems = sft.problems_for_model(folder, n_eval, EVAL_SEED, split="eval")
     t0 = time.perf_counter()
     metrics = sft.measure_prior(model, tok, problems, n_samples=n_samples, temperature=1.0,
-                                family_params=recipe["family_params"], seed=seed, progress=True)
+                                family_params=recipe["family_params"], seed=seed, progress=True,
+                                max_new_tokens=int(recipe.get("max_new_tokens", 64)))
     metrics["seconds"] = round(time.perf_counter() - t0, 1)
     return metrics
 
@@ -216,11 +220,210 @@ def rc_model(rc: dict) -> dict:
     return base_model_config(rc["size"]).to_hf_dict()
 
 
+# ----------------------------------------------------------------------------------------------------- ladder v2
+V2_COLUMNS = [
+    ("accuracy", "avg@N"), ("maj_accuracy", "maj@N"), ("pass_at_n", "pass@N"), ("systematic_rate", "systematic"),
+    ("other_rate", "other wrong"), ("maj_systematic_rate", "maj = systematic"),
+    ("confident_majority_correct", "confident maj correct"), ("certainty_auroc_within", "AUROC within"),
+]
+V2_SHAPES = [("answer_only_rate", "answer-only"), ("restated_rate", "restated"), ("repeated_rate", "repeated"),
+             ("mean_length", "mean length")]
+
+
+def v2_rungs(qs) -> list[dict]:
+    """The v2 rungs: one per q (noise V2_NOISE), plus the pass@k-inflated rung."""
+    from urlvr_jax import sft
+
+    out = [{"name": f"q{q:g}", "q": float(q), "noise": sft.V2_NOISE} for q in sorted(qs)]
+    return out + [{"name": "inflated", **sft.V2_INFLATED}]
+
+
+def _v2_row(r: dict, m: dict, with_shapes: bool) -> str:
+    cells = [r["name"], f"{r['q']:g}", f"{r['noise']:g}"] + [_fmt(m.get(k, float("nan"))) for k, _ in V2_COLUMNS]
+    if with_shapes:
+        sh = m.get("shapes", {})
+        cells += [_fmt(sh.get(k, float("nan"))) if k != "mean_length" else f"{sh.get(k, float('nan')):.1f}"
+                  for k, _ in V2_SHAPES]
+        cells += [_secs(r.get("build_seconds"))]
+    return "| " + " | ".join(cells) + " |"
+
+
+def write_v2_tables(rungs: list[dict], config: dict) -> list[str]:
+    n = config["n_samples"]
+    hdr = ["rung", "q", "noise"] + [h.replace("N", str(n)) if "@N" in h else h for _, h in V2_COLUMNS]
+    full = hdr + [h for _, h in V2_SHAPES] + ["build s"]
+    lines = ["| " + " | ".join(full) + " |", "|" + "---|" * len(full)]
+    lines += [_v2_row(r, r["metrics"], True) for r in rungs]
+    lines += ["", "On the problems with a multiplication (where q acts):", "",
+              "| " + " | ".join(hdr) + " |", "|" + "---|" * len(hdr)]
+    lines += [_v2_row(r, r["metrics"].get("on_error_problems", {}), False) for r in rungs]
+    return lines
+
+
+def write_v2_readme(rungs: list[dict], config: dict, models_dir: Path, results_dir: Path) -> None:
+    from urlvr_jax import sft
+    from urlvr_jax.data import synthetic as syn
+
+    rc = rungs[0]["recipe"]
+    arch = base_model_arch(rc)
+    facts = ", ".join(f"{a}x{b}->{w}" for (a, b), w in syn.FACT_ERRORS.items())
+    lines = [
+        "# Synthetic base-model ladder v2", "",
+        "The redesigned world of issue #13 (science review §3 W1-W3, E2). Tiny Llama-architecture models (HF "
+        "folders: config.json, model.safetensors float32, the synthetic tokenizer, base_model_recipe.json), loadable "
+        "by name as `ladder_v2/<rung>` (e.g. `ladder_v2/q0.2`) wherever `ladder/q0.1` works. The v1 ladder "
+        "(urlvr_jax/models/ladder) is unchanged.", "",
+        "## The world", "",
+        f"* Problems: three operations over + - * with operands 1..9 (`{json.dumps(rc['task'])}`). Every "
+        "multiplication is a times-table fact (both operands 1..9, no multiplication under another), every value of "
+        "the correct path and of every designed wrong path is in 0..99, and 90% of problems contain a "
+        "multiplication (measured share on 4000 train problems: "
+        f"{config.get('mul_share_measured', float('nan')):.3f}; share with two distinct facts: "
+        f"{config.get('two_fact_share_measured', float('nan')):.3f}).",
+        "* Per-fact systematic errors (rule `fact_error`): each fact a*b (= b*a) has its own fixed wrong product, a "
+        "neighbouring times-table entry chosen by a hash of the fact (`synthetic.fact_error_value`). In each trace "
+        "each distinct fact of the problem is independently wrong with probability q, and the wrong product is "
+        "carried honestly through the rest of the trace. The systematic answer is the one with every fact wrong; on "
+        "a problem with two distinct facts the answers with one fact wrong (probability q(1-q) each) are "
+        "`partial_answers` of the error profile and count as \"other wrong\" in `classify_answer`; the majority "
+        "still flips from correct to systematic at q = 0.5 ((1-q)^2 vs q^2). The generator only keeps problems "
+        "whose 2^k error subsets give 2^k different answers.",
+        f"* Unsystematic noise: {sft.V2_NOISE:.0%} of the traces without a fact error get a random wrong digit in a "
+        "random step, propagated honestly (kept in 0..99 and away from the designed answers).",
+        "* Trace format `restate`: every step line but the last restates the remaining expression, e.g. "
+        "`Q: 8+6*8-4` -> `6*8=48 so 8+48-4` / `8+48=56 so 56-4` / `56-4=52` / `\\boxed{52}` (about 43 tokens). "
+        f"Variants: {json.dumps(sft.V2_VARIANTS)} (answer-only `\\boxed{{a}}`; one step restated as `check: 6*8=48`; "
+        "one step line written 2-4 times in a row), drawn per trace independently of the path.",
+        f"* Vocabulary: the real {arch['vocab_size']} ids (no padding), so self-certainty averages over real ids "
+        f"only. Sampling budget: `max_new_tokens` = {rc.get('max_new_tokens')} (in every recipe; SFT rows are "
+        f"{sft.V2_MAX_LEN} tokens, so the longest training trace leaves room to grow).",
+        f"* Fact errors (fact -> wrong product): {facts}.", "",
+        "## Recipe", "",
+        f"Size `{rc['size']}` ({rc['num_params']} parameters: hidden {arch['hidden_size']}, "
+        f"{arch['num_hidden_layers']} layers, {arch['num_attention_heads']} heads / {arch['num_key_value_heads']} kv "
+        f"heads, intermediate {arch['intermediate_size']}, vocab {arch['vocab_size']}, tied embeddings); seed "
+        f"{rc['seed']}; {rc['steps']} AdamW steps of {rc['batch_size']} rows at lr {rc['lr']} (5% warmup, cosine to "
+        f"10%); {rc['n_problems']} train problems x {rc['samples_per_problem']} traces. Two data phases in one "
+        f"schedule: {rc['steps'] - rc['prior_steps']} steps on traces drawn with q = 0 (noise {sft.V2_NOISE}; "
+        f"identical for every rung, so it is trained once and its end state - parameters and optimizer - is "
+        f"shared: `skill_cache`), then {rc['prior_steps']} steps on traces drawn with the rung's q and noise. The "
+        f"pass@k-inflated rung `inflated` has q {sft.V2_INFLATED['q']} and noise {sft.V2_INFLATED['noise']} in "
+        "its prior phase.", "",
+        "Rebuild: `python experiments/build_ladder.py --v2` (all rungs; `--qs 0.2` for some, `--no-inflated` to skip "
+        "the inflated rung), or in Python `urlvr_jax.sft.build_base_model_v2(q, out_dir, noise=0.1)`.", "",
+        f"## Measured prior ({config['n_eval']} held-out problems x {config['n_samples']} samples, T = 1.0, "
+        f"max_new_tokens {rc.get('max_new_tokens')})", "",
+        "Columns as in urlvr_jax/sft.py (prior_metrics); answer-only / restated / repeated: shares of sampled "
+        "responses of that shape (`sft.response_shape`); mean length: response tokens incl. <eos>. Build s: this "
+        "rung's own wall-clock build (data, compile, its prior phase, save); the shared skill phase took "
+        f"{_secs(config.get('skill_phase_seconds'))} s once.", "",
+    ] + write_v2_tables(rungs, config) + [""] + v2_checks(rungs) + [
+        "", f"Results JSON: {config.get('results_json')}. Built on: {config['machine']}.",
+        f"Total wall-clock for the command: {config['total_seconds']:.0f} s.",
+    ]
+    (models_dir / "README.md").write_text("\n".join(lines) + "\n")
+    (results_dir / "ladder_v2.md").write_text("\n".join(["# Ladder v2 (measured)", ""] + write_v2_tables(rungs, config))
+                                              + "\n")
+
+
+def v2_checks(rungs: list[dict]) -> list[str]:
+    """The design goals of ladder v2, checked on the measured table (computed, not asserted)."""
+    qr = [r for r in rungs if r["name"] != "inflated"]
+    out = ["## Design goals, checked on these numbers", ""]
+    if qr:
+        lo = qr[0]
+        other = lo["metrics"]["other_rate"]
+        out.append(f"* \"other wrong\" <= ~0.15 at the smallest q ({lo['name']}): {other:.3f} -> "
+                   f"{'met' if other <= 0.15 else 'NOT met'}." + ("" if other <= 0.15 else
+                   " experiments/results/ladder_v2/step_errors.md: which steps fail, and a `small` trial."))
+        maj = [r["metrics"]["maj_accuracy"] for r in qr]
+        mono = all(b <= a for a, b in zip(maj, maj[1:]))
+        out.append(f"* maj@N falls monotonically with q over {len(qr)} rungs: {'yes' if mono else 'no'} "
+                   f"({', '.join(f'{m:.3f}' for m in maj)}).")
+        flip = [r for r in qr if r["metrics"].get("on_error_problems", {}).get("maj_systematic_rate", 0) >
+                r["metrics"].get("on_error_problems", {}).get("maj_accuracy", 1)]
+        out.append("* On problems with a multiplication, the majority is more often the systematic answer than the "
+                   f"correct one from q = {flip[0]['q']:g} on." if flip else
+                   "* On problems with a multiplication, the systematic answer never wins more majorities than the "
+                   "correct one on these rungs.")
+    inf = [r for r in rungs if r["name"] == "inflated"]
+    if inf and qr:
+        m = inf[0]["metrics"]
+        out.append(f"* pass@k-inflated rung: pass@N {m['pass_at_n']:.3f}, maj@N {m['maj_accuracy']:.3f}, avg@N "
+                   f"{m['accuracy']:.3f}.")
+    return out
+
+
+def base_model_arch(rc: dict) -> dict:
+    from urlvr_jax.sft import base_model_config
+
+    return base_model_config(rc["size"], rc.get("vocab_size", 128)).to_hf_dict()
+
+
+def main_v2(args) -> dict:
+    import jax
+
+    from urlvr_jax import sft
+    from urlvr_jax.data import synthetic as syn
+    from urlvr_jax.data.tasks import make_problems
+
+    models_dir = Path(args.models_dir or ROOT / "urlvr_jax" / "models" / "ladder_v2")
+    results_dir = Path(args.results_dir or ROOT / "experiments" / "results" / "ladder_v2")
+    models_dir.mkdir(parents=True, exist_ok=True)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    out_json = results_dir / "ladder_v2.json"
+    train = make_problems("arithmetic", 4000, args.seed, "train", sft.V2_TASK)
+    nfacts = [len(syn.problem_facts(p)) for p in train]
+    rungs_spec = v2_rungs(args.qs or sft.V2_QS)
+    if args.no_inflated:
+        rungs_spec = rungs_spec[:-1]
+    cache: dict = {}
+    rungs: list[dict] = []
+    t_all = time.perf_counter()
+    extra = sys.argv[1:] if args.argv is None else list(args.argv)
+    config = {"command": "python experiments/build_ladder.py" + "".join(" " + a for a in extra),
+              "n_eval": args.n_eval, "n_samples": args.n_samples, "seed": args.seed, "eval_seed": EVAL_SEED,
+              "temperature": 1.0, "mul_share_measured": float(np.mean([k > 0 for k in nfacts])),
+              "two_fact_share_measured": float(np.mean([k == 2 for k in nfacts])),
+              "results_json": str(out_json.relative_to(ROOT)) if out_json.is_relative_to(ROOT) else str(out_json)}
+    for spec in rungs_spec:
+        folder = models_dir / spec["name"]
+        entry = dict(spec)
+        if not args.measure_only:
+            print(f"== building {spec['name']} (q={spec['q']:g}, noise={spec['noise']:g}) -> {folder}", flush=True)
+            t0 = time.perf_counter()
+            over = {} if args.steps is None else {"steps": args.steps, "prior_steps": args.steps // 3}
+            if args.size:
+                over["size"] = args.size
+            r = sft.build_base_model_v2(spec["q"], folder, noise=spec["noise"], seed=args.seed, skill_cache=cache,
+                                        **over)
+            entry["build_seconds"] = round(time.perf_counter() - t0, 1)
+            if not r.get("skill_phase_reused"):
+                config["skill_phase_seconds"] = r.get("skill_phase_seconds_shared")
+                entry["includes_skill_phase"] = True
+        print(f"== measuring {spec['name']}", flush=True)
+        entry["metrics"] = measure(folder, args.n_eval, args.n_samples, args.seed)
+        entry["recipe"] = {k: v for k, v in sft.load_recipe(folder).items() if k != "losses_every10"}
+        entry["size_bytes"] = folder_bytes(folder)
+        m = entry["metrics"]
+        print(f"   {spec['name']}: avg {m['accuracy']:.3f} maj {m['maj_accuracy']:.3f} pass {m['pass_at_n']:.3f} "
+              f"sys {m['systematic_rate']:.3f} other {m['other_rate']:.3f} maj=sys {m['maj_systematic_rate']:.3f} "
+              f"shapes {json.dumps({k: round(v, 3) for k, v in m['shapes'].items()})} "
+              f"build {entry.get('build_seconds')} s", flush=True)
+        rungs.append(entry)
+        config["total_seconds"] = round(time.perf_counter() - t_all, 1)
+        config["machine"] = (f"{os.cpu_count()} CPU cores, jax {jax.__version__} on {jax.default_backend()}; load "
+                             f"average after the last rung {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        out_json.write_text(json.dumps(_nan_to_none({"config": config, "rungs": rungs}), indent=2) + "\n")
+        write_v2_readme(rungs, config, models_dir, results_dir)  # after every rung: partial results survive
+    return {"config": config, "rungs": rungs}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--qs", type=float, nargs="+", default=list(DEFAULT_QS))
-    p.add_argument("--models-dir", default=str(ROOT / "urlvr_jax" / "models" / "ladder"))
-    p.add_argument("--results-dir", default=str(ROOT / "experiments" / "results" / "ladder"))
+    p.add_argument("--qs", type=float, nargs="+", default=None, help=f"default {DEFAULT_QS} (v2: sft.V2_QS)")
+    p.add_argument("--models-dir", default=None, help="default urlvr_jax/models/ladder (v2: .../ladder_v2)")
+    p.add_argument("--results-dir", default=None, help="default experiments/results/ladder (v2: .../ladder_v2)")
     p.add_argument("--n-eval", type=int, default=256)
     p.add_argument("--n-samples", type=int, default=16)
     p.add_argument("--seed", type=int, default=0, help="model seed (init, data, batch order) and sampling seed")
@@ -229,7 +432,24 @@ def main(argv=None) -> dict:
     p.add_argument("--report-only", action="store_true",
                    help="neither train nor measure: rewrite ladder.md, ladder.png and the models README from "
                         "ladder.json")
+    p.add_argument("--v2", action="store_true", help="build/measure ladder v2 (urlvr_jax/models/ladder_v2; the V2_* "
+                   "recipe of urlvr_jax/sft.py): rungs q in V2_QS (or --qs) plus the pass@k-inflated rung")
+    p.add_argument("--no-inflated", action="store_true", help="--v2: skip the pass@k-inflated rung")
+    p.add_argument("--size", default=None, help="--v2: model size (urlvr_jax.sft.SIZES; default sft.V2_SIZE)")
     args = p.parse_args(argv)
+    if args.v2:
+        args.argv = argv
+        if args.report_only:
+            results_dir = Path(args.results_dir or ROOT / "experiments" / "results" / "ladder_v2")
+            data = json.loads((results_dir / "ladder_v2.json").read_text())
+            rungs = [dict(r, metrics=_none_to_nan(r["metrics"])) for r in data["rungs"]]
+            write_v2_readme(rungs, data["config"], Path(args.models_dir or ROOT / "urlvr_jax" / "models" / "ladder_v2"),
+                            results_dir)
+            return data
+        return main_v2(args)
+    args.models_dir = args.models_dir or str(ROOT / "urlvr_jax" / "models" / "ladder")
+    args.results_dir = args.results_dir or str(ROOT / "experiments" / "results" / "ladder")
+    args.qs = args.qs or list(DEFAULT_QS)
     if args.report_only:
         results_dir = Path(args.results_dir)
         data = json.loads((results_dir / "ladder.json").read_text())

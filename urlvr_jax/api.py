@@ -3,8 +3,9 @@
 The sub-modules work on resolved paths and left-padded token arrays (what the trainer needs); these
 wrappers add what a person at a prompt needs and nothing else:
 
-  load_model / load_tokenizer  accept the shipped names ('ladder/q0.1' … 'ladder/q0.8', 'smollm2') as
-                               well as local HF folders and .gguf files;
+  load_model / load_tokenizer  accept the shipped names ('ladder/q0.1' … 'ladder/q0.8', 'ladder_v2/q0.05' …
+                               'ladder_v2/q0.95', 'ladder_v2/inflated', 'smollm2') as well as local HF folders
+                               and .gguf files;
   generate                     prompts (strings or token-id lists) -> sampled response strings;
   score                        prompts + responses (strings) -> per-token log-prob, entropy, … of the
                                responses under the model;
@@ -37,7 +38,8 @@ Prompt = Union[str, Sequence[int]]
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """A local path for a model name: 'ladder/<q>' (shipped tiny models), 'smollm2', or a path as given."""
+    """A local path for a model name: 'ladder/<q>' or 'ladder_v2/<rung>' (shipped tiny models), 'smollm2', or a
+    path as given."""
     from urlvr_jax.models.paths import resolve_model_path as resolve
 
     return resolve(os.fspath(name_or_path))

@@ -89,7 +89,8 @@ default, self_certainty, token_entropy, trajectory_entropy, probability, ground_
 ttt_aime24, mcs_probe), configs/smollm2.py (SmolLM2-135M-Instruct on GSM8K). Every key, with its default and
 meaning, is in urlvr_jax/config.py:base_config(); sections: model, mesh, data, sampling, rl, train.
 Every config key can be overridden as --config.<section>.<key>=<value>; unknown keys and wrong types are
-refused. Model paths: an HF folder, a .gguf file, 'smollm2', or 'ladder/<q0.1..q0.8>' (shipped tiny models).
+refused. Model paths: an HF folder, a .gguf file, 'smollm2', 'ladder/<q0.1..q0.8>' or
+'ladder_v2/<q0.05..q0.95, inflated>' (shipped tiny models).
 The workdir gets metrics.jsonl, tensorboard/, checkpoints/, report.json and PNG plots; rerunning the same
 command with the same --workdir resumes from its newest checkpoint.
 --dry_run builds the model abstractly (jax.eval_shape), prints its size and memory estimate, and exits.

@@ -16,6 +16,9 @@ inherits that error process, so q is a knob on its confidence–correctness alig
 
 The default recipe (DEFAULT_* below) builds one model in about 2 CPU-minutes; the shipped ladder
 (urlvr_jax/models/ladder, experiments/build_ladder.py) uses it with q in {0.1, 0.3, 0.45, 0.6, 0.8}.
+Ladder v2 (V2_* below, `build_base_model_v2`, urlvr_jax/models/ladder_v2, `build_ladder.py --v2`) is the
+redesigned world of issue #13: per-fact errors, answers 0..99, noise 0.1, longer traces with variants, the
+real 101-id vocabulary and max_new_tokens 96 in the recipe.
 `build_base_model` trains in two data phases within one run: first on traces drawn with q = 0 (the
 arithmetic skill, identical for every q at a given seed), then, for the last third of the steps, on
 traces drawn with q (the prior). The defaults (two-operation arithmetic up to 20, one systematic
@@ -69,7 +72,7 @@ from tqdm.auto import tqdm
 
 from urlvr_jax.data import synthetic as syn
 from urlvr_jax.data.math_datasets import MathProblem, last_boxed
-from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
+from urlvr_jax.data.synthetic_tokenizer import VOCAB_SIZE, build_synthetic_tokenizer
 from urlvr_jax.data.tasks import DEFAULT_TASKS, RECIPE_FILE, load_recipe, make_problems, problems_for_model  # noqa: F401 (re-exported)
 from urlvr_jax.models.config import ModelConfig
 from urlvr_jax.models.weights import init_model, save_model
@@ -102,14 +105,42 @@ DEFAULT_FAMILY_PARAMS = {"arithmetic": {"rules": ("mul_as_add",), "noise": 0.3},
 # limits these runs.
 DEFAULT_SIZE, DEFAULT_STEPS, DEFAULT_BATCH, DEFAULT_LR = "tiny", 1500, 32, 1e-2
 
+# Ladder v2 (urlvr_jax/models/ladder_v2, experiments/build_ladder.py --v2): the redesigned world of issue #13.
+# Three-operation problems whose multiplications are times-table facts (answers 0..99, 90% of problems with a
+# multiplication), per-fact systematic errors (rule fact_error: each fact's own fixed wrong product, each fact
+# wrong with probability q per trace), 10% unsystematic noise, the "restate" trace format (~43 tokens) and small
+# SFT mass on the answer-only / restated / repeated variants; the vocabulary is the real one (101 ids) and the
+# models are sampled with up to V2_MAX_NEW_TOKENS new tokens.
+V2_TASK = {"steps": (3,), "ops": "+-*", "max_operand": 9, "max_value": 99, "table_facts": True, "mul_share": 0.9}
+V2_VARIANTS = {"answer_only": 0.03, "restated": 0.10, "repeated": 0.02}
+V2_NOISE = 0.1
+V2_MAX_NEW_TOKENS = 96
+V2_MAX_LEN = 96  # SFT row width: <bos> + prompt (<= 21 tokens) + completion + <eos>; traces are made to fit
+# (synthetic.VARIANT_TOKEN_BUDGET), sampling gets V2_MAX_NEW_TOKENS, so a policy has room to grow longer
 
-def base_model_config(size: str = DEFAULT_SIZE) -> ModelConfig:
-    """The ModelConfig of a synthetic base model of a named size (see SIZES)."""
+
+V2_SIZE, V2_STEPS, V2_PRIOR_STEPS, V2_LR = "tiny", 1800, 600, 1e-2
+V2_QS = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)
+V2_INFLATED = {"q": 0.5, "noise": 0.6}  # the pass@k-inflated rung: pass@k high, prior bad (the Qwen2.5-Math analogue)
+
+
+def v2_family_params(noise: float = V2_NOISE) -> dict:
+    """The ladder-v2 error process (family_params of make_sft_traces) with unsystematic noise `noise`."""
+    return {"arithmetic": {"rules": ("fact_error",), "noise": float(noise), "format": "restate",
+                           "variants": dict(V2_VARIANTS)}}
+
+
+def base_model_config(size: str = DEFAULT_SIZE, vocab_size: int = PADDED_VOCAB) -> ModelConfig:
+    """The ModelConfig of a synthetic base model of a named size (see SIZES). vocab_size: PADDED_VOCAB (v1
+    ladder) or VOCAB_SIZE = 101 (ladder v2: no unused ids, so self-certainty averages over real ids only)."""
     if size not in SIZES:
         raise ValueError(f"base_model_config: unknown size {size!r}; sizes: {sorted(SIZES)}")
+    if int(vocab_size) < VOCAB_SIZE:
+        raise ValueError(f"base_model_config: vocab_size must be >= the synthetic vocabulary ({VOCAB_SIZE}), "
+                         f"got {vocab_size}")
     s = SIZES[size]
     return ModelConfig(
-        family="llama", vocab_size=PADDED_VOCAB, hidden_size=s["hidden_size"],
+        family="llama", vocab_size=int(vocab_size), hidden_size=s["hidden_size"],
         intermediate_size=s["intermediate_size"], num_layers=s["num_layers"], num_heads=s["num_heads"],
         num_kv_heads=s["num_kv_heads"], head_dim=s["hidden_size"] // s["num_heads"], rms_norm_eps=1e-5,
         rope_theta=10000.0, max_position_embeddings=512, tie_word_embeddings=True,
@@ -242,12 +273,18 @@ def train_sft(model, tokenizer, texts_prompt_completion: Sequence[tuple[str, str
 
 def train_sft_arrays(model, ids: np.ndarray, loss_mask: np.ndarray, steps: int, batch_size: int, lr: float,
                      seed: int, *, warmup_frac: float = 0.05, weight_decay: float = 0.01, progress: bool = True,
-                     then: Optional[tuple[int, np.ndarray, np.ndarray]] = None) -> tuple[Any, np.ndarray]:
+                     then: Optional[tuple[int, np.ndarray, np.ndarray]] = None, start: int = 0,
+                     stop: Optional[int] = None, state: Optional[tuple] = None, return_state: bool = False):
     """train_sft on already encoded rows: ids, loss_mask [N, L] from encode_sft_examples.
 
     then = (from_step, ids2, loss_mask2): from step `from_step` on, the rows are read from ids2 /
     loss_mask2 (same [N, L]; row i is the same problem in both) — one run, one optimizer schedule and
     state, two data phases.
+    start, stop, state, return_state: run only steps start..stop-1 of the `steps`-step run, from `state` =
+    (params, opt_state) as returned after step start-1 (None: the model's parameters and a fresh optimizer;
+    then start must be 0). With return_state the result is (model, losses, state). Running 0..k and then
+    k..steps from the returned state is the same computation as one run (the schedule lives in opt_state,
+    the batch order is fixed by seed): ladder v2 trains the shared skill phase once for every rung.
     """
     if steps < 1 or batch_size < 1:
         raise ValueError(f"train_sft: steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
@@ -260,15 +297,22 @@ def train_sft_arrays(model, ids: np.ndarray, loss_mask: np.ndarray, steps: int, 
     if ids2.shape != ids.shape or mask2.shape != ids.shape:
         raise ValueError(f"train_sft: the second phase's ids/loss_mask {ids2.shape}/{mask2.shape} must have the "
                          f"first phase's shape {ids.shape}")
+    stop = steps if stop is None else int(stop)
+    if not 0 <= start < stop <= steps or (state is None and start != 0):
+        raise ValueError(f"train_sft: need 0 <= start < stop <= steps (start 0 without a state), got start={start}, "
+                         f"stop={stop}, steps={steps}, state {'given' if state is not None else 'None'}")
     rules = getattr(model, "rules", None)
     graphdef, params = nnx.split(model)
-    params = jax.tree.map(jnp.copy, params)  # the step donates its buffers; the caller's model stays valid
     tx, step = _compiled_step(graphdef, float(lr), int(steps), float(warmup_frac), float(weight_decay))
-    opt_state = tx.init(params)
+    if state is None:
+        params = jax.tree.map(jnp.copy, params)  # the step donates its buffers; the caller's model stays valid
+        opt_state = tx.init(params)
+    else:
+        params, opt_state = jax.tree.map(jnp.copy, state)  # the caller's state stays valid too
     order = _batch_order(len(ids), steps, batch_size, seed)
     losses = []
-    bar = _progress(steps, "sft", progress)
-    for s in range(steps):
+    bar = _progress(stop - start, "sft", progress)
+    for s in range(start, stop):
         rows = order[s]
         x, m = (ids, loss_mask) if s < switch else (ids2, mask2)
         params, opt_state, loss = step(params, opt_state, shard_batch(x[rows], rules), shard_batch(m[rows], rules))
@@ -282,7 +326,9 @@ def train_sft_arrays(model, ids: np.ndarray, loss_mask: np.ndarray, steps: int, 
     losses = np.asarray(jax.device_get(losses), np.float32)
     if not np.all(np.isfinite(losses)):
         bad = int(np.argmin(np.isfinite(losses)))
-        raise FloatingPointError(f"train_sft: loss became non-finite at step {bad}; lower lr (was {lr})")
+        raise FloatingPointError(f"train_sft: loss became non-finite at step {start + bad}; lower lr (was {lr})")
+    if return_state:
+        return nnx.merge(graphdef, jax.tree.map(jnp.copy, params)), losses, (params, opt_state)
     return nnx.merge(graphdef, params), losses
 
 
@@ -299,7 +345,11 @@ def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str
                      steps: int = DEFAULT_STEPS, batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR,
                      prior_steps: Optional[int] = None, n_problems: Optional[int] = 4000,
                      samples_per_problem: int = 12, task: Optional[Mapping] = None,
-                     family_params: Optional[Mapping] = None, mesh=None, progress: bool = True) -> dict[str, Any]:
+                     family_params: Optional[Mapping] = None, mesh=None, progress: bool = True,
+                     vocab_size: int = PADDED_VOCAB, max_new_tokens: Optional[int] = None,
+                     max_len: Optional[int] = None, skill_cache: Optional[dict] = None,
+                     extra_recipe: Optional[Mapping] = None,
+                     skill_family_params: Optional[Mapping] = None) -> dict[str, Any]:
     """Generate train problems and SFT traces with systematic-error rate `q`, train a tiny Llama, save it.
 
     Two data phases in one run (one optimizer schedule): the first steps − prior_steps steps train on
@@ -316,6 +366,15 @@ def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str
     (make_sft_traces with `family_params`, default DEFAULT_FAMILY_PARAMS); the defaults make 48000
     traces, each seen once by 1500 steps of 32. Returns the recipe, plus "model_object" (the trained model), "losses",
     "out_dir".
+
+    Ladder v2 knobs (defaults: the v1 recipe): vocab_size (VOCAB_SIZE = 101: no unused ids); max_new_tokens, the
+    sampling budget the model is made for, recorded in the recipe (every completion + <eos> must fit in it);
+    max_len, a fixed row width (None: the longest row); skill_cache, a dict shared across calls: the skill
+    phase's end state is stored under a key of everything that determines it (not q) and reused by later calls
+    with the same key, bit-identical to recomputing it (needs a fixed max_len so the row width does not depend
+    on q); extra_recipe, extra keys written into the recipe; skill_family_params, the error process of the skill
+    phase's traces (None: family_params; drawn with q = 0 either way), e.g. the pass@k-inflated rung of ladder v2
+    shares the other rungs' skill phase (noise 0.1) and gets its noise 0.6 in the prior phase only.
     """
     if not 0.0 <= float(q) <= 1.0:
         raise ValueError(f"build_base_model: q must be in [0, 1], got {q}")
@@ -329,18 +388,44 @@ def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str
         raise ValueError(f"build_base_model: prior_steps must be in [0, steps={steps}], got {prior_steps}")
     t0, c0 = time.perf_counter(), time.process_time()
     problems = make_problems(family, n_problems, seed, "train", task)
-    skill = syn.make_sft_traces(problems, 0.0, fp, seed=seed, samples_per_problem=samples_per_problem)
+    sfp = fp if skill_family_params is None else dict(skill_family_params)
+    skill = syn.make_sft_traces(problems, 0.0, sfp, seed=seed, samples_per_problem=samples_per_problem)
     traces = syn.make_sft_traces(problems, float(q), fp, seed=seed, samples_per_problem=samples_per_problem)
     tok = build_synthetic_tokenizer()
     pairs = [(t.prompt, t.completion) for t in skill.traces] + [(t.prompt, t.completion) for t in traces.traces]
-    both, both_mask = encode_sft_examples(tok, pairs)  # one width for both phases: one compiled step
+    if max_new_tokens is not None:
+        longest = max(len(tok(c, add_special_tokens=False)["input_ids"]) + 1 for _, c in pairs)
+        if longest > int(max_new_tokens):
+            raise ValueError(f"build_base_model: a completion has {longest} tokens with <eos> > max_new_tokens="
+                             f"{max_new_tokens}; the model would be trained on traces it cannot finish when sampled")
+    both, both_mask = encode_sft_examples(tok, pairs, max_len)  # one width for both phases: one compiled step
     n = len(skill.traces)
     t_data, c_data = time.perf_counter() - t0, time.process_time() - c0
-    cfg = base_model_config(size)
+    cfg = base_model_config(size, vocab_size)
     model = init_model(cfg, seed=seed, mesh=mesh)
     t1, c1 = time.perf_counter(), time.process_time()
-    model, losses = train_sft_arrays(model, both[:n], both_mask[:n], steps, batch_size, lr, seed, progress=progress,
-                                     then=(steps - prior_steps, both[n:], both_mask[n:]))
+    switch = steps - prior_steps
+    key = None
+    if skill_cache is not None:
+        if max_len is None:
+            raise ValueError("build_base_model: skill_cache needs a fixed max_len (the row width must not depend on q)")
+        key = repr((family, _jsonable(task), _jsonable(sfp), size, int(vocab_size), seed, steps, switch, batch_size,
+                    float(lr), n_problems, samples_per_problem, int(max_len)))
+    skill_seconds, reused = None, False
+    if switch == 0 or prior_steps == 0 or key is None:
+        model, losses = train_sft_arrays(model, both[:n], both_mask[:n], steps, batch_size, lr, seed,
+                                         progress=progress, then=(switch, both[n:], both_mask[n:]))
+    else:
+        reused = key in skill_cache
+        if not reused:
+            ts = time.perf_counter()
+            _, l1, st = train_sft_arrays(model, both[:n], both_mask[:n], steps, batch_size, lr, seed, progress=progress,
+                                         stop=switch, return_state=True)
+            skill_cache[key] = (l1, st, round(time.perf_counter() - ts, 2))
+        l1, st, skill_seconds = skill_cache[key]
+        model, l2 = train_sft_arrays(model, both[n:], both_mask[n:], steps, batch_size, lr, seed, progress=progress,
+                                     start=switch, state=st)
+        losses = np.concatenate([l1, l2])
     t_train, c_train = time.perf_counter() - t1, time.process_time() - c1
     out_dir = Path(out_dir)
     save_model(model, out_dir, tokenizer=tok)
@@ -356,9 +441,36 @@ def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str
         "cpu_seconds_data": round(c_data, 2), "cpu_seconds_train": round(c_train, 2),
         "platform": jax.default_backend(), "n_devices": len(jax.devices()), "jax": jax.__version__,
     }
+    if skill_family_params is not None:
+        recipe["skill_family_params"] = _jsonable(sfp)
+    if int(vocab_size) != PADDED_VOCAB:
+        recipe["vocab_size"] = int(vocab_size)
+    if max_new_tokens is not None:
+        recipe["max_new_tokens"] = int(max_new_tokens)
+    if key is not None:  # the skill phase came from (or went into) the shared cache: its time is not in this build
+        recipe["skill_phase_seconds_shared"] = skill_seconds
+        recipe["skill_phase_reused"] = reused
+    if any(t.variant != "standard" for t in traces.traces):
+        recipe["variant_counts"] = traces.variant_counts()
+    recipe.update(dict(extra_recipe or {}))
     with open(out_dir / RECIPE_FILE, "w", encoding="utf-8") as f:
         json.dump(recipe, f, indent=2)
     return {**recipe, "model_object": model, "losses": losses, "out_dir": str(out_dir)}
+
+
+def build_base_model_v2(q: float, out_dir, *, noise: float = V2_NOISE, seed: int = 0,
+                        skill_cache: Optional[dict] = None, progress: bool = True, **overrides) -> dict[str, Any]:
+    """One rung of ladder v2 (the V2_* recipe): build_base_model with the v2 task, error process (per-fact
+    errors with probability q, unsystematic `noise` in the prior phase; the skill phase always uses V2_NOISE),
+    the real vocabulary (VOCAB_SIZE ids), rows of V2_MAX_LEN and max_new_tokens = V2_MAX_NEW_TOKENS in the recipe.
+    `overrides` replace recipe arguments (steps, size, lr, ...)."""
+    kw = dict(size=V2_SIZE, steps=V2_STEPS, prior_steps=V2_PRIOR_STEPS, lr=V2_LR, n_problems=4000,
+              samples_per_problem=12, task=V2_TASK, family_params=v2_family_params(noise),
+              skill_family_params=v2_family_params(V2_NOISE), vocab_size=VOCAB_SIZE,
+              max_new_tokens=V2_MAX_NEW_TOKENS, max_len=V2_MAX_LEN,
+              extra_recipe={"world": "ladder_v2", "noise": float(noise)})
+    kw.update(overrides)
+    return build_base_model(q, out_dir, seed=seed, skill_cache=skill_cache, progress=progress, **kw)
 
 
 def _jsonable(x):
@@ -483,17 +595,43 @@ def prior_metrics(labels: Sequence[Sequence[str]], answers: Sequence[Sequence[Op
     }
 
 
+def response_shape(text: str) -> str:
+    """The trace variant a sampled response looks like (synthetic.TRACE_KINDS, plus "other"):
+    "answer_only" nothing but one \\boxed{...}; "repeated" some non-blank line equals the line before it;
+    "restated" a line starting "check: "; "standard" anything else that ends in a \\boxed{} line; "other"
+    the rest (no final \\boxed{} line). Checked in this order."""
+    stripped = text.strip()
+    lines = stripped.split("\n")
+    if len(lines) == 1 and stripped.startswith("\\boxed{") and stripped.endswith("}"):
+        return "answer_only"
+    if any(a.strip() and a == b for a, b in zip(lines, lines[1:])):
+        return "repeated"
+    if any(line.startswith("check: ") for line in lines):
+        return "restated"
+    return "standard" if lines[-1].startswith("\\boxed{") else "other"
+
+
+def shape_metrics(texts: Sequence[Sequence[str]], lengths) -> dict[str, float]:
+    """Shares of response shapes (response_shape) over all P·N responses, and their mean length in tokens
+    (lengths [P, N]: response tokens, <eos> included)."""
+    shapes = [response_shape(t) for row in texts for t in row]
+    out = {f"{k}_rate": float(np.mean([x == k for x in shapes])) for k in syn.TRACE_KINDS + ("other",)}
+    out["mean_length"] = float(np.mean(lengths))
+    return out
+
+
 def sample_responses(model, tokenizer, problems: Sequence[MathProblem], n_samples: int = 16,
                      temperature: float = 1.0, *, seed: int = 0, batch_size: int = 32, max_new_tokens: int = 64,
-                     progress: bool = False) -> tuple[list[list[str]], np.ndarray, np.ndarray]:
+                     progress: bool = False, return_lengths: bool = False):
     """N sampled responses per problem (prompt synthetic_prompt): texts [P][N], certainty [P, N] (mean
-    token log-prob, <eos> included), truncated [P, N] bool. One compiled shape (tail batch padded)."""
+    token log-prob, <eos> included), truncated [P, N] bool, and with return_lengths lengths [P, N] (response
+    tokens, <eos> included). One compiled shape (tail batch padded)."""
     rules = getattr(model, "rules", None)
     eos, pad = eos_ids_of(tokenizer, model.cfg), pad_id_of(tokenizer)
     sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
     key = jax.random.key(seed)
     texts: list[list[str]] = []
-    cert, trunc = [], []
+    cert, trunc, lens = [], [], []
     bar = _progress(len(problems), "measure", progress)
     for start in range(0, len(problems), batch_size):
         batch = list(problems[start:start + batch_size])
@@ -510,10 +648,13 @@ def sample_responses(model, tokenizer, problems: Sequence[MathProblem], n_sample
             texts.append(dec[sl])
             cert.append(c[sl])
             trunc.append(np.asarray(truncated)[sl])
+            lens.append(rmask.sum(axis=1)[sl])
         if bar is not None:
             bar.update(len(batch))
     if bar is not None:
         bar.close()
+    if return_lengths:
+        return texts, np.asarray(cert), np.asarray(trunc), np.asarray(lens)
     return texts, np.asarray(cert), np.asarray(trunc)
 
 
@@ -524,13 +665,15 @@ def measure_prior(model, tokenizer, problems: Sequence[MathProblem], n_samples: 
 
     family_params: the error process the model was trained with (default DEFAULT_FAMILY_PARAMS), which
     fixes each problem's systematic wrong answer. Returns prior_metrics over all problems, the same
-    restricted to problems that have a systematic path under "on_error_problems", and truncation_rate.
+    restricted to problems that have a systematic path under "on_error_problems", truncation_rate, and
+    "shapes" (shape_metrics: shares of answer-only / restated / repeated responses, mean length in tokens).
     """
     if not problems:
         raise ValueError("measure_prior: no problems")
     fp = DEFAULT_FAMILY_PARAMS if family_params is None else family_params
-    texts, cert, trunc = sample_responses(model, tokenizer, problems, n_samples, temperature, seed=seed,
-                                          batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress)
+    texts, cert, trunc, lens = sample_responses(model, tokenizer, problems, n_samples, temperature, seed=seed,
+                                                batch_size=batch_size, max_new_tokens=max_new_tokens,
+                                                progress=progress, return_lengths=True)
     profiles = [syn.error_profile(p, fp) for p in problems]
     labels = [[syn.classify_answer(p, t, prof) for t in row] for p, row, prof in zip(problems, texts, profiles)]
     answers = [[canonical_answer(t) for t in row] for row in texts]
@@ -540,6 +683,8 @@ def measure_prior(model, tokenizer, problems: Sequence[MathProblem], n_samples: 
     if err:
         out["on_error_problems"] = prior_metrics([labels[i] for i in err], [answers[i] for i in err], cert[err])
     out["truncation_rate"] = float(np.mean(trunc))
+    out["shapes"] = shape_metrics(texts, lens)
+    out["max_new_tokens"] = int(max_new_tokens)
     out["temperature"] = float(temperature)
     out["seed"] = int(seed)
     return out

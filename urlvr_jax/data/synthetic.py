@@ -52,6 +52,28 @@ q < 0.5 (and small noise): the majority answer is the correct one — confidence
 from well- to badly-aligned confidence. `error_profile` gives every problem's correct and systematic
 answers, so experiments can measure how often a model outputs the systematic error (`classify_answer`).
 
+Ladder v2 (issue #13; every v2 knob is off by default, so v1 problems and traces are unchanged):
+* Generator knobs table_facts / mul_share of make_arithmetic_dataset: every multiplication is a times-table
+  fact (operands 1..FACT_MAX = 9, none nested under another), the correct path and every designed wrong path
+  stay in 0..max_value, and a set share of problems contains a multiplication.
+* Rule "fact_error" (per-fact systematic errors): each fact a*b (= b*a) has its OWN fixed wrong product,
+  fact_error_value(a, b): a neighbouring times-table entry, (a±1)*b or a*(b±1), picked by a hash of the fact
+  (FACT_ERRORS lists all 45). In each trace, each distinct fact of the problem is independently wrong with
+  probability q (one draw per fact per trace: all its occurrences agree) and the wrong product is carried
+  honestly. The profile's systematic answer has EVERY fact wrong; on a problem with two distinct facts the
+  answers with one of them wrong (probability q(1-q) each; path "partial") are `partial_answers` and
+  classify_answer calls them "other". P(correct) = (1-q)^k (1-noise) with k facts; the all-wrong answer beats
+  the correct one exactly when q > 1/2 for k = 1 and k = 2 alike. With table_facts every subset of wrong
+  facts gives a different answer. Unsystematic noise is drawn only for traces with no wrong fact, kept in
+  0..V2_MAX_VALUE and away from the correct, systematic and partial answers.
+* family_params "format": "restate" — each step line but the last restates the remaining expression:
+      Q: 8+6*8-4            6*8=48 so 8+48-4
+                            8+48=56 so 56-4
+                            56-4=52
+                            \\boxed{52}
+  "variants": {answer_only, restated, repeated: probability}, drawn per trace apart from the path (see
+  VARIANTS); SFTTrace.variant records it.
+
 Ids are "<family>/<split>/<content hash>", stable across seeds and knobs.
 Splits: every problem belongs to "train" or "eval" by a hash of its content (EVAL_FRACTION of the problem
 space is eval), so datasets built with any seeds for different splits never share a problem. Within one
@@ -73,12 +95,26 @@ FAMILIES = ("arithmetic", "countdown")
 SOURCES = {"arithmetic": "synthetic/arithmetic", "countdown": "synthetic/countdown"}
 SPLITS = ("train", "eval")
 EVAL_FRACTION = 0.2
-RULES = {"arithmetic": ("sub_swap", "drop_carry", "mul_as_add"), "countdown": ("greedy", "sub_swap")}
+RULES = {"arithmetic": ("sub_swap", "drop_carry", "mul_as_add", "fact_error"), "countdown": ("greedy", "sub_swap")}
 DEFAULT_FAMILY_PARAMS = {
     "arithmetic": {"rules": ("sub_swap",), "noise": 0.0},
     "countdown": {"rules": ("greedy",), "noise": 0.0},
 }
-PATHS = ("correct", "systematic", "noise")
+PATHS = ("correct", "systematic", "noise", "partial")  # partial: some but not all of a problem's facts wrong
+# Trace formats (family_params "format"): "steps" one "a op b=c" line per step (v1); "restate" (arithmetic only)
+# each step line but the last also restates the remaining expression, "7*8=56 so 56-9+4" (ladder v2).
+FORMATS = ("steps", "restate")
+RESTATE_SEP = " so "
+# Trace variants (family_params "variants": {name: probability}, drawn once per trace, exclusive):
+#   answer_only  the completion is only "\\boxed{a}" (a: the answer of the trace's path)
+#   restated     one random step is stated again on the next line: "check: 7*8=56"
+#   repeated     one step line is written 2, 3 or 4 times in a row: (line, count) uniform over the pairs whose
+#                completion stays within VARIANT_TOKEN_BUDGET tokens
+VARIANTS = ("answer_only", "restated", "repeated")
+TRACE_KINDS = ("standard",) + VARIANTS
+VARIANT_TOKEN_BUDGET = 74  # completion tokens of a "repeated" trace: with <bos>, a <= 21-token prompt and <eos>, a
+# training row fits in 96 tokens (sft.V2_MAX_LEN)
+FACT_MAX = 9  # times-table facts: a*b with both operands in 1..FACT_MAX (rule "fact_error")
 
 PROMPT_PREFIX = "Q: "
 PROMPT_SUFFIX = "\nA: "
@@ -270,31 +306,119 @@ def _apply(op: str, a: Fraction, b: Fraction, rule: Optional[str]) -> Optional[F
     return None if b == 0 else a / b
 
 
-def _execute(tree: Tree, rule: Optional[str] = None, corrupt: Optional[tuple[int, int]] = None
+def _execute(tree: Tree, rule: Optional[str] = None, corrupt: Optional[tuple[int, int]] = None,
+             wrong_facts: Optional[frozenset] = None
              ) -> Optional[tuple[list[tuple[str, Fraction, Fraction, Fraction]], Fraction]]:
     """Post-order steps [(op, a, b, result)] and the final value, computing every step with `rule`
-    (None: correctly); corrupt=(k, v) replaces the result of step k by v and carries on. None on a
-    division by zero."""
+    (None: correctly); corrupt=(k, v) replaces the result of step k by v and carries on; wrong_facts: the
+    times-table facts (fact_key pairs) whose product is replaced by fact_error_value (rule "fact_error").
+    None on a division by zero."""
+    run = _run(tree, rule, corrupt, wrong_facts)
+    return None if run is None else ([s[:4] for s in run[0]], run[1])
+
+
+def _run(tree: Tree, rule: Optional[str] = None, corrupt: Optional[tuple[int, int]] = None,
+         wrong_facts: Optional[frozenset] = None) -> Optional[tuple[list[tuple], Fraction]]:
+    """_execute, each step also carrying the path (child indices from the root) of the node it evaluates."""
     steps: list = []
 
-    def go(t: Tree) -> Optional[Fraction]:
+    def go(t: Tree, path: tuple) -> Optional[Fraction]:
         if isinstance(t, int):
             return Fraction(t)
         op, left, right = t
-        a = go(left)
-        b = go(right) if a is not None else None
+        a = go(left, path + (1,))
+        b = go(right, path + (2,)) if a is not None else None
         if a is None or b is None:
             return None
         c = _apply(op, a, b, rule)
         if c is None:
             return None
+        if wrong_facts and op == "*" and _is_fact(a, b) and fact_key(int(a), int(b)) in wrong_facts:
+            c = Fraction(fact_error_value(int(a), int(b)))
         if corrupt is not None and corrupt[0] == len(steps):
             c = Fraction(corrupt[1])
-        steps.append((op, a, b, c))
+        steps.append((op, a, b, c, path))
         return c
 
-    value = go(tree)
+    value = go(tree, ())
     return None if value is None else (steps, value)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Per-fact systematic errors (rule "fact_error", ladder v2)
+# ----------------------------------------------------------------------------------------------------
+def fact_key(a: int, b: int) -> tuple[int, int]:
+    """The times-table fact of a*b: (min, max); a*b and b*a are the same fact."""
+    return (min(a, b), max(a, b))
+
+
+def _is_fact(a: Fraction, b: Fraction) -> bool:
+    return all(x.denominator == 1 and 1 <= x <= FACT_MAX for x in (a, b))
+
+
+def fact_neighbours(a: int, b: int) -> list[int]:
+    """Products of the times-table entries next to (lo, hi) = fact_key(a, b) inside 1..FACT_MAX:
+    (lo-1)*hi, (lo+1)*hi, lo*(hi-1), lo*(hi+1), those that exist, in this order (duplicates kept). Each
+    differs from lo*hi by lo or hi (>= 1), so none is the right product."""
+    lo, hi = fact_key(int(a), int(b))
+    if not (1 <= lo and hi <= FACT_MAX):
+        raise ValueError(f"fact_neighbours: {a}*{b} is not a times-table fact (operands 1..{FACT_MAX})")
+    out = []
+    if lo > 1:
+        out.append((lo - 1) * hi)
+    if lo < FACT_MAX:
+        out.append((lo + 1) * hi)
+    if hi > 1:
+        out.append(lo * (hi - 1))
+    if hi < FACT_MAX:
+        out.append(lo * (hi + 1))
+    return out
+
+
+def fact_error_value(a: int, b: int) -> int:
+    """The fixed wrong product of the fact a*b (= b*a) under rule "fact_error": the neighbouring table entry
+    fact_neighbours(a, b)[i] with i = sha256("fact_error:<lo>x<hi>") mod the number of neighbours. A
+    property of the fact alone (no seed), never equal to a*b; FACT_ERRORS lists all 45."""
+    lo, hi = fact_key(int(a), int(b))
+    nb = fact_neighbours(lo, hi)
+    h = int.from_bytes(hashlib.sha256(f"fact_error:{lo}x{hi}".encode("utf-8")).digest()[:8], "little")
+    return nb[h % len(nb)]
+
+
+FACT_ERRORS: dict[tuple[int, int], int] = {
+    (a, b): fact_error_value(a, b) for a in range(1, FACT_MAX + 1) for b in range(a, FACT_MAX + 1)}
+
+
+def problem_facts(problem_or_tree) -> tuple[tuple[int, int], ...]:
+    """The distinct times-table facts (fact_key pairs, sorted) of the correct solution's multiplications. Under
+    fact_error these are the facts that can go wrong; on a problem not made with table_facts, a multiplication
+    whose operands an earlier error changed (nested products) asks for another fact and is computed correctly."""
+    tree = problem_or_tree if not isinstance(problem_or_tree, MathProblem) else _solution_tree(problem_or_tree)
+    run = _run(tree)
+    if run is None:
+        return ()
+    return tuple(sorted({fact_key(int(a), int(b)) for op, a, b, _, _ in run[0] if op == "*" and _is_fact(a, b)}))
+
+
+def _no_nested_mul(tree: Tree) -> bool:
+    """No multiplication has another multiplication below it (so a fact error never changes which fact a
+    later multiplication asks for: a problem's facts are fixed by its text)."""
+    def has_mul(t):
+        return not isinstance(t, int) and (t[0] == "*" or has_mul(t[1]) or has_mul(t[2]))
+    if isinstance(tree, int):
+        return True
+    op, a, b = tree
+    if op == "*" and (has_mul(a) or has_mul(b)):
+        return False
+    return _no_nested_mul(a) and _no_nested_mul(b)
+
+
+def _fact_subsets(facts: Sequence) -> list[frozenset]:
+    """All subsets of `facts` (the possible sets of erring facts), the empty set first, the full set last."""
+    out = [frozenset()]
+    for f in facts:
+        out += [s | {f} for s in out]
+    return sorted(out, key=len)
 
 
 def _fmt_value(v: Fraction) -> str:
@@ -309,6 +433,56 @@ def _fmt_operand(v: Fraction) -> str:
 def _format_trace(steps, boxed: str) -> str:
     lines = [f"{_fmt_operand(a)}{op}{_fmt_operand(b)}={_fmt_value(c)}" for op, a, b, c in steps]
     return "\n".join(lines + [f"\\boxed{{{boxed}}}"])
+
+
+def _replace_at(tree: Tree, path: tuple, leaf: int) -> Tree:
+    if not path:
+        return leaf
+    parts = list(tree)
+    parts[path[0]] = _replace_at(tree[path[0]], path[1:], leaf)
+    return tuple(parts)
+
+
+def _trace_lines(tree: Tree, run_steps, fmt: str) -> list[str]:
+    """The step lines of a run (from _run) in format `fmt` (FORMATS). "restate": every line but the last
+    is followed by " so <the remaining expression>" (the tree with each evaluated node replaced by its value,
+    so an error is carried into the restated expression)."""
+    lines = [f"{_fmt_operand(a)}{op}{_fmt_operand(b)}={_fmt_value(c)}" for op, a, b, c, *_ in run_steps]
+    if fmt == "steps":
+        return lines
+    cur = tree
+    for i, (_, _, _, c, path) in enumerate(run_steps[:-1]):
+        if c.denominator != 1 or c < 0:
+            raise ValueError(f"restate format: step value {_fmt_value(c)} is not a non-negative integer "
+                             f"(tree {render(tree)!r}); the ladder-v2 generator keeps every path in 0..max_value")
+        cur = _replace_at(cur, path, int(c))
+        lines[i] += f"{RESTATE_SEP}{render(cur)}"
+    return lines
+
+
+def _n_tokens(text: str) -> int:
+    """Tokens of `text` under the synthetic tokenizer (one per character, `\\boxed{` is one)."""
+    return len(text) - (len("\\boxed{") - 1) * text.count("\\boxed{")
+
+
+def _apply_variant(lines: list[str], boxed: str, variant: str, rng: random.Random) -> str:
+    """A completion from step lines and the boxed answer, in trace variant `variant` (TRACE_KINDS)."""
+    box = f"\\boxed{{{boxed}}}"
+    if variant == "answer_only" or not lines:
+        return box
+    lines = list(lines)
+    if variant == "restated":
+        k = rng.randrange(len(lines))
+        lines.insert(k + 1, "check: " + lines[k].split(RESTATE_SEP, 1)[0])
+    elif variant == "repeated":
+        base = _n_tokens("\n".join(lines + [box]))
+        fits = [(k, r) for k in range(len(lines)) for r in (2, 3, 4)
+                if base + (r - 1) * (_n_tokens(lines[k]) + 1) <= VARIANT_TOKEN_BUDGET]
+        k, r = rng.choice(fits) if fits else (len(lines) - 1, 2)
+        lines[k:k + 1] = [lines[k]] * r
+    elif variant != "standard":
+        raise ValueError(f"unknown trace variant {variant!r}; variants: {TRACE_KINDS}")
+    return "\n".join(lines + [box])
 
 
 def _swap_subtractions(tree: Tree) -> Tree:
@@ -332,12 +506,20 @@ def _random_tree(rng: random.Random, n_ops: int, ops: str, max_operand: int) -> 
 
 def make_arithmetic_dataset(n: int, seed: int, steps: Union[int, Sequence[int]] = (2, 3), *,
                             split: Optional[str] = "train", ops: str = "+-*", max_operand: int = 9,
-                            max_value: int = 99) -> list[MathProblem]:
+                            max_value: int = 99, table_facts: bool = False,
+                            mul_share: Optional[float] = None) -> list[MathProblem]:
     """`n` distinct multi-step arithmetic problems of `split` ("train", "eval", or None for both).
 
     steps: number of operations (an int, or a sequence to draw from uniformly per problem).
     ops: a subset of "+-*". Operands are 1..max_operand; every intermediate value and the answer of the
     correct solution lie in 0..max_value.
+    table_facts (ladder v2): every multiplication is a times-table fact (both operand values in
+    1..FACT_MAX), no multiplication has another below it (a problem's facts are fixed by its text), and
+    under every subset of its facts computed with their fact_error_value the path stays in 0..max_value
+    (so the designed wrong answers are in the answer space too), and the 2^k subsets give 2^k different
+    answers (every erring fact changes the answer; the all-wrong answer is told apart from partial ones).
+    mul_share (ladder v2): each problem independently must contain a multiplication with this probability,
+    else must contain none (None: no constraint, the v1 generator). The defaults reproduce v1 exactly.
     """
     step_choices = (steps,) if isinstance(steps, int) else tuple(steps)
     if n < 0:
@@ -349,11 +531,16 @@ def make_arithmetic_dataset(n: int, seed: int, steps: Union[int, Sequence[int]] 
     if max_operand < 1 or max_value < max_operand:
         raise ValueError(f"make_arithmetic_dataset: need 1 <= max_operand <= max_value, got "
                          f"max_operand={max_operand}, max_value={max_value}")
+    if mul_share is not None and not (0.0 <= float(mul_share) <= 1.0 and "*" in ops and set(ops) - {"*"}):
+        raise ValueError(f"make_arithmetic_dataset: mul_share must be in [0, 1] with ops containing '*' and another "
+                         f"op, got mul_share={mul_share}, ops={ops!r}")
     _check_split(split)
-    rng = _rng("arithmetic", seed, split, step_choices, ops, max_operand, max_value)
+    v2 = () if not table_facts and mul_share is None else (bool(table_facts), mul_share)
+    rng = _rng("arithmetic", seed, split, step_choices, ops, max_operand, max_value, *v2)
     out: list[MathProblem] = []
     seen: set[str] = set()
     tries, max_tries = 0, 1000 + 300 * n
+    want_mul: Optional[bool] = None
     while len(out) < n:
         tries += 1
         if tries > max_tries:
@@ -361,9 +548,15 @@ def make_arithmetic_dataset(n: int, seed: int, steps: Union[int, Sequence[int]] 
                              f"of the {n} asked for in {max_tries} draws (steps={steps}, ops={ops!r}, "
                              f"max_operand={max_operand}); ask for fewer or widen the knobs")
         k = rng.choice(step_choices)
-        tree = _random_tree(rng, k, ops, max_operand)
+        if want_mul is None and mul_share is not None:  # drawn per problem slot, kept until a problem fills it,
+            want_mul = rng.random() < float(mul_share)  # so the constraints' rejection rates cannot bias the share
+        tree = _random_tree(rng, k, ops if want_mul is not False else ops.replace("*", ""), max_operand)
+        if want_mul and "*" not in render(tree):
+            continue
         steps_run = _execute(tree)
         if steps_run is None or any(not (0 <= c <= max_value) for *_, c in steps_run[0]):
+            continue
+        if table_facts and not _table_fact_ok(tree, max_value):
             continue
         text = render(tree)
         if text in seen or (split is not None and split_of("arithmetic:" + text) != split):
@@ -373,7 +566,24 @@ def make_arithmetic_dataset(n: int, seed: int, steps: Union[int, Sequence[int]] 
         out.append(MathProblem(
             id=_problem_id(key), problem=text, answer=_fmt_value(steps_run[1]), source=SOURCES["arithmetic"],
             extra={"family": "arithmetic", "steps": k, "split": split_of(key), "seed": seed}))
+        want_mul = None
     return out
+
+
+def _table_fact_ok(tree: Tree, max_value: int) -> bool:
+    """The table_facts constraints of make_arithmetic_dataset."""
+    if not _no_nested_mul(tree):
+        return False
+    run = _run(tree)
+    if run is None or any(op == "*" and not _is_fact(a, b) for op, a, b, *_ in run[0]):
+        return False
+    answers = {run[1]}
+    for wrong in _fact_subsets(problem_facts(tree))[1:]:
+        r = _run(tree, wrong_facts=wrong)
+        if r is None or any(not (c.denominator == 1 and 0 <= c <= max_value) for *_, c, _ in r[0]) or r[1] in answers:
+            return False
+        answers.add(r[1])
+    return True
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -605,12 +815,17 @@ def synthetic_prompt(problem: Union[MathProblem, str]) -> str:
     return f"{PROMPT_PREFIX}{text}{PROMPT_SUFFIX}"
 
 
-def correct_trace(problem: MathProblem) -> str:
-    """The correct step-by-step solution trace, ending with \\boxed{answer}."""
+def correct_trace(problem: MathProblem, fmt: str = "steps") -> str:
+    """The correct step-by-step solution trace, ending with \\boxed{answer}, in format `fmt` (FORMATS)."""
+    if fmt not in FORMATS or (fmt == "restate" and family_of(problem) != "arithmetic"):
+        raise ValueError(f"correct_trace: format must be one of {FORMATS} ('restate' for arithmetic only), got {fmt!r}")
     tree = _solution_tree(problem)
-    steps, value = _execute(tree)
+    run, value = _run(tree)
     boxed = _fmt_value(value) if family_of(problem) == "arithmetic" else render(tree)
-    return _format_trace(steps, boxed)
+    return _apply_variant(_trace_lines(tree, run, fmt), boxed, "standard", None)
+
+
+_PARAM_KEYS = ("rules", "q", "noise", "format", "variants")
 
 
 def _resolve_family_params(family_params: Optional[Mapping]) -> dict:
@@ -618,9 +833,9 @@ def _resolve_family_params(family_params: Optional[Mapping]) -> dict:
     for fam, params in (family_params or {}).items():
         if fam not in FAMILIES:
             raise ValueError(f"family_params: unknown family {fam!r}; families: {FAMILIES}")
-        bad = set(params) - {"rules", "q", "noise"}
+        bad = set(params) - set(_PARAM_KEYS)
         if bad:
-            raise ValueError(f"family_params[{fam!r}]: unknown keys {sorted(bad)}; allowed: rules, q, noise")
+            raise ValueError(f"family_params[{fam!r}]: unknown keys {sorted(bad)}; allowed: {', '.join(_PARAM_KEYS)}")
         merged[fam].update(params)
     for fam, params in merged.items():
         rules = params["rules"]
@@ -632,7 +847,25 @@ def _resolve_family_params(family_params: Optional[Mapping]) -> dict:
         params["rules"] = rules
         if not 0.0 <= float(params["noise"]) <= 1.0:
             raise ValueError(f"family_params[{fam!r}]['noise'] must be in [0, 1], got {params['noise']}")
+        fmt = params.setdefault("format", "steps")
+        if fmt not in FORMATS or (fmt == "restate" and fam != "arithmetic"):
+            raise ValueError(f"family_params[{fam!r}]['format'] must be one of {FORMATS} ('restate' for arithmetic "
+                             f"only), got {fmt!r}")
+        variants = dict(params.get("variants") or {})
+        bad_v = set(variants) - set(VARIANTS)
+        if bad_v or any(not 0.0 <= float(p) <= 1.0 for p in variants.values()) or sum(variants.values()) > 1.0:
+            raise ValueError(f"family_params[{fam!r}]['variants'] must map names in {VARIANTS} to probabilities "
+                             f"summing to <= 1, got {variants}")
+        if variants and fam != "arithmetic":
+            raise ValueError(f"family_params[{fam!r}]['variants']: trace variants are implemented for arithmetic only")
+        params["variants"] = {v: float(variants[v]) for v in VARIANTS if v in variants}
     return merged
+
+
+def _is_v1(params_fam: Mapping) -> bool:
+    """Whether a family's error process is the v1 one (no fact_error, "steps" format, no variants): its traces are
+    then drawn exactly as before ladder v2 existed."""
+    return "fact_error" not in params_fam["rules"] and params_fam["format"] == "steps" and not params_fam["variants"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -642,6 +875,8 @@ class ErrorProfile:
     error_type: the systematic rule that applies (None: the problem has no systematic wrong path).
     systematic_answer: the boxed content of the systematic path (an integer string, or a countdown
       expression), None without error_type. systematic_trace: that path's full trace.
+    facts (rule fact_error): the problem's distinct times-table facts; the systematic path has all of them
+      wrong. partial_answers: the answers with some but not all of them wrong (problems with 2 facts).
     """
 
     problem_id: str
@@ -650,17 +885,21 @@ class ErrorProfile:
     error_type: Optional[str]
     systematic_answer: Optional[str]
     systematic_trace: Optional[str]
+    facts: tuple = ()
+    partial_answers: tuple = ()
 
 
-def _systematic(problem: MathProblem, rule: str) -> Optional[tuple[str, str]]:
+def _systematic(problem: MathProblem, rule: str, fmt: str = "steps") -> Optional[tuple[str, str]]:
     """(trace, boxed answer) of `rule`'s path on `problem`, or None if it does not change the outcome."""
     fam = family_of(problem)
     tree = _solution_tree(problem)
     if fam == "arithmetic":
-        run = _execute(tree, rule=rule)
+        wrong = frozenset(problem_facts(tree)) if rule == "fact_error" else None
+        run = _run(tree, rule=None if rule == "fact_error" else rule, wrong_facts=wrong)
         if run is None or run[1] == Fraction(int(problem.answer)):
             return None
-        return _format_trace(run[0], _fmt_value(run[1])), _fmt_value(run[1])
+        return _apply_variant(_trace_lines(tree, run[0], fmt), _fmt_value(run[1]), "standard", None), \
+            _fmt_value(run[1])
     numbers, target, exact_use = _countdown_spec(problem)
     wrong = _greedy_tree(numbers, target) if rule == "greedy" else _swap_subtractions(tree)
     run = _execute(wrong)
@@ -678,10 +917,17 @@ def error_profile(problem: MathProblem, family_params: Optional[Mapping] = None)
 
 def _error_profile(problem: MathProblem, params: dict) -> ErrorProfile:
     fam = family_of(problem)
+    fmt = params[fam]["format"]
     for rule in params[fam]["rules"]:
-        s = _systematic(problem, rule)
-        if s is not None:
+        s = _systematic(problem, rule, fmt)
+        if s is None:
+            continue
+        if rule != "fact_error":
             return ErrorProfile(problem.id, fam, problem.answer, rule, s[1], s[0])
+        facts = problem_facts(problem)
+        tree = _solution_tree(problem)
+        partial = tuple(_fmt_value(_run(tree, wrong_facts=w)[1]) for w in _fact_subsets(facts)[1:-1])
+        return ErrorProfile(problem.id, fam, problem.answer, rule, s[1], s[0], facts, partial)
     return ErrorProfile(problem.id, fam, problem.answer, None, None, None)
 
 
@@ -741,8 +987,9 @@ class SFTTrace:
     problem_id: str
     prompt: str
     completion: str
-    path: str  # "correct" | "systematic" | "noise"
+    path: str  # "correct" | "systematic" | "noise" | "partial" (some, not all, of the problem's facts wrong)
     answer: str  # content of the completion's \boxed{}
+    variant: str = "standard"  # TRACE_KINDS: "standard" | "answer_only" | "restated" | "repeated"
 
     @property
     def text(self) -> str:
@@ -766,6 +1013,12 @@ class SFTTraces:
         counts = {p: 0 for p in PATHS}
         for t in self.traces:
             counts[t.path] += 1
+        return counts
+
+    def variant_counts(self) -> dict[str, int]:
+        counts = {v: 0 for v in TRACE_KINDS}
+        for t in self.traces:
+            counts[t.variant] += 1
         return counts
 
 
@@ -814,6 +1067,10 @@ def make_sft_traces(problems: Iterable[MathProblem], q: Union[float, Mapping[str
         qs[problem.id] = qp
         noise = float(params[fam]["noise"])
         prompt = synthetic_prompt(problem)
+        if not _is_v1(params[fam]):
+            traces += [_v2_trace(problem, prof, params[fam], qp, noise, prompt, seed, k)
+                       for k in range(samples_per_problem)]
+            continue
         good = correct_trace(problem)
         for k in range(samples_per_problem):
             rng = _rng("sft", seed, problem.id, problem.problem, k)
@@ -829,6 +1086,66 @@ def make_sft_traces(problems: Iterable[MathProblem], q: Union[float, Mapping[str
                     continue
             traces.append(SFTTrace(problem.id, prompt, good, "correct", last_boxed(good)))
     return SFTTraces(traces, profiles, qs)
+
+
+V2_MAX_VALUE = 99  # noise paths of the v2 process stay in 0..V2_MAX_VALUE (the answer space of ladder v2)
+
+
+def _v2_trace(problem: MathProblem, prof: ErrorProfile, params_fam: Mapping, qp: float, noise: float, prompt: str,
+              seed: int, k: int) -> "SFTTrace":
+    """Trace k of an arithmetic problem under a v2 error process (fact_error and/or "restate" format and/or
+    variants). Draws, from a private RNG per (seed, problem, k): one uniform per fact (fact_error: that fact is
+    wrong in this trace iff u < q; one uniform for another rule: the systematic path iff u < q), then, if no
+    error was drawn, noise with probability `noise`. The variant is drawn from a second private RNG, so
+    traces k of the same problem under different q share their variant and noise draws."""
+    tree = _solution_tree(problem)
+    fmt = params_fam["format"]
+    rng = _rng("sft-v2", seed, problem.id, problem.problem, k)
+    vrng = _rng("sft-v2-variant", seed, problem.id, problem.problem, k)
+    u_path = [rng.random() for _ in (prof.facts if prof.error_type == "fact_error" else (0,))]
+    w = rng.random()
+    run, path = None, "correct"
+    if prof.error_type == "fact_error":
+        wrong = frozenset(f for f, u in zip(prof.facts, u_path) if u < qp)
+        if wrong:
+            run = _run(tree, wrong_facts=wrong)
+            path = "systematic" if len(wrong) == len(prof.facts) else "partial"
+    elif prof.error_type is not None and u_path[0] < qp:
+        run, path = _run(tree, rule=prof.error_type), "systematic"
+    if run is None and w < noise:
+        excluded = {prof.correct_answer, prof.systematic_answer, *prof.partial_answers}
+        run = _noisy_v2_run(tree, rng, excluded)
+        path = "noise" if run is not None else "correct"
+    if run is None:
+        run = _run(tree)
+    u = vrng.random()
+    variant, acc = "standard", 0.0
+    for name, p in params_fam["variants"].items():
+        acc += p
+        if u < acc:
+            variant = name
+            break
+    answer = _fmt_value(run[1])
+    completion = _apply_variant(_trace_lines(tree, run[0], fmt), answer, variant, vrng)
+    return SFTTrace(problem.id, prompt, completion, path, answer, variant)
+
+
+def _noisy_v2_run(tree: Tree, rng: random.Random, excluded: set) -> Optional[tuple]:
+    """An unsystematic corruption of the correct run (a random digit of a random step's result changed, the error
+    propagated): a run whose answer is not in `excluded` and whose values all lie in 0..V2_MAX_VALUE, or None if
+    10 random tries fail."""
+    steps, _ = _run(tree)
+    for _ in range(10):
+        j = rng.randrange(len(steps))
+        digits = list(str(int(steps[j][3])))
+        i = rng.randrange(len(digits))
+        digits[i] = rng.choice([d for d in "0123456789"
+                                if d != digits[i] and not (i == 0 and d == "0" and len(digits) > 1)])
+        run = _run(tree, corrupt=(j, int("".join(digits))))
+        if run is not None and _fmt_value(run[1]) not in excluded and \
+                all(c.denominator == 1 and 0 <= c <= V2_MAX_VALUE for *_, c, _ in run[0]):
+            return run
+    return None
 
 
 def classify_answer(problem: MathProblem, response: Optional[str], profile: ErrorProfile) -> str:

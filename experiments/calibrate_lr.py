@@ -24,7 +24,7 @@ The calibrated lr is the LARGEST lr of the grid that is learns & stable & inert.
 says so and names the largest inert lr (the experiments must then report that their budget cannot show a
 GT gain at a drift-free lr — an "untestable" verdict, not a negative).
 
-    python experiments/calibrate_lr.py --model ladder_v2/q0.05          # 4 lrs x 2 arms x 2 seeds
+    python experiments/calibrate_lr.py --model ladder_v2/q0.05          # 3 lrs x 2 arms x 2 seeds x 120 steps
     python experiments/calibrate_lr.py --smoke                          # wiring check
 
 Writes <out>/calibrate_lr.{md,json,png}; runs under <runs-dir>/<arm>_lr<lr>_s<seed>/ (reused when rerun).
@@ -43,8 +43,10 @@ import four_arms as F  # noqa: E402
 import numpy as np  # noqa: E402
 
 NAME = "calibrate_lr"
-GRID = (3e-5, 1e-4, 3e-4, 1e-3)
-FULL = dict(steps=150, seeds=2, prompts=16, samples=8, eval_every=15, eval_problems=256, eval_k=8, boot=2000)
+# The review's grid was {1e-4, 3e-4, 1e-3}; 1e-3 already failed the random-arm check on the v1 ladder
+# (four_arms, 1 seed: held-out 0.53 -> 0.04 under pure-noise rewards, KL k3 3.5), so the grid moves one step down.
+GRID = (3e-5, 1e-4, 3e-4)
+FULL = dict(steps=120, seeds=2, prompts=16, samples=8, eval_every=20, eval_problems=256, eval_k=8, boot=2000)
 SMOKE = dict(steps=2, seeds=1, prompts=4, samples=4, eval_every=1, eval_problems=16, eval_k=2, boot=200)
 ARMS = (("gt", "ground_truth"), ("random", "random"))
 KL_MAX = 0.1  # nats per response token, the random arm's drift bound
@@ -57,8 +59,8 @@ def decide_lr(stats: dict[float, dict[str, Any]], kl_random: dict[float, float])
     for lr in sorted(stats):
         gt, rnd = stats[lr]["gt"], stats[lr]["random"]
         learns = gt["rise"]["ci95"][0] > 0
-        stable = gt["fall"]["mean"] < 2 * gt["fall"]["se"]
-        inert = abs(rnd["change"]["mean"]) < 2 * rnd["change"]["se"] and kl_random[lr] <= KL_MAX
+        stable = gt["fall"]["mean"] <= 2 * gt["fall"]["se"]
+        inert = abs(rnd["change"]["mean"]) <= 2 * rnd["change"]["se"] and kl_random[lr] <= KL_MAX
         rows[lr] = dict(learns=bool(learns), stable=bool(stable), inert=bool(inert))
         if inert:
             inert_max = lr

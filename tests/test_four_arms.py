@@ -79,3 +79,25 @@ def test_four_arms_smoke(tmp_path):
     starts = {n: r["summary"]["arms"][n]["start"]["mean"] for n in ("good_mv", "good_gt", "good_random")}
     assert len(set(starts.values())) == 1, starts
     assert (out / "four_arms.png").stat().st_size > 10_000 and "| good_random |" in (out / "four_arms.md").read_text()
+
+
+def test_calibrate_lr_decision_rule():
+    """experiments/calibrate_lr.py: the largest lr that learns (gt rise CI > 0), is stable (gt fall <= 2 SE) and
+    is inert (random-arm |change| <= 2 SE and KL <= 0.1) is chosen; otherwise the largest inert lr is named."""
+    import calibrate_lr
+
+    def arm(rise_lo=0.0, fall=0.0, change=0.0, se=0.01):
+        return {"rise": {"mean": 0.1, "se": se, "ci95": [rise_lo, 0.2]}, "fall": {"mean": fall, "se": se},
+                "change": {"mean": change, "se": se}}
+
+    stats = {1e-4: {"gt": arm(rise_lo=0.01), "random": arm(change=0.005)},      # learns, stable, inert
+             3e-4: {"gt": arm(rise_lo=0.05), "random": arm(change=0.005)},      # same, but KL too large below
+             1e-3: {"gt": arm(rise_lo=0.08, fall=0.1), "random": arm(change=-0.3)}}
+    kl = {1e-4: 0.02, 3e-4: 0.2, 1e-3: 1.5}
+    d = calibrate_lr.decide_lr(stats, kl)
+    assert d["calibrated_lr"] == 1e-4 and d["largest_inert_lr"] == 1e-4
+    assert d["per_lr"]["0.0003"] == {"learns": True, "stable": True, "inert": False}
+    assert d["per_lr"]["0.001"] == {"learns": True, "stable": False, "inert": False}
+    stats[1e-4]["gt"] = arm(rise_lo=-0.01)  # the only inert lr cannot learn: no calibrated lr
+    d = calibrate_lr.decide_lr(stats, kl)
+    assert d["calibrated_lr"] is None and d["largest_inert_lr"] == 1e-4 and "largest inert lr is 0.0001" in d["verdict"]

@@ -24,8 +24,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is the numerical reference in parity tests only. Keep it pinned: an unpinned torch
     # pulls several GB of CUDA packages. accelerate: transformers' GGUF loader (the SmolLM2 reference) needs it.
+    # trl: the peer of benchmarks/rl_step.py, whose --tiny smoke run is a test (tests/test_bench_rl_step.py).
     "test": ["torch==2.13.0", "accelerate>=1.0", "pytest>=8", "scipy>=1.11", "nbclient>=0.10", "nbformat>=5.10",
-             "ipykernel>=6", "ruff>=0.6"],
+             "ipykernel>=6", "ruff>=0.6", "trl>=0.20"],
     "bench": ["torch==2.13.0", "trl>=0.20"],
     # libtpu: abstract TPU devices on any host, so `urlvr-train --compile_for=v5e-16` compiles the step for a
     # TPU slice on a CPU-only machine (jax[tpu] pins the libtpu that matches the installed jax)

@@ -1,9 +1,10 @@
 """The README figure: does the prior decide whether majority-vote URLVR rises or falls?
 
-Four arms, each the main job's setting (configs/default.py: 16 prompts x 8 samples, GRPO, lr 1e-3, no KL,
-T = 1.0) for the same number of steps and seeds:
-  good_mv      good prior  (--good, default ladder/q0.1) + majority vote
-  bad_mv       bad prior   (--bad,  default ladder/q0.8) + majority vote
+Four arms, each the main job's batch (configs/default.py: 16 prompts x 8 samples, GRPO, no KL) at the learning
+rate calibrated on the controls (experiments/calibrate_lr.py: 3e-5 on ladder v2; the main job's 1e-3 drifts),
+T = 1.0, for the same number of steps and seeds:
+  good_mv      good prior  (--good, default ladder_v2/q0.05) + majority vote
+  bad_mv       bad prior   (--bad,  default ladder_v2/q0.8) + majority vote
   good_gt      good prior + ground-truth reward (the supervised ceiling of the same budget: is the world
                learnable at this learning rate?)
   good_random  good prior + random reward (i.i.d. Bernoulli(0.5) per response, `rl.reward = "random"`): GRPO
@@ -42,8 +43,10 @@ Decision rules (fixed before any run):
   Random arm sanity (review R1): good_random stays within 2 SE of the start (|change| < 2 SE) — if it does
   not, the learning rate alone moves accuracy and every fall must be read against it.
 
-    python experiments/four_arms.py                       # 4 arms x 3 seeds x 120 steps
-    python experiments/four_arms.py --good ladder_v2/q0.05 --bad ladder_v2/q0.8 --out experiments/results/four_arms_v2
+    python experiments/four_arms.py --out experiments/results/four_arms_v2 --runs-dir runs/experiments/four_arms_v2
+                          # the README figure: ladder v2, lr 3e-5, 4 arms x 3 seeds x 120 steps
+    python experiments/four_arms.py --good ladder/q0.1 --bad ladder/q0.8 --lr 1e-3 --eval-every 10 --seeds 1
+                          # the v1 pilot at the main job's lr (results/four_arms)
     python experiments/four_arms.py --smoke               # wiring check (2 steps, 1 seed, 16 problems)
 
 Writes <out>/four_arms.md, four_arms.json, four_arms.png; training runs under <runs-dir>/<arm>_s<seed>/
@@ -65,7 +68,7 @@ import numpy as np  # noqa: E402
 NAME = "four_arms"
 ARMS = (("good_mv", "good", "majority_vote"), ("bad_mv", "bad", "majority_vote"),
         ("good_gt", "good", "ground_truth"), ("good_random", "good", "random"))
-FULL = dict(steps=120, seeds=3, lr=1e-3, prompts=16, samples=8, eval_every=10, eval_problems=256, eval_k=8,
+FULL = dict(steps=120, seeds=3, lr=3e-5, prompts=16, samples=8, eval_every=20, eval_problems=256, eval_k=8,
             boot=2000)
 SMOKE = dict(steps=2, seeds=1, lr=1e-3, prompts=4, samples=4, eval_every=1, eval_problems=16, eval_k=2, boot=200)
 WINDOW = 3
@@ -268,8 +271,8 @@ def markdown(s: dict, d: dict, p: dict, paths: dict, maj: dict, kl_final: dict, 
 def main(argv=None) -> dict:
     ap = C.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                                    formatter_class=argparse.RawDescriptionHelpFormatter), NAME)
-    ap.add_argument("--good", default="ladder/q0.1", help="model.path of the good prior (default ladder/q0.1)")
-    ap.add_argument("--bad", default="ladder/q0.8", help="model.path of the bad prior (default ladder/q0.8)")
+    ap.add_argument("--good", default="ladder_v2/q0.05", help="model.path of the good prior")
+    ap.add_argument("--bad", default="ladder_v2/q0.8", help="model.path of the bad prior")
     ap.add_argument("--steps", type=int, help=f"training steps per run (default {FULL['steps']})")
     ap.add_argument("--seeds", type=int, help=f"seeds per arm, 0..n-1 (default {FULL['seeds']})")
     ap.add_argument("--lr", type=float, help=f"learning rate (default {FULL['lr']}, the main job's)")

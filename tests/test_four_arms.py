@@ -72,7 +72,7 @@ def test_four_arms_smoke(tmp_path):
     r = json.loads((out / "four_arms.json").read_text())
     assert list(r["summary"]["arms"]) == [a[0] for a in four_arms.ARMS]
     assert r["eval_steps"] == [0, 1, 2] and r["n_problems"] == 16
-    assert r["model_paths"] == {"good": "ladder/q0.1", "bad": "ladder/q0.8"}
+    assert r["model_paths"] == {"good": "ladder_v2/q0.05", "bad": "ladder_v2/q0.8"}
     for name, a in r["summary"]["arms"].items():
         assert all(np.isfinite(a[k]["mean"]) for k in four_arms.STAT_NAMES), name
     # one prior's arms share the step-0 evaluation (same model, same problems, same evaluation seed)

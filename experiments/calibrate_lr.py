@@ -73,13 +73,13 @@ def decide_lr(stats: dict[float, dict[str, Any]], kl_random: dict[float, float])
             "verdict": verdict}
 
 
-def plot(out: Path, curves: dict, steps: list[int], kls: dict, grid) -> str:
+def plot(out: Path, stats: dict, steps: list[int], kls: dict, grid) -> str:
     plt = C.pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     for i, lr in enumerate(grid):
         color = f"C{i}"
         for ax, arm in zip(axes[:2], ("gt", "random")):
-            a = curves[lr][arm]
+            a = stats[lr][arm]
             ax.errorbar(steps, a["curve"], yerr=2 * np.asarray(a["curve_se"]), color=color, marker="o", markersize=3,
                         capsize=2, label=f"lr {lr:g}")
         x, y = kls[lr]
@@ -102,7 +102,7 @@ def plot(out: Path, curves: dict, steps: list[int], kls: dict, grid) -> str:
 
 
 def markdown(model: str, p: dict, grid, stats: dict, kl_random: dict, kl_gt: dict, d: dict, minutes: float) -> str:
-    ci = lambda x: f"{x['mean']:+.3f} ± {x['se']:.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"  # noqa: E731
+    ci = F.fmt_ci
     lines = [f"# calibrate_lr — `{model}`", "",
              f"{p['seeds']} seeds × {p['steps']} steps of {p['prompts']}×{p['samples']} per arm and lr; held-out "
              f"avg@{p['eval_k']} (T = 1.0) on {p['eval_problems']} problems every {p['eval_every']} steps; ± SE "
@@ -142,7 +142,7 @@ def main(argv=None) -> dict:
     out, runs_dir = Path(args.out), Path(args.runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    stats, curves, kl_random, kl_gt, kl_curves, seconds = {}, {}, {}, {}, {}, {}
+    stats, kl_random, kl_gt, kl_curves, seconds = {}, {}, {}, {}, {}
     steps_ref = ids_ref = None
     for lr in grid:
         accs, kls = {}, {}
@@ -162,14 +162,13 @@ def main(argv=None) -> dict:
                 print(f"{wd.name}: {got['seconds'] or 0:.0f} s", file=sys.stderr, flush=True)
             accs[arm] = np.stack(per_seed)
             kls[arm] = np.mean(kl_seed, axis=0)
-        s = F.summarize_arms(accs, steps_ref, p["boot"])["arms"]
-        stats[lr], curves[lr] = s, s
+        stats[lr] = F.summarize_arms(accs, steps_ref, p["boot"])["arms"]
         kl_random[lr] = float(kls["random"][-KL_TAIL:].mean())
         kl_gt[lr] = float(kls["gt"][-KL_TAIL:].mean())
         kl_curves[lr] = (np.arange(1, kls["random"].size + 1), kls["random"])
     d = decide_lr(stats, kl_random)
     minutes = (time.perf_counter() - t0) / 60
-    png = plot(out, curves, steps_ref, kl_curves, grid)
+    png = plot(out, stats, steps_ref, kl_curves, grid)
     md = markdown(model, p, grid, stats, kl_random, kl_gt, d, minutes)
     (out / f"{NAME}.md").write_text(md)
     result = {"params": p, "model": model, "grid": grid, "eval_steps": steps_ref, "decision": d,

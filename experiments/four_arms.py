@@ -231,9 +231,14 @@ def plot(out: Path, s: dict, steps: list[int], maj: dict[str, float], kl: dict[s
     return f"{NAME}.png"
 
 
+def fmt_ci(x: dict) -> str:
+    """'+0.057 ± 0.012 [+0.034, +0.081]' from a {"mean", "se", "ci95"} statistic (tables of this and calibrate_lr)."""
+    return f"{x['mean']:+.3f} ± {x['se']:.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"
+
+
 def markdown(s: dict, d: dict, p: dict, paths: dict, maj: dict, kl_final: dict, per_seed: dict, minutes: float) -> str:
     f = lambda x: f"{x['mean']:.3f} ± {x['se']:.3f}"  # noqa: E731
-    ci = lambda x: f"{x['mean']:+.3f} ± {x['se']:.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"  # noqa: E731
+    ci = fmt_ci
     lines = [f"# four_arms — good prior `{paths['good']}`, bad prior `{paths['bad']}`", "",
              f"{p['seeds']} seeds × {p['steps']} steps of {p['prompts']}×{p['samples']}, lr {p['lr']}; held-out "
              f"avg@{p['eval_k']} at T = 1.0 on {p['eval_problems']} shared problems every {p['eval_every']} steps; "

@@ -149,3 +149,12 @@ def test_real_training_split_one_epoch(records):
     loader = PromptLoader(train, 64, seed=0, num_epochs=1, shard_index=0, shard_count=1)
     seen = [p.id for b in loader for p in b]
     assert len(seen) == len(set(seen)) == 7473 and len(loader) == -(-7473 // 64)
+
+
+def test_batches_of_one_and_a_single_record_stream_endlessly(records):
+    # The paper's single-problem runs: one prompt per step, a one-record data set. grain's endless repeat
+    # once made len() of a batch-1 stream overflow (float rounding of sys.maxsize / 1).
+    one = PromptLoader(records[:1], 1, seed=0, shard_index=0, shard_count=1)
+    assert _take(one, 5) == [[0]] * 5
+    batches = _take(PromptLoader(records, 1, seed=3, shard_index=0, shard_count=1), N + 3)
+    assert sorted(sum(batches[:N], [])) == list(range(N))

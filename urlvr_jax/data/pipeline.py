@@ -61,6 +61,9 @@ def _grain_seed(seed: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+ENDLESS_ELEMENTS = 2**48  # elements of an 'endless' stream: ~9 million years at a million per second
+
+
 def make_prompt_dataset(records: Sequence[Any], batch_size: int, seed: int = 0,
                         num_epochs: int | None = None, shard_index: int | None = None,
                         shard_count: int | None = None, shuffle: bool = True, *,
@@ -89,7 +92,10 @@ def make_prompt_dataset(records: Sequence[Any], batch_size: int, seed: int = 0,
     ds = grain.MapDataset.range(n)[shard_index::shard_count]
     if shuffle:
         ds = ds.shuffle(seed=_grain_seed(seed))
-    ds = ds.repeat(num_epochs)  # reseeds the shuffle each epoch
+    # reseeds the shuffle each epoch. An endless stream is a finite one too long to exhaust: grain gives
+    # repeat(None) the length sys.maxsize, and batch() computes its length through a float, which rounds
+    # sys.maxsize / 1 up past the largest index, so batch_size 1 (single-problem runs) overflowed len().
+    ds = ds.repeat(num_epochs if num_epochs is not None else max(1, ENDLESS_ELEMENTS // len(ds)))
     if return_indices:
         return ds.batch(batch_size, drop_remainder=drop_remainder,
                         batch_fn=lambda xs: np.asarray(xs, dtype=np.int64))

@@ -217,14 +217,15 @@ def eval_problems(rung: str, n: int, seed: int = EVAL_SEED):
 
 
 def sample_problems(model, tokenizer, problems, n_samples: int, *, seed: int = 0, temperature: float = 1.0,
-                    max_new_tokens: int = 48, batch_size: int = 32) -> dict[str, Any]:
-    """N samples per problem, graded exactly. Returns correct [P, N] bool, answers [P][N] (vote keys, None =
+                    max_new_tokens: int = 48, batch_size: int = 32, greedy: bool = False) -> dict[str, Any]:
+    """N samples per problem (greedy: argmax decoding), graded exactly. Returns correct [P, N] bool, answers [P][N] (vote keys, None =
     no answer), texts [P][N], certainty [P, N] (mean token log-prob)."""
     from urlvr_jax.data.synthetic import check_answer
     from urlvr_jax.sft import canonical_answer, sample_responses
 
     texts, cert, _ = sample_responses(model, tokenizer, problems, n_samples, temperature, seed=seed,
-                                      batch_size=min(batch_size, len(problems)), max_new_tokens=max_new_tokens)
+                                      batch_size=min(batch_size, len(problems)), max_new_tokens=max_new_tokens,
+                                      greedy=greedy)
     correct = np.array([[check_answer(p, t) for t in row] for p, row in zip(problems, texts)], bool)
     answers = [[canonical_answer(t) for t in row] for row in texts]
     return {"correct": correct, "answers": answers, "texts": texts, "certainty": cert}

@@ -622,13 +622,14 @@ def shape_metrics(texts: Sequence[Sequence[str]], lengths) -> dict[str, float]:
 
 def sample_responses(model, tokenizer, problems: Sequence[MathProblem], n_samples: int = 16,
                      temperature: float = 1.0, *, seed: int = 0, batch_size: int = 32, max_new_tokens: int = 64,
-                     progress: bool = False, return_lengths: bool = False):
+                     progress: bool = False, return_lengths: bool = False, greedy: bool = False):
     """N sampled responses per problem (prompt synthetic_prompt): texts [P][N], certainty [P, N] (mean
     token log-prob, <eos> included), truncated [P, N] bool, and with return_lengths lengths [P, N] (response
-    tokens, <eos> included). One compiled shape (tail batch padded)."""
+    tokens, <eos> included). One compiled shape (tail batch padded). greedy: argmax decoding (temperature
+    is then only the temperature the log-probs are reported at)."""
     rules = getattr(model, "rules", None)
     eos, pad = eos_ids_of(tokenizer, model.cfg), pad_id_of(tokenizer)
-    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy)
     key = jax.random.key(seed)
     texts: list[list[str]] = []
     cert, trunc, lens = [], [], []

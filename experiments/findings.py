@@ -1,0 +1,339 @@
+"""The paper's six findings on ladder v2 at the calibrated learning rate, with rules fixed before the runs.
+
+Issue 13 / science review §3 (E1-E6), sized to the time this machine has: every experiment below runs on
+ladder v2 (urlvr_jax/models/ladder_v2) at lr 3e-5 (experiments/calibrate_lr.py: the largest lr whose
+random-reward arm is inert), GRPO without KL, T = 1.0, 96 new tokens, and has its decision rule written here,
+in this docstring, in the commit before its runs (git log shows the order). Held-out accuracy is avg@8 at
+T = 1.0 on the ladder's held-out problems, step as the evaluation seed (all arms share random numbers);
+uncertainty is a crossed bootstrap over seeds × problems (four_arms.crossed_bootstrap, 2000 draws) unless
+stated. Windows as in four_arms: start = step 0, peak window = best 3 consecutive evaluations, final window =
+last 3; rise = peak − start, fall = peak − final, change = final − start.
+
+E1  Finding 1: intrinsic rewards rise, then fall (paper: Qwen3-1.7B, every intrinsic reward rises then falls;
+    collapse of the most stable settings at ~1000 steps, ~4 epochs; probability -> length collapse,
+    token/trajectory entropy -> repetition collapse).
+    Runs: ladder_v2/q0.05, 16 prompts × 8 samples, 120 steps (0.47 epoch of the 4096-prompt set), 3 seeds,
+    256 held-out × 8 every 20 steps, i.e. four_arms' configuration; the majority-vote, ground-truth and random
+    arms are four_arms' (its runs are reused), the four certainty rewards (self_certainty, token_entropy,
+    trajectory_entropy, probability) are new.
+    Gate: a reward is tested if its within-group point-biserial correlation with correctness over the first 5
+    training steps (urlvr/point_biserial, mean over seeds) is >= 0.25 (~AUROC 0.64 for normal scores).
+    Rise: four_arms' R1 (rise CI > 0 and rise − random's rise > 2 SE). Fall: R2 (fall CI > 0 and fall −
+    random's fall > 2 SE). Failure modes (descriptive): response length and repetition, last 10 steps vs
+    first 10.
+    Verdict: "reproduced" if every gated reward rises and falls; "rise reproduced, fall untestable" if every
+    gated reward rises and none falls — 120 steps is 0.12 of the paper's collapse horizon and 0.47 epoch, so
+    the absence of a fall has no power; "not reproduced" if a gated reward does not rise.
+
+E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain (paper: 7 models, MCS and
+    GT gain in the same order).
+    GT gain: each of the 7 q-rungs + the inflated rung, ground-truth reward, four_arms' configuration (16×8,
+    120 steps, lr 3e-5) with 2 seeds, evaluated on 256 held-out × 8 at steps 0 and 120 only (q0.05: the
+    four_arms good_gt runs, seeds 0 and 1, final evaluation at 120); gain = acc(120) − acc(0).
+    MCS probe (aggressive, as the paper's cheap probe: its mini-batch-1 / N = 32 settings): majority vote,
+    8 prompts × 8 samples, lr 3e-4 (10× the calibrated lr), up to 150 steps, 3 seeds per rung, stopping at the
+    sustained MCS: reward accuracy below f0 + 0.01 for 5 consecutive steps, f0 = the accuracy of the best
+    constant-answer policy on the training problems (W1). A run that does not collapse gets MCS = 151
+    (censored; Spearman uses ranks, ties averaged). Control: the random reward on q0.05 at the probe setting
+    (3 seeds) — if it collapses as early as the majority-vote probes, the MCS measures drift, not the prior.
+    Gate: the 7 q-rungs' GT gains span >= 6 SE (SE of a gain: bootstrap over seeds × problems) — otherwise
+    "uninformative".
+    Pass (reproduced): Spearman(median MCS, GT gain) over the 7 q-rungs >= 0.786 (exact two-sided p <= 0.048
+    over the 5040 permutations), and the random control's median MCS is later than the median MCS of the
+    majority-vote probe of every rung with base maj@16 < 0.5. Reported beside it: Spearman of pass@16 − avg@16
+    (the base models' measured prior, ladder v2 README) with the GT gain, and where the inflated rung falls.
+
+E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_ref) about 2× larger at 512 than at 32
+    prompts (paper: 600 steps, batch 32).
+    Runs: ladder_v2/q0.05, majority vote, 8 prompts × 8 samples, 200 steps, lr 3e-5, training sets of 32 and 512
+    prompts, 3 seeds each; held-out 256 × 8 at 0, 100, 200; KL k1 per token on the training rollouts.
+    Collapse (fixed): final held-out avg@8 < base − 0.10, or reward accuracy over the last 20 steps < 0.3.
+    Pass: 0/3 collapses at 32 and >= 2/3 at 512 (the paper's direction); the KL ratio 512/32 over the last 20
+    steps (bootstrap over seeds) is reported beside the paper's ~2×. If no run at any size collapses, the
+    collapse part is "untestable at this budget" (200 steps at the calibrated lr cannot collapse the model,
+    see E1), and the verdict rests on the KL ratio: "reproduced" if its CI lies above 1.
+
+E4  Finding 4: test-time training on a small test set improves it without hurting other problems (paper:
+    TTT on AMC23, 40 problems, batch 40).
+    Runs: ladder_v2/q0.05, majority vote, E = the first 40 held-out problems, all of E in every step (40 × 8),
+    60 steps, lr 3e-5, 3 seeds; control arm: 40 other problems (training split) in the same setting.
+    Evaluated on 256 held-out × 8 at 0, 20, 40, 60: E = problems 0-39 of that set, T = the other 216.
+    Pass: ΔE (final − start, TTT arm) has a CI above 0; the lower CI bound of ΔT (TTT arm) is above −0.02;
+    TTT's ΔE exceeds the control arm's ΔE (difference CI above 0).
+
+E5  Finding 5: external rewards (self-verification) keep improving where intrinsic rewards fall.
+    Gate (before any training): the self-verification base must verify its own solutions with TPR and TNR
+    >= 0.9 and solve avg@8 in [0.10, 0.35] (review E5). Measured on the shipped Countdown base
+    (experiments/external_rewards.py) from its results; if the gate fails the finding is "untestable" here.
+
+E6  Theorem 1 (paper: 25 problems, each trained alone for 100 epochs with the trajectory-level entropy reward;
+    greedy correctness flipped 3/25).
+    Runs: ladder_v2/q0.35 (maj@16 0.52: right and wrong majorities both common), 25 single problems (held-out
+    distribution, synthetic seeds 7000..7024, one problem each), trajectory_entropy reward, 1 prompt × 16
+    samples per step, 100 steps, lr 3e-5, checkpoints every 20 steps.
+    Probe at step 0 and every checkpoint: the greedy answer and 64 samples at T = 1 of the trained problem;
+    p_k = share of samples giving the problem's initial majority m (majority of a separate 64-sample draw of
+    the base model). Rate = least-squares slope of the smoothed logit of p_k on k (per problem).
+    Gate (power): mean p_100 − p_0 >= 0.10 (training moved the policy).
+    T1a: greedy correctness flips (step 100 vs step 0) <= 7 of 25 (one-sided exact binomial test of flip
+    probability >= 0.5 rejects at 0.05); exact 95% CI beside the paper's 3/25.
+    T1b: the median rate is > 0 (bootstrap CI over problems above 0) among right-majority and among
+    wrong-majority problems alike (each group needs >= 5 problems, else "untestable"), and >= 80% of the
+    problems end with the initial majority as their sample majority.
+    Verdict: reproduced if the gate, T1a and T1b hold. Reported: regression of the rate on logit p_0 (the
+    theorem: no dependence).
+
+    python experiments/findings.py e6 [--smoke]      # one experiment (e1 ... e6)
+    python experiments/findings.py table              # the verdict table from the experiments' JSON
+
+Writes <out>/<experiment>.{md,json,png}; training runs under <runs-dir>/<experiment>/ (reused when rerun with the
+same settings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common as C  # noqa: E402
+import numpy as np  # noqa: E402
+
+NAME = "findings"
+LR = 3e-5
+
+
+def exact_binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Clopper-Pearson interval of a binomial proportion k / n."""
+    from scipy.stats import beta
+
+    a = (1 - level) / 2
+    lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
+    hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
+    return lo, hi
+
+
+def smoothed_logit(p, n: int) -> np.ndarray:
+    """logit of (c + 1/2)/(n + 1), c = p·n: finite at p = 0 and 1."""
+    c = np.asarray(p, float) * n
+    return np.log((c + 0.5) / (n - c + 0.5))
+
+
+def slope(x, y) -> float:
+    """Least-squares slope of y on x."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    xc = x - x.mean()
+    return float((xc * (y - y.mean())).sum() / (xc * xc).sum())
+
+
+def bootstrap_median_ci(x, n_boot: int = 2000, seed: int = 0) -> tuple[float, float]:
+    x = np.asarray(x, float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(x[rng.integers(0, x.size, (n_boot, x.size))], axis=1)
+    return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
+# ---------------------------------------------------------------------------------------------- E6
+E6 = dict(rung="ladder_v2/q0.35", problems=25, seed0=7000, steps=100, samples=16, every=20, probe=64,
+          reward="trajectory_entropy")
+E6_SMOKE = dict(E6, problems=2, steps=2, every=1, probe=4, samples=4)
+
+
+def e6_config(p: dict, seed: int):
+    return C.experiment_config(
+        p["rung"], p["reward"], steps=p["steps"], prompts=1, samples=p["samples"], lr=LR, seed=0,
+        **{"data.split": "eval", "data.synthetic_size": 1, "data.synthetic_seed": seed,
+           "train.checkpoint_every": p["every"], "train.keep_checkpoints": p["steps"] // p["every"] + 1,
+           "train.progress": False, "train.pistar_diagnostics": False})
+
+
+def e6_problem(p: dict, seed: int):
+    from urlvr_jax.data.tasks import make_task
+    from urlvr_jax.models.paths import resolve_model_path
+
+    return make_task("synthetic/arithmetic", split="eval", size=1, seed=seed,
+                     model_dir=resolve_model_path(C.model_path(p["rung"]))).problems[0]
+
+
+def e6_probe(p: dict, problem, workdir: Path | None, step: int | None, m) -> dict:
+    """Greedy correctness and the share p of `probe` samples answering m, for the policy at `step`."""
+    from urlvr_jax.data.synthetic import check_answer
+
+    model, tok = C.load_policy(p["rung"], workdir, step)
+    greedy = C.sample_problems(model, tok, [problem], 1, max_new_tokens=96, greedy=True)
+    s = C.sample_problems(model, tok, [problem], p["probe"], seed=1000 + (step or 0), max_new_tokens=96)
+    answers = s["answers"][0]
+    return {"greedy_correct": bool(check_answer(problem, greedy["texts"][0][0])),
+            "greedy_answer": greedy["answers"][0][0], "p_m": float(np.mean([a == m for a in answers])),
+            "acc": float(s["correct"].mean()), "majority": C.majority(answers)[0]}
+
+
+def run_e6(p: dict, runs: Path) -> dict:
+    problems = []
+    for i in range(p["problems"]):
+        seed = p["seed0"] + i
+        problem = e6_problem(p, seed)
+        base, tok = C.load_policy(p["rung"])
+        m = C.majority(C.sample_problems(base, tok, [problem], p["probe"], seed=99, max_new_tokens=96)["answers"][0])[0]
+        wd = runs / f"problem_{seed}"
+        got = C.run_training(e6_config(p, seed), wd)
+        steps = list(range(0, p["steps"] + 1, p["every"]))
+        probes = [e6_probe(p, problem, None if k == 0 else wd, None if k == 0 else k, m) for k in steps]
+        problems.append({"seed": seed, "id": problem.id, "problem": problem.problem, "answer": problem.answer,
+                         "initial_majority": m, "majority_right": m is not None and str(m) == str(problem.answer),
+                         "steps": steps, "probes": probes, "train_seconds": got["seconds"]})
+        print(f"e6 problem {i}: {problem.problem} = {problem.answer}, m = {m}, p_m "
+              f"{probes[0]['p_m']:.2f} -> {probes[-1]['p_m']:.2f}, greedy {probes[0]['greedy_correct']} -> "
+              f"{probes[-1]['greedy_correct']}", file=sys.stderr, flush=True)
+    return analyse_e6(problems, p)
+
+
+def analyse_e6(problems: list[dict], p: dict) -> dict:
+    from scipy.stats import binomtest
+
+    n = len(problems)
+    p0 = np.array([q["probes"][0]["p_m"] for q in problems])
+    pend = np.array([q["probes"][-1]["p_m"] for q in problems])
+    flips = sum(q["probes"][0]["greedy_correct"] != q["probes"][-1]["greedy_correct"] for q in problems)
+    rates = np.array([slope(q["steps"], smoothed_logit([r["p_m"] for r in q["probes"]], p["probe"]))
+                      for q in problems])
+    right = np.array([q["majority_right"] for q in problems])
+    kept = float(np.mean([q["probes"][-1]["majority"] == q["initial_majority"] for q in problems]))
+    groups = {}
+    for name, sel in (("right_majority", right), ("wrong_majority", ~right)):
+        if sel.sum() >= 5:
+            lo, hi = bootstrap_median_ci(rates[sel])
+            groups[name] = {"n": int(sel.sum()), "median_rate": float(np.median(rates[sel])), "ci95": [lo, hi],
+                            "positive": lo > 0}
+        else:
+            groups[name] = {"n": int(sel.sum()), "median_rate": float(np.median(rates[sel])) if sel.any() else None,
+                            "ci95": None, "positive": None}
+    l0 = smoothed_logit(p0, p["probe"])
+    b = slope(l0, rates)
+    rng = np.random.default_rng(0)
+    boots = []
+    for _ in range(2000):
+        i = rng.integers(0, n, n)
+        if np.ptp(l0[i]) > 0:
+            boots.append(slope(l0[i], rates[i]))
+    gate = float((pend - p0).mean()) >= 0.10
+    t1a = flips <= 7
+    t1b = all(g["positive"] for g in groups.values() if g["positive"] is not None) and \
+        all(g["positive"] is not None for g in groups.values()) and kept >= 0.8
+    verdict = ("untestable (the policy did not move: gate)" if not gate else
+               "reproduced" if t1a and t1b else "not reproduced")
+    return {"params": p, "n": n, "mean_p0": float(p0.mean()), "mean_p_end": float(pend.mean()), "gate_moved": gate,
+            "greedy_correct_start": int(sum(q["probes"][0]["greedy_correct"] for q in problems)),
+            "greedy_correct_end": int(sum(q["probes"][-1]["greedy_correct"] for q in problems)),
+            "flips": int(flips), "flips_ci95": exact_binomial_ci(flips, n),
+            "flips_p_vs_half": float(binomtest(flips, n, 0.5, alternative="less").pvalue),
+            "paper_flips": "3/25", "T1a": t1a, "groups": groups, "kept_majority_share": kept, "T1b": bool(t1b),
+            "rate_on_logit_p0": {"slope": b, "ci95": [float(np.percentile(boots, 2.5)),
+                                                      float(np.percentile(boots, 97.5))]},
+            "rates": rates.tolist(), "verdict": verdict, "problems": problems,
+            "statistic": (f"greedy flips {flips}/{n} (95% CI {exact_binomial_ci(flips, n)[0]:.2f}–"
+                          f"{exact_binomial_ci(flips, n)[1]:.2f}; paper 3/25); initial majority kept {kept:.2f}; "
+                          f"p {p0.mean():.2f} → {pend.mean():.2f}")}
+
+
+def markdown_e6(r: dict, minutes: float) -> str:
+    p = r["params"]
+    g = r["groups"]
+    fmt_g = lambda x: (f"n = {x['n']}, median rate {x['median_rate']:+.4f}/step"  # noqa: E731
+                       + (f" [{x['ci95'][0]:+.4f}, {x['ci95'][1]:+.4f}]" if x["ci95"] else " (too few to test)"))
+    lines = [f"# E6 — Theorem 1 on single problems (`{p['rung']}`, {p['reward']})", "",
+             f"{r['n']} problems, each trained alone: {p['steps']} steps of 1 × {p['samples']}, lr {LR}; probes of "
+             f"{p['probe']} samples (T = 1) and the greedy answer at steps 0, {p['every']}, … {p['steps']}. "
+             f"Wall-clock {minutes:.1f} min.", "",
+             f"- Initial-majority share p: {r['mean_p0']:.3f} → {r['mean_p_end']:.3f} (gate ≥ +0.10: "
+             f"{'met' if r['gate_moved'] else 'not met'})",
+             f"- Greedy correct: {r['greedy_correct_start']}/{r['n']} → {r['greedy_correct_end']}/{r['n']}; "
+             f"**flips {r['flips']}/{r['n']}** (95% CI {r['flips_ci95'][0]:.2f}–{r['flips_ci95'][1]:.2f}; "
+             f"one-sided p vs 0.5 = {r['flips_p_vs_half']:.4f}); the paper: 3/25. T1a (≤ 7): {r['T1a']}",
+             f"- Rate of logit p (per step): right-majority problems {fmt_g(g['right_majority'])}; "
+             f"wrong-majority problems {fmt_g(g['wrong_majority'])}",
+             f"- Problems ending on their initial majority: {r['kept_majority_share']:.2f} (≥ 0.8 required). "
+             f"T1b: {r['T1b']}",
+             f"- Rate regressed on logit p0: slope {r['rate_on_logit_p0']['slope']:+.4f} "
+             f"[{r['rate_on_logit_p0']['ci95'][0]:+.4f}, {r['rate_on_logit_p0']['ci95'][1]:+.4f}] "
+             "(Theorem 1: 0)", "", f"**Verdict: {r['verdict']}**", "",
+             "| seed | problem | answer | initial majority (p0) | p at the end | greedy start → end | rate/step |",
+             "|---|---|---|---|---|---|---|"]
+    for q, rate in zip(r["problems"], r["rates"]):
+        a, z = q["probes"][0], q["probes"][-1]
+        lines.append(f"| {q['seed']} | `{q['problem']}` | {q['answer']} | {q['initial_majority']} ({a['p_m']:.2f}) | "
+                     f"{z['p_m']:.2f} | {a['greedy_answer']} → {z['greedy_answer']} | {rate:+.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_e6(out: Path, r: dict) -> str:
+    plt = C.pyplot()
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for q in r["problems"]:
+        color = "C2" if q["majority_right"] else "C3"
+        ax.plot(q["steps"], [x["p_m"] for x in q["probes"]], color=color, alpha=0.6)
+    ax.plot([], [], color="C2", label="initial majority right")
+    ax.plot([], [], color="C3", label="initial majority wrong")
+    ax.set_xlabel("step (one problem per run)")
+    ax.set_ylabel("share of samples giving the initial majority")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    p0 = [q["probes"][0]["p_m"] for q in r["problems"]]
+    ax2.scatter(p0, r["rates"], c=["C2" if q["majority_right"] else "C3" for q in r["problems"]])
+    ax2.set_xlabel("p0 (base model)")
+    ax2.set_ylabel("fitted rate of logit p per step")
+    ax2.axhline(0, color="black", linewidth=0.8)
+    ax2.grid(alpha=0.3)
+    fig.suptitle(f"E6 — Theorem 1 on single problems: flips {r['flips']}/{r['n']} (paper 3/25)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out / "e6.png", dpi=110)
+    plt.close(fig)
+    return "e6.png"
+
+
+EXPERIMENTS = {"e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
+
+
+def main(argv=None) -> dict:
+    ap = C.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter), NAME)
+    ap.add_argument("experiment", choices=sorted(EXPERIMENTS) + ["table"], help="which experiment to run")
+    args = ap.parse_args(argv)
+    out, runs = Path(args.out), Path(args.runs_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.experiment == "table":
+        md = verdict_table(out)
+        print(md)
+        return {}
+    full, smoke, run, markdown, plot = EXPERIMENTS[args.experiment]
+    p = dict(smoke if args.smoke else full)
+    C.setup_jax()
+    t0 = time.perf_counter()
+    r = run(p, runs / args.experiment)
+    minutes = (time.perf_counter() - t0) / 60
+    r["total_minutes"] = minutes
+    r["plots"] = [plot(out, r)]
+    (out / f"{args.experiment}.md").write_text(markdown(r, minutes))
+    C.write_json(out / f"{args.experiment}.json", r)
+    print(markdown(r, minutes))
+    return r
+
+
+def verdict_table(out: Path) -> str:
+    rows = ["| finding | verdict | statistic | runtime |", "|---|---|---|---|"]
+    for name in sorted(EXPERIMENTS):
+        f = out / f"{name}.json"
+        if not f.exists():
+            rows.append(f"| {name} | not run | | |")
+            continue
+        r = json.loads(f.read_text())
+        rows.append(f"| {name} | {r['verdict']} | {r.get('statistic', '')} | {r['total_minutes']:.0f} min |")
+    md = "\n".join(rows) + "\n"
+    (out / "verdicts.md").write_text(md)
+    return md
+
+
+if __name__ == "__main__":
+    main()

@@ -36,11 +36,15 @@ E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain
     constant-answer policy on the training problems (W1). A run that does not collapse gets MCS = 151
     (censored; Spearman uses ranks, ties averaged). Control: the random reward on q0.05 at the probe setting
     (3 seeds) — if it collapses as early as the majority-vote probes, the MCS measures drift, not the prior.
+    A random reward's reward accuracy is ~0.5 whatever the policy does, so the control is compared on the
+    accuracy-collapse step instead: the training batch's accuracy below f0 + 0.01 for 5 consecutive steps
+    (computed the same way for every probe; a probe stopped at its MCS counts as never accuracy-collapsed
+    when its accuracy had not yet stayed below for 5 steps).
     Gate: the 7 q-rungs' GT gains span >= 6 SE (SE of a gain: bootstrap over seeds × problems) — otherwise
     "uninformative".
     Pass (reproduced): Spearman(median MCS, GT gain) over the 7 q-rungs >= 0.786 (exact two-sided p <= 0.048
-    over the 5040 permutations), and the random control's median MCS is later than the median MCS of the
-    majority-vote probe of every rung with base maj@16 < 0.5. Reported beside it: Spearman of pass@16 − avg@16
+    over the 5040 permutations), and the random control's median accuracy-collapse step is later than that of
+    the majority-vote probe of every rung with base maj@16 < 0.5. Reported beside it: Spearman of pass@16 − avg@16
     (the base models' measured prior, ladder v2 README) with the GT gain, and where the inflated rung falls.
 
 E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_ref) about 2× larger at 512 than at 32
@@ -133,6 +137,322 @@ def bootstrap_median_ci(x, n_boot: int = 2000, seed: int = 0) -> tuple[float, fl
     rng = np.random.default_rng(seed)
     meds = np.median(x[rng.integers(0, x.size, (n_boot, x.size))], axis=1)
     return float(np.percentile(meds, 2.5)), float(np.percentile(meds, 97.5))
+
+
+# ---------------------------------------------------------------------------------------------- E1
+CERTAINTY = ("self_certainty", "token_entropy", "trajectory_entropy", "probability")
+E1 = dict(rung="ladder_v2/q0.05", rewards=CERTAINTY, four_arms_runs=str(C.RUNS / "four_arms_v2"), gate=0.25)
+E1_SMOKE = dict(E1, rewards=("self_certainty",), four_arms_runs=None)
+E1_FROM_FOUR_ARMS = (("majority_vote", "good_mv"), ("ground_truth", "good_gt"), ("random", "good_random"))
+
+
+def four_arms_params(smoke: bool) -> dict:
+    import four_arms as F
+
+    return dict(F.SMOKE if smoke else F.FULL)
+
+
+def run_e1(p: dict, runs: Path) -> dict:
+    """Trains (or reuses) the certainty arms and four_arms' majority-vote / ground-truth / random arms."""
+    import four_arms as F
+
+    smoke = p["four_arms_runs"] is None
+    fa = four_arms_params(smoke)
+    arms = [(r, r, runs / r) for r in p["rewards"]] + [
+        (reward, name, Path(p["four_arms_runs"]) / name if not smoke else runs / name)
+        for reward, name in E1_FROM_FOUR_ARMS]
+    accs, records, per_seed = {}, {}, {}
+    steps_ref = ids_ref = None
+    for reward, name, base in arms:
+        per, recs = [], []
+        for seed in range(fa["seeds"]):
+            wd = Path(f"{base}_s{seed}")
+            got = C.run_training(F.run_config(C.model_path(p["rung"]), reward, seed, fa), wd)
+            steps, acc, _, ids = F.read_evals(wd)
+            if steps_ref is None:
+                steps_ref, ids_ref = steps, ids
+            if steps != steps_ref or ids != ids_ref:
+                raise ValueError(f"{wd}: evaluation steps or problems differ from the other arms'")
+            per.append(acc)
+            recs.append(got["records"])
+            per_seed[f"{name}_s{seed}"] = json.loads((wd / "report.json").read_text())["heldout"]
+            print(f"e1 {name} seed {seed} done", file=sys.stderr, flush=True)
+        accs[name] = np.stack(per)
+        records[name] = recs
+    return analyse_e1(p, fa, accs, records, steps_ref, per_seed)
+
+
+def _first_last(records: list[list[dict]], key: str, n: int = 10) -> tuple[float, float]:
+    firsts, lasts = [], []
+    for recs in records:
+        _, y = C.curve(recs, key)
+        firsts.append(np.mean(y[:n]))
+        lasts.append(np.mean(y[-n:]))
+    return float(np.mean(firsts)), float(np.mean(lasts))
+
+
+def analyse_e1(p, fa, accs, records, steps, per_seed) -> dict:
+    import four_arms as F
+
+    s = F.summarize_arms(accs, steps, fa["boot"])
+    d = F.decide(s)
+    rows = {}
+    for name in accs:
+        pb = float(np.mean([np.mean(C.curve(r, "urlvr/point_biserial")[1][:5]) for r in records[name]]))
+        rows[name] = {"point_biserial_first5": pb,
+                      "gated": name in p["rewards"] or name == "good_mv" and pb >= p["gate"],
+                      "rises": bool(d.get(f"R1_rise/{name}", False)), "falls": bool(d.get(f"R2_fall/{name}", False)),
+                      "length_first_last": _first_last(records[name], "response/length_mean"),
+                      "repetition_first_last": _first_last(records[name], "collapse/repetition_mean"),
+                      "kl_k1_last10": float(np.mean([np.mean(C.curve(r, "kl_to_ref/k1_token_mean")[1][-10:])
+                                                     for r in records[name]]))}
+        if name in p["rewards"]:
+            rows[name]["gated"] = pb >= p["gate"]
+    intrinsic = [n for n in accs if n in p["rewards"] or n == "good_mv"]
+    tested = [n for n in intrinsic if rows[n]["gated"]]
+    if not tested:
+        verdict = "untestable (no intrinsic reward passes the gate)"
+    elif not all(rows[n]["rises"] for n in tested):
+        verdict = "not reproduced (a gated reward does not rise: " + ", ".join(
+            n for n in tested if not rows[n]["rises"]) + ")"
+    elif all(rows[n]["falls"] for n in tested):
+        verdict = "reproduced"
+    elif any(rows[n]["falls"] for n in tested):
+        verdict = "rise reproduced; fall partly (" + ", ".join(n for n in tested if rows[n]["falls"]) + ")"
+    else:
+        verdict = "rise reproduced, fall untestable at this budget"
+    stat = "; ".join(f"{n}: rise {s['arms'][n]['rise']['mean']:+.3f} [{s['arms'][n]['rise']['ci95'][0]:+.3f}, "
+                     f"{s['arms'][n]['rise']['ci95'][1]:+.3f}]" for n in tested)
+    return {"params": p, "four_arms_params": fa, "eval_steps": steps, "summary": s, "decision": d, "rows": rows,
+            "tested": tested, "verdict": verdict, "statistic": stat, "per_seed": per_seed}
+
+
+def markdown_e1(r: dict, minutes: float) -> str:
+    import four_arms as F
+
+    fa, s = r["four_arms_params"], r["summary"]
+    lines = [f"# E1 — finding 1: intrinsic rewards rise, then fall? (`{r['params']['rung']}`)", "",
+             f"{fa['seeds']} seeds × {fa['steps']} steps of {fa['prompts']}×{fa['samples']}, lr {fa['lr']}; held-out "
+             f"avg@{fa['eval_k']} (T = 1) on {fa['eval_problems']} problems every {fa['eval_every']} steps; ± SE and "
+             f"[95% CI] from a crossed bootstrap over seeds × problems. Majority-vote, ground-truth and random arms "
+             f"are four_arms' runs. Wall-clock {minutes:.1f} min (reused runs count 0).", "",
+             "| arm | point-biserial (steps 1-5) | gated | rise | fall | change | rises (R1) | falls (R2) | length "
+             "first → last 10 steps | repetition | KL k1 (last 10) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in r["rows"].items():
+        a = s["arms"][name]
+        lines.append(f"| {name} | {row['point_biserial_first5']:.3f} | {row['gated']} | {F.fmt_ci(a['rise'])} | "
+                     f"{F.fmt_ci(a['fall'])} | {F.fmt_ci(a['change'])} | {row['rises']} | {row['falls']} | "
+                     f"{row['length_first_last'][0]:.1f} → {row['length_first_last'][1]:.1f} | "
+                     f"{row['repetition_first_last'][0]:.3f} → {row['repetition_first_last'][1]:.3f} | "
+                     f"{row['kl_k1_last10']:.4f} |")
+    lines += ["", f"**Verdict: {r['verdict']}**", ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot_e1(out: Path, r: dict) -> str:
+    plt = C.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = np.asarray(r["eval_steps"], float)
+    for i, (name, a) in enumerate(r["summary"]["arms"].items()):
+        ax.errorbar(steps + (i - 3) * 0.6, a["curve"], yerr=2 * np.asarray(a["curve_se"]), marker="o", markersize=3,
+                    capsize=2, label=f"{name}: rise {a['rise']['mean']:+.3f}, change {a['change']['mean']:+.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out avg@8 (T = 1), mean over seeds ± 2 SE")
+    ax.set_title(f"E1 — intrinsic rewards on {r['params']['rung']} at lr {r['four_arms_params']['lr']}", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "e1.png", dpi=110)
+    plt.close(fig)
+    return "e1.png"
+
+
+# ---------------------------------------------------------------------------------------------- E2
+Q_RUNGS = ("q0.05", "q0.2", "q0.35", "q0.5", "q0.65", "q0.8", "q0.95")
+E2 = dict(rungs=Q_RUNGS + ("inflated",), gt_seeds=2, probe_seeds=3, probe_steps=150, probe_lr=3e-4, probe_prompts=8,
+          probe_samples=8, window=5, four_arms_runs=str(C.RUNS / "four_arms_v2"))
+E2_SMOKE = dict(E2, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_steps=3, four_arms_runs=None)
+
+
+def best_constant_accuracy(rung: str, size: int = 4096) -> float:
+    """f0: the accuracy of the best constant-answer policy on the rung's training problems."""
+    from collections import Counter
+
+    from urlvr_jax.data.tasks import make_task
+    from urlvr_jax.models.paths import resolve_model_path
+
+    task = make_task("synthetic/arithmetic", split="train", size=size, seed=0,
+                     model_dir=resolve_model_path(C.model_path(rung)))
+    counts = Counter(p.answer for p in task.problems)
+    return counts.most_common(1)[0][1] / len(task.problems)
+
+
+def sustained_below(values, threshold: float, window: int) -> int | None:
+    """The first step (1-based) from which `window` consecutive values are < threshold."""
+    run = 0
+    for i, v in enumerate(values):
+        run = run + 1 if v < threshold else 0
+        if run == window:
+            return i - window + 2
+    return None
+
+
+def spearman_exact(x, y) -> tuple[float, float]:
+    """Spearman's rho (average ranks for ties) and its exact two-sided permutation p (n <= 8)."""
+    import itertools
+
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    perms = [float(np.corrcoef(rx, np.array(pp))[0, 1]) for pp in itertools.permutations(ry)]
+    return rho, float(np.mean(np.abs(perms) >= abs(rho) - 1e-12))
+
+
+def run_e2(p: dict, runs: Path) -> dict:
+    import four_arms as F
+
+    smoke = p["four_arms_runs"] is None
+    fa = dict(four_arms_params(smoke))
+    fa_gt = dict(fa, eval_every=fa["steps"])
+    f0 = best_constant_accuracy(C.model_path("ladder_v2/q0.05"))
+    thr = f0 + 0.01
+    gains, probes = {}, {}
+    for rung in p["rungs"]:
+        path = C.model_path(f"ladder_v2/{rung}")
+        per = []
+        for seed in range(p["gt_seeds"]):
+            if rung == "q0.05" and not smoke:
+                wd, cfg = Path(p["four_arms_runs"]) / f"good_gt_s{seed}", F.run_config(path, "ground_truth", seed, fa)
+            else:
+                wd, cfg = runs / f"gt_{rung}_s{seed}", F.run_config(path, "ground_truth", seed, fa_gt)
+            C.run_training(cfg, wd)
+            steps, acc, _, ids = F.read_evals(wd)
+            per.append(acc[[0, steps.index(fa["steps"])]])
+            print(f"e2 gt {rung} seed {seed} done", file=sys.stderr, flush=True)
+        gains[rung] = np.stack(per)  # [S, 2, P]
+    probe_arms = [(r, "majority_vote") for r in p["rungs"] if r != "inflated"] + [("q0.05", "random")]
+    for rung, reward in probe_arms:
+        path = C.model_path(f"ladder_v2/{rung}")
+        out = []
+        for seed in range(p["probe_seeds"]):
+            cfg = C.experiment_config(
+                path, reward, steps=p["probe_steps"], prompts=p["probe_prompts"], samples=p["probe_samples"],
+                lr=p["probe_lr"], seed=seed,
+                **{"train.stop_at_collapse": True, "train.mcs_threshold": thr, "train.mcs_window": p["window"],
+                   "train.progress": False, "train.pistar_diagnostics": False,
+                   "train.checkpoint_every": p["probe_steps"]})
+            got = C.run_training(cfg, runs / f"probe_{reward}_{rung}_s{seed}")
+            ra = C.curve(got["records"], "urlvr/reward_accuracy")[1]
+            acc = C.curve(got["records"], "urlvr/gt_reward_mean")[1]
+            out.append({"mcs": sustained_below(ra, thr, p["window"]),
+                        "acc_collapse": sustained_below(acc, thr, p["window"]), "steps_run": int(len(ra)),
+                        "ra_first5": float(np.mean(ra[:5])), "acc_first5": float(np.mean(acc[:5]))})
+            print(f"e2 probe {reward} {rung} seed {seed}: {out[-1]}", file=sys.stderr, flush=True)
+        probes[f"{reward}/{rung}"] = out
+    return analyse_e2(p, fa, gains, probes, f0)
+
+
+def analyse_e2(p, fa, gains, probes, f0) -> dict:
+    censor = p["probe_steps"] + 1
+    rng = np.random.default_rng(0)
+    g = {}
+    for rung, a in gains.items():
+        S, _, P = a.shape
+        point = float((a[:, 1] - a[:, 0]).mean())
+        boots = []
+        for _ in range(fa["boot"]):
+            si, pi = rng.integers(0, S, S), rng.integers(0, P, P)
+            b = a[si][:, :, pi]
+            boots.append((b[:, 1] - b[:, 0]).mean())
+        g[rung] = {"gain": point, "se": float(np.std(boots, ddof=1)),
+                   "ci95": [float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))],
+                   "start": float(a[:, 0].mean()), "end": float(a[:, 1].mean())}
+    med = lambda runs, k: float(np.median([censor if x[k] is None else x[k] for x in runs]))  # noqa: E731
+    mcs = {k: med(v, "mcs") for k, v in probes.items()}
+    acc_collapse = {k: med(v, "acc_collapse") for k, v in probes.items()}
+    qr = [r for r in Q_RUNGS if r in g and f"majority_vote/{r}" in mcs]
+    gate_span = (max(g[r]["gain"] for r in qr) - min(g[r]["gain"] for r in qr)) / max(
+        np.mean([g[r]["se"] for r in qr]), 1e-12)
+    rho, pval = spearman_exact([mcs[f"majority_vote/{r}"] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
+        else (float("nan"), float("nan"))
+    prior = ladder_v2_prior()
+    rho_pk, p_pk = spearman_exact([prior[r]["pass"] - prior[r]["avg"] for r in qr], [g[r]["gain"] for r in qr]) \
+        if len(qr) > 2 else (float("nan"), float("nan"))
+    bad = [r for r in qr if prior[r]["maj"] < 0.5]
+    ctrl = acc_collapse.get("random/q0.05")
+    control_ok = ctrl is not None and all(ctrl > acc_collapse[f"majority_vote/{r}"] for r in bad)
+    if gate_span < 6:
+        verdict = f"uninformative (GT gains span {gate_span:.1f} SE < 6)"
+    elif rho >= 0.786 and control_ok:
+        verdict = "reproduced"
+    else:
+        verdict = "not reproduced"
+    stat = (f"Spearman(MCS, GT gain) {rho:+.3f} (exact p {pval:.3f}) over {len(qr)} rungs; pass@16 − avg@16 vs GT "
+            f"gain {rho_pk:+.3f}; GT gains span {gate_span:.1f} SE; paper: ranks match exactly (ρ = 1)")
+    return {"params": p, "f0": f0, "threshold": f0 + 0.01, "gt_gain": g, "probes": probes, "median_mcs": mcs,
+            "median_acc_collapse": acc_collapse, "gate_span_se": float(gate_span), "spearman": rho, "spearman_p": pval,
+            "spearman_passk": rho_pk, "spearman_passk_p": p_pk, "control_ok": bool(control_ok),
+            "prior": {r: prior.get(r) for r in g}, "verdict": verdict, "statistic": stat}
+
+
+def ladder_v2_prior() -> dict:
+    """avg@16 / maj@16 / pass@16 of each v2 rung (the ladder's measured prior, its README table)."""
+    from urlvr_jax.models.paths import resolve_model_path
+
+    out = {}
+    root = Path(resolve_model_path("ladder_v2/q0.05")).parent
+    for line in (root / "README.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) >= 7 and (cells[0] in Q_RUNGS or cells[0] == "inflated") and cells[0] not in out:
+            out[cells[0]] = {"avg": float(cells[3]), "maj": float(cells[4]), "pass": float(cells[5])}
+    return out
+
+
+def markdown_e2(r: dict, minutes: float) -> str:
+    p = r["params"]
+    lines = ["# E2 — finding 2: does the Model Collapse Step rank priors like their GT gain?", "",
+             f"GT gain: ground-truth reward, 16×8, 120 steps, lr {LR}, {p['gt_seeds']} seeds, held-out avg@8 on 256 "
+             f"problems at steps 0 and 120 (± SE, [95% CI]: crossed bootstrap). MCS probe: majority vote, "
+             f"{p['probe_prompts']}×{p['probe_samples']}, lr {p['probe_lr']}, ≤ {p['probe_steps']} steps, "
+             f"{p['probe_seeds']} seeds; MCS = reward accuracy < f0 + 0.01 = {r['threshold']:.3f} for {p['window']} "
+             f"steps (f0 = {r['f0']:.3f}, best constant answer); never = {p['probe_steps'] + 1}. "
+             f"Wall-clock {minutes:.1f} min.", "",
+             "| rung | base avg@16 / maj@16 / pass@16 | GT gain | median MCS (seeds) | median accuracy-collapse step |",
+             "|---|---|---|---|---|"]
+    for rung, g in r["gt_gain"].items():
+        pr = r["prior"].get(rung) or {}
+        k = f"majority_vote/{rung}"
+        seeds = ", ".join(str(x["mcs"]) for x in r["probes"].get(k, []))
+        lines.append(f"| {rung} | {pr.get('avg', float('nan')):.3f} / {pr.get('maj', float('nan')):.3f} / "
+                     f"{pr.get('pass', float('nan')):.3f} | {g['gain']:+.3f} ± {g['se']:.3f} [{g['ci95'][0]:+.3f}, "
+                     f"{g['ci95'][1]:+.3f}] | {r['median_mcs'].get(k, '—')} ({seeds}) | "
+                     f"{r['median_acc_collapse'].get(k, '—')} |")
+    ctrl = r["probes"].get("random/q0.05", [])
+    lines += ["", f"Random-reward control on q0.05 at the probe setting: accuracy-collapse steps "
+              f"{[x['acc_collapse'] for x in ctrl]} (median {r['median_acc_collapse'].get('random/q0.05')}); "
+              f"later than every bad-prior (maj@16 < 0.5) majority-vote probe: {r['control_ok']}.", "",
+              f"{r['statistic']}", "", f"**Verdict: {r['verdict']}**", ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot_e2(out: Path, r: dict) -> str:
+    plt = C.pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for rung, g in r["gt_gain"].items():
+        k = f"majority_vote/{rung}"
+        if k not in r["median_mcs"]:
+            continue
+        ax.errorbar(r["median_mcs"][k], g["gain"], yerr=2 * g["se"], marker="o", capsize=3, color="C0")
+        ax.annotate(rung, (r["median_mcs"][k], g["gain"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"median MCS (majority vote, lr {r['params']['probe_lr']}; {r['params']['probe_steps'] + 1} = never)")
+    ax.set_ylabel("GT-RL gain, held-out avg@8 (± 2 SE)")
+    ax.set_title(f"E2 — Spearman {r['spearman']:+.2f} (paper: 1.0)", fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "e2.png", dpi=110)
+    plt.close(fig)
+    return "e2.png"
 
 
 # ---------------------------------------------------------------------------------------------- E6
@@ -293,7 +613,8 @@ def plot_e6(out: Path, r: dict) -> str:
     return "e6.png"
 
 
-EXPERIMENTS = {"e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
+EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1), "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
+               "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
 
 
 def main(argv=None) -> dict:

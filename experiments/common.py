@@ -218,8 +218,8 @@ def eval_problems(rung: str, n: int, seed: int = EVAL_SEED):
 
 def sample_problems(model, tokenizer, problems, n_samples: int, *, seed: int = 0, temperature: float = 1.0,
                     max_new_tokens: int = 48, batch_size: int = 32, greedy: bool = False) -> dict[str, Any]:
-    """N samples per problem (greedy: argmax decoding), graded exactly. Returns correct [P, N] bool, answers [P][N] (vote keys, None =
-    no answer), texts [P][N], certainty [P, N] (mean token log-prob)."""
+    """N samples per problem (greedy: argmax decoding), graded exactly. Returns correct [P, N] bool, answers
+    [P][N] (vote keys, None = no answer), texts [P][N], certainty [P, N] (mean token log-prob)."""
     from urlvr_jax.data.synthetic import check_answer
     from urlvr_jax.sft import canonical_answer, sample_responses
 

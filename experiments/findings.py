@@ -42,10 +42,11 @@ E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain
     when its accuracy had not yet stayed below for 5 steps).
     Gate: the 7 q-rungs' GT gains span >= 6 SE (SE of a gain: bootstrap over seeds × problems) — otherwise
     "uninformative".
-    Pass (reproduced): Spearman(median MCS, GT gain) over the 7 q-rungs >= 0.786 (exact two-sided p <= 0.048
-    over the 5040 permutations), and the random control's median accuracy-collapse step is later than that of
-    the majority-vote probe of every rung with base maj@16 < 0.5. Reported beside it: Spearman of pass@16 − avg@16
-    (the base models' measured prior, ladder v2 README) with the GT gain, and where the inflated rung falls.
+    Pass (reproduced): Spearman(median MCS, GT gain) over the 7 q-rungs >= 0.786, the tables' critical value
+    (= 1 − 6·12/336 = 0.7857, exact two-sided p = 0.0480 over the 5040 permutations), and the random control's
+    median accuracy-collapse step is later than that of the majority-vote probe of every rung with base
+    maj@16 < 0.5. Reported beside it: Spearman of pass@16 − avg@16 (the base models' measured prior, ladder v2
+    README) with the GT gain, and where the inflated rung falls.
 
 E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_ref) about 2× larger at 512 than at 32
     prompts (paper: sizes 32..16384, batch 32, 600 steps; <= 128 prompts never collapse, >= 512 hack).
@@ -300,6 +301,9 @@ def sustained_below(values, threshold: float, window: int) -> int | None:
     return None
 
 
+RHO_CRIT = 1 - 6 * 12 / (7 * 48)  # Spearman's two-sided 5% critical value at n = 7 (0.786 in the tables)
+
+
 def spearman_exact(x, y) -> tuple[float, float]:
     """Spearman's rho (average ranks for ties) and its exact two-sided permutation p (n <= 8)."""
     import itertools
@@ -387,7 +391,7 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
     control_ok = ctrl is not None and all(ctrl > acc_collapse[f"majority_vote/{r}"] for r in bad)
     if gate_span < 6:
         verdict = f"uninformative (GT gains span {gate_span:.1f} SE < 6)"
-    elif rho >= 0.786 and control_ok:
+    elif rho >= RHO_CRIT - 1e-9 and control_ok:
         verdict = "reproduced"
     else:
         verdict = "not reproduced"
@@ -798,9 +802,9 @@ def analyse_e6(problems: list[dict], p: dict) -> dict:
             groups[name] = {"n": int(sel.sum()), "median_rate": float(np.median(rates[sel])) if sel.any() else None,
                             "ci95": None, "positive": None}
     l0 = smoothed_logit(p0, p["probe"])
-    b = slope(l0, rates)
+    b = slope(l0, rates) if np.ptp(l0) > 0 else float("nan")  # undefined when every p0 is the same
     rng = np.random.default_rng(0)
-    boots = []
+    boots = [float("nan")]
     for _ in range(2000):
         i = rng.integers(0, n, n)
         if np.ptp(l0[i]) > 0:
@@ -817,8 +821,8 @@ def analyse_e6(problems: list[dict], p: dict) -> dict:
             "flips": int(flips), "flips_ci95": exact_binomial_ci(flips, n),
             "flips_p_vs_half": float(binomtest(flips, n, 0.5, alternative="less").pvalue),
             "paper_flips": "3/25", "T1a": t1a, "groups": groups, "kept_majority_share": kept, "T1b": bool(t1b),
-            "rate_on_logit_p0": {"slope": b, "ci95": [float(np.percentile(boots, 2.5)),
-                                                      float(np.percentile(boots, 97.5))]},
+            "rate_on_logit_p0": {"slope": b, "ci95": [float(np.nanpercentile(boots, 2.5)),
+                                                      float(np.nanpercentile(boots, 97.5))]},
             "rates": rates.tolist(), "verdict": verdict, "problems": problems,
             "statistic": (f"greedy flips {flips}/{n} (95% CI {exact_binomial_ci(flips, n)[0]:.2f}–"
                           f"{exact_binomial_ci(flips, n)[1]:.2f}; paper 3/25); initial majority kept {kept:.2f}; "

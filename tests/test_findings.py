@@ -1,0 +1,118 @@
+"""experiments/findings.py: the statistics against scipy / direct computations, and each experiment's
+analysis and decision rule on constructed inputs whose verdict is known (the training runs themselves are
+exercised by four_arms' smoke test and the trainer's tests; E5 runs end to end: it reads a results file)."""
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest, rankdata, spearmanr
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "experiments"))
+
+import findings as F  # noqa: E402
+
+
+def test_exact_binomial_ci_matches_scipy():
+    for k, n in [(0, 25), (3, 25), (7, 25), (25, 25), (12, 40)]:
+        ci = binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+        assert F.exact_binomial_ci(k, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
+
+
+def test_spearman_exact_matches_scipy_and_enumerates_permutations():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        x, y = rng.normal(size=7), rng.normal(size=7)
+        rho, p = F.spearman_exact(x, y)
+        assert rho == pytest.approx(spearmanr(x, y).statistic, abs=1e-12)
+        rx, ry = rankdata(x), rankdata(y)
+        brute = np.mean([abs(np.corrcoef(rx, perm)[0, 1]) >= abs(rho) - 1e-12 for perm in itertools.permutations(ry)])
+        assert p == pytest.approx(brute)
+    # a perfect ranking of 7: only the identity and the reversal are as extreme -> p = 2/5040
+    rho, p = F.spearman_exact(range(7), range(7))
+    assert rho == pytest.approx(1.0) and p == pytest.approx(2 / 5040)
+    # the issue's threshold: rho >= 0.786 (the tables' rounding of 0.7857) at n = 7 gives p <= 0.048
+    x = np.arange(7)
+    y = np.array([2, 1, 0, 4, 3, 6, 5])  # sum of squared rank differences 12
+    rho, p = F.spearman_exact(x, y)
+    assert rho == pytest.approx(F.RHO_CRIT) and round(rho, 3) == 0.786 and p == pytest.approx(0.048, abs=5e-4)
+    _, p_next = F.spearman_exact(x, [3, 1, 0, 4, 2, 6, 5])  # rho 0.643: not significant
+    assert p_next > 0.05
+
+
+def test_sustained_below_and_best_constant_answer():
+    assert F.sustained_below([0.5, 0.01, 0.01, 0.5, 0.01, 0.01, 0.01], 0.05, 3) == 5
+    assert F.sustained_below([0.01, 0.01], 0.05, 3) is None
+    assert F.sustained_below([0.01] * 5, 0.05, 5) == 1
+    f0 = F.best_constant_accuracy("ladder_v2/q0.05", size=512)
+    assert 0 < f0 < 0.2  # answers 0..99: no answer is common
+
+
+def _e6_problem(p0, pend, right, greedy0, greedy1, probe=64, steps=(0, 50, 100)):
+    ps = np.linspace(p0, pend, len(steps))
+    return {"seed": 0, "id": "x", "problem": "1+1", "answer": "2", "initial_majority": 2 if right else 3,
+            "majority_right": right, "steps": list(steps),
+            "probes": [{"p_m": float(p), "greedy_correct": g, "greedy_answer": 2, "acc": 0.5,
+                        "majority": 2 if right else 3}
+                       for p, g in zip(ps, [greedy0] * (len(steps) - 1) + [greedy1])]}
+
+
+def test_e6_rules_on_constructed_problems():
+    p = dict(F.E6, probe=64)
+    sharpening = [_e6_problem(0.5, 0.9, i % 2 == 0, True, True) for i in range(24)] + \
+        [_e6_problem(0.5, 0.9, False, True, False)]
+    r = F.analyse_e6(sharpening, p)
+    assert r["gate_moved"] and r["flips"] == 1 and r["T1a"] and r["T1b"] and r["verdict"] == "reproduced"
+    assert all(g["positive"] for g in r["groups"].values())
+    still = [_e6_problem(0.5, 0.52, i % 2 == 0, True, True) for i in range(25)]
+    assert F.analyse_e6(still, p)["verdict"].startswith("untestable")
+    flipping = [_e6_problem(0.5, 0.9, i % 2 == 0, True, i % 3 != 0) for i in range(25)]  # 9 flips
+    r = F.analyse_e6(flipping, p)
+    assert r["flips"] == 9 and not r["T1a"] and r["verdict"] == "not reproduced"
+
+
+def test_e3_collapse_counts_and_kl_ratio():
+    p = dict(F.E3, boot=300)
+    P = 50
+    start = np.full((3, 1, P), 0.5)
+    keep, drop = np.full((3, 1, P), 0.52), np.full((3, 1, P), 0.2)
+    accs = {32: np.concatenate([start, keep], 1), 128: np.concatenate([start, keep], 1),
+            512: np.concatenate([start, drop], 1), 2048: np.concatenate([start, drop], 1)}
+    kl = {32: np.array([0.01, 0.012, 0.011]), 128: np.array([0.015] * 3), 512: np.array([0.02, 0.024, 0.022]),
+          2048: np.array([0.03] * 3)}
+    ra = {k: np.full(3, 0.6) for k in accs}
+    r = F.analyse_e3(p, accs, kl, ra)
+    assert r["verdict"] == "reproduced" and r["kl_ratio"] == pytest.approx(2.0) and r["fisher_p"] < 0.01
+    r = F.analyse_e3(p, {k: np.concatenate([start, keep], 1) for k in accs}, kl, ra)
+    assert r["verdict"].startswith("KL part reproduced") and r["kl_ratio_ci95"][0] > 1
+    r = F.analyse_e3(p, {k: np.concatenate([start, keep], 1) for k in accs}, {k: kl[32] for k in kl}, ra)
+    assert not r["verdict"].startswith("KL part reproduced")
+
+
+def test_e4_rules_on_constructed_arms():
+    p = dict(F.E4, boot=300)
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.6, size=(1, 1, 256)).repeat(3, 0)
+    ttt_end = base.copy()
+    ttt_end[..., :40] += 0.15
+    accs = {"ttt": np.concatenate([base, ttt_end], 1), "control": np.concatenate([base, base + 0.01], 1)}
+    r = F.analyse_e4(p, accs, [0, 100])
+    assert r["E_improves"] and r["T_not_hurt"] and r["beats_control"] and r["verdict"] == "reproduced"
+    hurt = ttt_end.copy()
+    hurt[..., 40:] -= 0.1
+    r = F.analyse_e4(p, {"ttt": np.concatenate([base, hurt], 1), "control": accs["control"]}, [0, 100])
+    assert not r["T_not_hurt"] and r["verdict"] == "not reproduced"
+
+
+def test_e5_gate_reads_the_measured_verifier(tmp_path):
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps({"prior": {"verifier_true_given_correct": 0.95, "verifier_false_given_wrong": 0.92,
+                                         "solve_avg": 0.2}}))
+    assert F.run_e5(dict(F.E5, source=str(src)), tmp_path)["gate"]
+    src.write_text(json.dumps({"prior": {"verifier_true_given_correct": 0.7, "verifier_false_given_wrong": 0.95,
+                                         "solve_avg": 0.2}}))
+    r = F.run_e5(dict(F.E5, source=str(src)), tmp_path)
+    assert not r["gate"] and r["verdict"].startswith("untestable")

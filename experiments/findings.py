@@ -63,8 +63,8 @@ E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_re
 E4  Finding 4: test-time training on a small test set improves it without hurting other problems (paper:
     TTT on AMC23, 40 problems, batch 40: the vote reward rises then stabilises; AMC23 and AIME24 improve).
     Runs: ladder_v2/q0.05, majority vote, E = the first 40 held-out problems, all of E in every step (40 × 8),
-    100 steps, lr 3e-5, 3 seeds; control arm: 40 training-split problems in the same setting.
-    Evaluated on 256 held-out × 8 every 25 steps: E = problems 0-39 of that set, T = the other 216.
+    60 steps, lr 3e-5, 3 seeds; control arm: 40 training-split problems in the same setting.
+    Evaluated on 256 held-out × 8 every 20 steps: E = problems 0-39 of that set, T = the other 216.
     Pass: ΔE (final evaluation − start, TTT arm) has a CI above 0; the lower CI bound of ΔT (TTT arm) is above
     −0.02; TTT's ΔE exceeds the control arm's ΔE (difference CI above 0). Verdict "reproduced" if all three.
 
@@ -316,6 +316,18 @@ def spearman_exact(x, y) -> tuple[float, float]:
     return rho, float(np.mean(np.abs(perms) >= abs(rho) - 1e-12))
 
 
+def e2_probe_arms(p: dict) -> list[tuple[str, str]]:
+    return [(r, "majority_vote") for r in p["rungs"] if r != "inflated"] + [("q0.05", "random")]
+
+
+def e2_probe_config(p: dict, path: str, reward: str, seed: int, threshold: float):
+    return C.experiment_config(
+        path, reward, steps=p["probe_steps"], prompts=p["probe_prompts"], samples=p["probe_samples"],
+        lr=p["probe_lr"], seed=seed,
+        **{"train.stop_at_collapse": True, "train.mcs_threshold": threshold, "train.mcs_window": p["window"],
+           "train.progress": False, "train.pistar_diagnostics": False, "train.checkpoint_every": p["probe_steps"]})
+
+
 def run_e2(p: dict, runs: Path) -> dict:
     import four_arms as F
 
@@ -338,18 +350,11 @@ def run_e2(p: dict, runs: Path) -> dict:
             per.append(acc[[0, steps.index(fa["steps"])]])
             print(f"e2 gt {rung} seed {seed} done", file=sys.stderr, flush=True)
         gains[rung] = np.stack(per)  # [S, 2, P]
-    probe_arms = [(r, "majority_vote") for r in p["rungs"] if r != "inflated"] + [("q0.05", "random")]
-    for rung, reward in probe_arms:
+    for rung, reward in e2_probe_arms(p):
         path = C.model_path(f"ladder_v2/{rung}")
         out = []
         for seed in range(p["probe_seeds"]):
-            cfg = C.experiment_config(
-                path, reward, steps=p["probe_steps"], prompts=p["probe_prompts"], samples=p["probe_samples"],
-                lr=p["probe_lr"], seed=seed,
-                **{"train.stop_at_collapse": True, "train.mcs_threshold": thr, "train.mcs_window": p["window"],
-                   "train.progress": False, "train.pistar_diagnostics": False,
-                   "train.checkpoint_every": p["probe_steps"]})
-            got = C.run_training(cfg, runs / f"probe_{reward}_{rung}_s{seed}")
+            got = C.run_training(e2_probe_config(p, path, reward, seed, thr), runs / f"probe_{reward}_{rung}_s{seed}")
             ra = C.curve(got["records"], "urlvr/reward_accuracy")[1]
             acc = C.curve(got["records"], "urlvr/gt_reward_mean")[1]
             out.append({"mcs": sustained_below(ra, thr, p["window"]),
@@ -584,7 +589,7 @@ def plot_e3(out: Path, r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- E4
-E4 = dict(rung="ladder_v2/q0.05", n_test=40, seeds=3, steps=100, samples=8, eval_every=25, eval_problems=256,
+E4 = dict(rung="ladder_v2/q0.05", n_test=40, seeds=3, steps=60, samples=8, eval_every=20, eval_problems=256,
           eval_k=8, boot=2000)
 E4_SMOKE = dict(E4, n_test=4, seeds=1, steps=2, samples=2, eval_every=1, eval_problems=8, eval_k=2, boot=100)
 

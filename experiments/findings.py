@@ -58,15 +58,19 @@ E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_re
     ratio 512/32 over the last 20 steps (bootstrap over seeds) beside the paper's ~2×, and the held-out change
     per size (crossed bootstrap). If no run at any size collapses, the collapse part is "untestable at this
     budget" (200 steps at the calibrated lr), and the verdict rests on the KL ratio: "KL part reproduced" if
-    its CI lies above 1, "not reproduced" if its CI lies at or below 1.
+    its CI lies above 1, "not reproduced" if its CI lies at or below 1. Control: the random reward at 512
+    prompts (3 seeds); if >= 2 of its 3 seeds collapse (held-out criterion), no collapse is attributed to the
+    size ("not attributable").
 
 E4  Finding 4: test-time training on a small test set improves it without hurting other problems (paper:
     TTT on AMC23, 40 problems, batch 40: the vote reward rises then stabilises; AMC23 and AIME24 improve).
     Runs: ladder_v2/q0.05, majority vote, E = the first 40 held-out problems, all of E in every step (40 × 8),
     60 steps, lr 3e-5, 3 seeds; control arm: 40 training-split problems in the same setting.
     Evaluated on 256 held-out × 8 every 20 steps: E = problems 0-39 of that set, T = the other 216.
+    Random-reward arm: trained on E with the random reward (3 seeds).
     Pass: ΔE (final evaluation − start, TTT arm) has a CI above 0; the lower CI bound of ΔT (TTT arm) is above
-    −0.02; TTT's ΔE exceeds the control arm's ΔE (difference CI above 0). Verdict "reproduced" if all three.
+    −0.02; TTT's ΔE exceeds the control arm's and the random arm's ΔE (difference CIs above 0). Verdict
+    "reproduced" if all three.
 
 E5  Finding 5: external rewards (self-verification) keep improving where intrinsic rewards fall.
     Gate (before any training): the self-verification base must verify its own solutions with TPR and TNR
@@ -468,14 +472,15 @@ def plot_e2(out: Path, r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- E3
-E3 = dict(rung="ladder_v2/q0.05", sizes=(32, 128, 512, 2048), seeds=3, steps=200, prompts=8, samples=8, eval_every=100,
-          eval_problems=256, eval_k=8, boot=2000, tail=20)
-E3_SMOKE = dict(E3, sizes=(8, 32), seeds=1, steps=2, eval_every=1, eval_problems=16, eval_k=2, boot=100, tail=1)
+E3 = dict(rung="ladder_v2/q0.05", sizes=(32, 128, 512, 2048), random_size=512, seeds=3, steps=200, prompts=8,
+          samples=8, eval_every=100, eval_problems=256, eval_k=8, boot=2000, tail=20)
+E3_SMOKE = dict(E3, sizes=(8, 32), random_size=32, seeds=1, steps=2, eval_every=1, eval_problems=16, eval_k=2,
+                boot=100, tail=1)
 
 
-def e3_config(p: dict, size: int, seed: int):
+def e3_config(p: dict, size: int, seed: int, reward: str = "majority_vote"):
     return C.experiment_config(
-        p["rung"], "majority_vote", steps=p["steps"], prompts=p["prompts"], samples=p["samples"], lr=LR, seed=seed,
+        p["rung"], reward, steps=p["steps"], prompts=p["prompts"], samples=p["samples"], lr=LR, seed=seed,
         **{"data.synthetic_size": size, "train.eval_every": p["eval_every"], "train.eval_limit": p["eval_problems"],
            "train.eval_k": p["eval_k"], "train.eval_temperature": 1.0, "train.eval_top_p": 1.0,
            "train.kl_metrics": True, "train.pistar_diagnostics": False, "train.checkpoint_every": p["steps"],
@@ -497,10 +502,17 @@ def run_e3(p: dict, runs: Path) -> dict:
             r_.append(float(np.mean(C.curve(got["records"], "urlvr/reward_accuracy")[1][-p["tail"]:])))
             print(f"e3 size {size} seed {seed}: KL {k1[-1]:.4f}, RA {r_[-1]:.3f}", file=sys.stderr, flush=True)
         accs[size], kl[size], ra[size] = np.stack(per), np.array(k1), np.array(r_)
-    return analyse_e3(p, accs, kl, ra)
+    rnd_acc, rnd_kl = [], []
+    for seed in range(p["seeds"]):
+        wd = runs / f"random{p['random_size']}_s{seed}"
+        got = C.run_training(e3_config(p, p["random_size"], seed, "random"), wd)
+        rnd_acc.append(F.read_evals(wd)[1])
+        rnd_kl.append(float(np.mean(C.curve(got["records"], "kl_to_ref/k1_token_mean")[1][-p["tail"]:])))
+        print(f"e3 random seed {seed}: KL {rnd_kl[-1]:.4f}", file=sys.stderr, flush=True)
+    return analyse_e3(p, accs, kl, ra, {"acc": np.stack(rnd_acc), "kl": np.array(rnd_kl)})
 
 
-def analyse_e3(p, accs, kl, ra) -> dict:
+def analyse_e3(p, accs, kl, ra, random: dict | None = None) -> dict:
     import four_arms as F
     from scipy.stats import fisher_exact
 
@@ -529,7 +541,14 @@ def analyse_e3(p, accs, kl, ra) -> dict:
     ratio = float(kl[hi_s].mean() / kl[lo_s].mean()) if kl[lo_s].mean() > 0 else float("nan")
     ratio_ci = [float(np.nanpercentile(ratios, 2.5)), float(np.nanpercentile(ratios, 97.5))]
     any_collapse = any(small) or any(large)
-    if any_collapse:
+    rnd = None
+    if random is not None:
+        a = random["acc"]
+        rnd = {"collapsed": [bool(a[s, -1].mean() < a[s, 0].mean() - 0.10) for s in range(a.shape[0])],
+               "change": float((a[:, -1] - a[:, 0]).mean()), "kl_k1_last": random["kl"].tolist()}
+    if rnd is not None and sum(rnd["collapsed"]) * 3 >= 2 * len(rnd["collapsed"]):
+        verdict = "not attributable (the random-reward arm collapses too: drift)"
+    elif any_collapse:
         ok = not any(small) and sum(large) >= 4
         verdict = "reproduced" if ok else "not reproduced"
     elif ratio_ci[0] > 1:
@@ -544,7 +563,8 @@ def analyse_e3(p, accs, kl, ra) -> dict:
     return {"params": p, "sizes": sizes, "change": change, "collapsed": collapsed, "fisher_p": fisher_p,
             "kl_k1_last": {sz: kl[sz].tolist() for sz in sizes}, "ra_last": {sz: ra[sz].tolist() for sz in sizes},
             "kl_ratio": ratio, "kl_ratio_ci95": ratio_ci, "kl_ratio_sizes": [hi_s, lo_s],
-            "start": float(np.mean([accs[sz][:, 0].mean() for sz in sizes])), "verdict": verdict, "statistic": stat}
+            "start": float(np.mean([accs[sz][:, 0].mean() for sz in sizes])), "random": rnd, "verdict": verdict,
+            "statistic": stat}
 
 
 def markdown_e3(r: dict, minutes: float) -> str:
@@ -560,6 +580,10 @@ def markdown_e3(r: dict, minutes: float) -> str:
         lines.append(f"| {sz} | {c['mean']:+.3f} ± {c['se']:.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] | "
                      f"{r['collapsed'][sz]} | {', '.join(f'{x:.4f}' for x in r['kl_k1_last'][sz])} | "
                      f"{', '.join(f'{x:.2f}' for x in r['ra_last'][sz])} |")
+    if r.get("random"):
+        rd = r["random"]
+        lines.append(f"| random reward, {r['params']['random_size']} | {rd['change']:+.3f} | {rd['collapsed']} | "
+                     f"{', '.join(f'{x:.4f}' for x in rd['kl_k1_last'])} | — |")
     lines += ["", f"{r['statistic']}; Fisher one-sided p {r['fisher_p']:.3f}", "", f"**Verdict: {r['verdict']}**", ""]
     return "\n".join(lines) + "\n"
 
@@ -597,10 +621,11 @@ E4_SMOKE = dict(E4, n_test=4, seeds=1, steps=2, samples=2, eval_every=1, eval_pr
 def e4_config(p: dict, arm: str, seed: int):
     from urlvr_jax.data.tasks import RECIPE_EVAL_SEED
 
-    data = ({"data.split": "eval", "data.synthetic_seed": RECIPE_EVAL_SEED} if arm == "ttt"
-            else {"data.split": "train", "data.synthetic_seed": 0})
+    data = ({"data.split": "train", "data.synthetic_seed": 0} if arm == "control"
+            else {"data.split": "eval", "data.synthetic_seed": RECIPE_EVAL_SEED})
     return C.experiment_config(
-        p["rung"], "majority_vote", steps=p["steps"], prompts=p["n_test"], samples=p["samples"], lr=LR, seed=seed,
+        p["rung"], "random" if arm == "random" else "majority_vote", steps=p["steps"], prompts=p["n_test"],
+        samples=p["samples"], lr=LR, seed=seed,
         **data, **{"data.synthetic_size": p["n_test"], "train.eval_every": p["eval_every"],
                    "train.eval_limit": p["eval_problems"], "train.eval_k": p["eval_k"], "train.eval_temperature": 1.0,
                    "train.eval_top_p": 1.0, "train.kl_metrics": True, "train.pistar_diagnostics": False,
@@ -611,7 +636,7 @@ def run_e4(p: dict, runs: Path) -> dict:
     import four_arms as F
 
     accs, ids_ref = {}, None
-    for arm in ("ttt", "control"):
+    for arm in ("ttt", "control", "random"):
         per = []
         for seed in range(p["seeds"]):
             wd = runs / f"{arm}_s{seed}"
@@ -648,14 +673,16 @@ def analyse_e4(p, accs, steps) -> dict:
                                       "ci95": [float(np.percentile(b[arm], 2.5)), float(np.percentile(b[arm], 97.5))],
                                       "start": float(a[:, 0].mean()), "final": float(a[:, -1].mean()),
                                       "curve": a.mean(axis=(0, 2)).tolist()}
-        if part == "E":
-            d = b["ttt"] - b["control"]
-            stats["ttt_minus_control/E"] = {
-                "mean": stats["ttt/E"]["mean"] - stats["control/E"]["mean"], "se": float(d.std(ddof=1)),
-                "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
+        for other in ("control", "random"):
+            if part == "E" and other in sub:
+                d = b["ttt"] - b[other]
+                stats[f"ttt_minus_{other}/E"] = {
+                    "mean": stats["ttt/E"]["mean"] - stats[f"{other}/E"]["mean"], "se": float(d.std(ddof=1)),
+                    "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
     c1 = stats["ttt/E"]["ci95"][0] > 0
     c2 = stats["ttt/T"]["ci95"][0] > -0.02
-    c3 = stats["ttt_minus_control/E"]["ci95"][0] > 0
+    c3 = stats["ttt_minus_control/E"]["ci95"][0] > 0 and (
+        "ttt_minus_random/E" not in stats or stats["ttt_minus_random/E"]["ci95"][0] > 0)
     verdict = "reproduced" if c1 and c2 and c3 else "not reproduced"
     f = lambda x: f"{x['mean']:+.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"  # noqa: E731
     stat = (f"ΔE (TTT) {f(stats['ttt/E'])}; ΔT (TTT) {f(stats['ttt/T'])}; ΔE TTT − control "
@@ -675,11 +702,12 @@ def markdown_e4(r: dict, minutes: float) -> str:
              f"Held-out avg@{p['eval_k']} (T = 1) on {p['eval_problems']} problems at steps {r['eval_steps']}; "
              f"change = final − start, crossed bootstrap over seeds × problems. Wall-clock {minutes:.1f} min.", "",
              "| arm | E: start → final | ΔE | T: start → final | ΔT |", "|---|---|---|---|---|"]
-    for arm in ("ttt", "control"):
+    for arm in [a for a in ("ttt", "control", "random") if f"{a}/E" in st]:
         e, t = st[f"{arm}/E"], st[f"{arm}/T"]
         lines.append(f"| {arm} | {e['start']:.3f} → {e['final']:.3f} | {f(e)} | {t['start']:.3f} → {t['final']:.3f} | "
                      f"{f(t)} |")
-    lines += ["", f"ΔE, TTT − control: {f(st['ttt_minus_control/E'])}", "",
+    lines += ["", f"ΔE, TTT − control: {f(st['ttt_minus_control/E'])}"
+              + (f"; TTT − random: {f(st['ttt_minus_random/E'])}" if "ttt_minus_random/E" in st else ""), "",
               f"E improves: {r['E_improves']}; T not hurt (lower bound > −0.02): {r['T_not_hurt']}; TTT beats the "
               f"control on E: {r['beats_control']}", "", f"**Verdict: {r['verdict']}**", ""]
     return "\n".join(lines) + "\n"
@@ -688,7 +716,7 @@ def markdown_e4(r: dict, minutes: float) -> str:
 def plot_e4(out: Path, r: dict) -> str:
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(7, 4))
-    for i, arm in enumerate(("ttt", "control")):
+    for i, arm in enumerate(a for a in ("ttt", "control", "random") if f"{a}/E" in r["stats"]):
         for part, ls in (("E", "-"), ("T", "--")):
             ax.plot(r["eval_steps"], r["stats"][f"{arm}/{part}"]["curve"], ls, color=f"C{i}", marker="o",
                     markersize=3, label=f"{arm}, {part}")

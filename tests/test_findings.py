@@ -116,3 +116,25 @@ def test_e5_gate_reads_the_measured_verifier(tmp_path):
                                          "solve_avg": 0.2}}))
     r = F.run_e5(dict(F.E5, source=str(src)), tmp_path)
     assert not r["gate"] and r["verdict"].startswith("untestable")
+
+
+def test_random_controls_veto_e3_and_e4():
+    P = 50
+    start, drop = np.full((3, 1, P), 0.5), np.full((3, 1, P), 0.2)
+    accs = {sz: np.concatenate([start, np.full((3, 1, P), 0.52) if sz <= 128 else drop], 1)
+            for sz in (32, 128, 512, 2048)}
+    kl = {sz: np.full(3, 0.01 * (1 + (sz >= 512))) for sz in accs}
+    ra = {sz: np.full(3, 0.6) for sz in accs}
+    p = dict(F.E3, boot=200)
+    assert F.analyse_e3(p, accs, kl, ra, {"acc": np.concatenate([start, start], 1), "kl": np.full(3, 0.01)}
+                        )["verdict"] == "reproduced"
+    r = F.analyse_e3(p, accs, kl, ra, {"acc": np.concatenate([start, drop], 1), "kl": np.full(3, 0.01)})
+    assert r["verdict"].startswith("not attributable") and r["random"]["collapsed"] == [True] * 3
+    base = np.full((3, 1, 256), 0.4)
+    up = base.copy()
+    up[..., :40] += 0.15
+    e4 = {"ttt": np.concatenate([base, up], 1), "control": np.concatenate([base, base], 1)}
+    assert F.analyse_e4(dict(F.E4, boot=200), {**e4, "random": np.concatenate([base, base], 1)}, [0, 60]
+                        )["verdict"] == "reproduced"
+    r = F.analyse_e4(dict(F.E4, boot=200), {**e4, "random": np.concatenate([base, up], 1)}, [0, 60])
+    assert not r["beats_control"] and r["verdict"] == "not reproduced"

@@ -930,7 +930,7 @@ def main(argv=None) -> dict:
     out, runs = Path(args.out), Path(args.runs_dir)
     out.mkdir(parents=True, exist_ok=True)
     if args.experiment == "table":
-        md = verdict_table(out)
+        md = verdict_table(out, runs.parent)
         print(md)
         return {}
     full, smoke, run, markdown, plot = EXPERIMENTS[args.experiment]
@@ -971,7 +971,7 @@ def training_minutes(experiment: str, runs_root: Path = C.RUNS) -> float:
     return total / 60
 
 
-def verdict_table(out: Path) -> str:
+def verdict_table(out: Path, runs_root: Path = C.RUNS) -> str:
     rows = ["| finding | the paper | ours (statistic, 95% CI) | verdict | training (sum of runs) / script wall-clock |",
             "|---|---|---|---|---|"]
     for name, (finding, paper) in ROWS.items():
@@ -981,7 +981,7 @@ def verdict_table(out: Path) -> str:
             continue
         r = json.loads(f.read_text())
         rows.append(f"| {finding} ([{name}]({name}.md)) | {paper} | {r.get('statistic', '')} | **{r['verdict']}** | "
-                    f"{training_minutes(name):.0f} min / {r['total_minutes']:.0f} min |")
+                    f"{training_minutes(name, runs_root):.0f} min / {r['total_minutes']:.0f} min |")
     md = "\n".join(rows) + "\n"
     (out / "verdicts.md").write_text(md)
     return md

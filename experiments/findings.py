@@ -746,10 +746,17 @@ def run_e5(p: dict, runs: Path) -> dict:
             "statistic": f"verifier TPR {tpr:.2f}, TNR {tnr:.2f} (need >= 0.9 each); solve avg@8 {solve:.3f}"}
 
 
+def shown_path(path: str) -> str:
+    """A path relative to the repository when it is inside it (results files stay machine-independent)."""
+    p = Path(path)
+    return str(p.relative_to(C.ROOT)) if p.is_relative_to(C.ROOT) else path
+
+
 def markdown_e5(r: dict, minutes: float) -> str:
     return "\n".join([
         "# E5 — finding 5: external rewards", "",
-        f"Gate measured on the Countdown base of experiments/external_rewards.py ({r['params']['source']}): the "
+        "Gate measured on the Countdown base of experiments/external_rewards.py "
+        f"({shown_path(r['params']['source'])}): the "
         f"verifier's verdicts on the model's own T = 1 solutions: TPR {r['tpr']:.3f}, TNR {r['tnr']:.3f} (need "
         f"≥ {r['params']['tpr']}); solve avg@8 {r['solve_avg']:.3f} (need {r['params']['solve'][0]}–"
         f"{r['params']['solve'][1]}).", "", f"**Verdict: {r['verdict']}**", ""]) + "\n"

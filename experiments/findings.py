@@ -47,6 +47,10 @@ E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain
     median accuracy-collapse step is later than that of the majority-vote probe of every rung with base
     maj@16 < 0.5. Reported beside it: Spearman of pass@16 − avg@16 (the base models' measured prior, ladder v2
     README) with the GT gain, and where the inflated rung falls.
+    Added after the first 10 probes (q0.05-q0.5: all ran 150 steps without reaching the MCS) and before any
+    GT-gain run: if no majority-vote probe reaches the MCS, the verdict is "untestable at this budget" (the MCS
+    then carries no ranking); a post-hoc, descriptive Spearman of the probes' final reward accuracy with the
+    GT gain is reported and decides nothing.
 
 E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_ref) about 2× larger at 512 than at 32
     prompts (paper: sizes 32..16384, batch 32, 600 steps; <= 128 prompts never collapse, >= 512 hack).
@@ -363,7 +367,8 @@ def run_e2(p: dict, runs: Path) -> dict:
             acc = C.curve(got["records"], "urlvr/gt_reward_mean")[1]
             out.append({"mcs": sustained_below(ra, thr, p["window"]),
                         "acc_collapse": sustained_below(acc, thr, p["window"]), "steps_run": int(len(ra)),
-                        "ra_first5": float(np.mean(ra[:5])), "acc_first5": float(np.mean(acc[:5]))})
+                        "ra_first5": float(np.mean(ra[:5])), "acc_first5": float(np.mean(acc[:5])),
+                        "ra_last10": float(np.mean(ra[-10:])), "acc_last10": float(np.mean(acc[-10:]))})
             print(f"e2 probe {reward} {rung} seed {seed}: {out[-1]}", file=sys.stderr, flush=True)
         probes[f"{reward}/{rung}"] = out
     return analyse_e2(p, fa, gains, probes, f0)
@@ -398,17 +403,26 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
     bad = [r for r in qr if prior[r]["maj"] < 0.5]
     ctrl = acc_collapse.get("random/q0.05")
     control_ok = ctrl is not None and all(ctrl > acc_collapse[f"majority_vote/{r}"] for r in bad)
-    if gate_span < 6:
+    collapsed = sum(x["mcs"] is not None for r in qr for x in probes[f"majority_vote/{r}"])
+    ra_end = {r: float(np.median([x.get("ra_last10", np.nan) for x in probes[f"majority_vote/{r}"]])) for r in qr}
+    rho_ra, p_ra = spearman_exact([-ra_end[r] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
+        else (float("nan"), float("nan"))
+    if collapsed == 0:
+        verdict = f"untestable at this budget (no majority-vote probe reached the MCS in {p['probe_steps']} steps)"
+    elif gate_span < 6:
         verdict = f"uninformative (GT gains span {gate_span:.1f} SE < 6)"
     elif rho >= RHO_CRIT - 1e-9 and control_ok:
         verdict = "reproduced"
     else:
         verdict = "not reproduced"
-    stat = (f"Spearman(MCS, GT gain) {rho:+.3f} (exact p {pval:.3f}) over {len(qr)} rungs; pass@16 − avg@16 vs GT "
-            f"gain {rho_pk:+.3f}; GT gains span {gate_span:.1f} SE; paper: ranks match exactly (ρ = 1)")
+    stat = (f"{collapsed} of {sum(len(probes[f'majority_vote/{r}']) for r in qr)} probes reached the MCS; "
+            f"Spearman(MCS, GT gain) {rho:+.3f} (exact p {pval:.3f}) over {len(qr)} rungs; pass@16 − avg@16 vs GT "
+            f"gain {rho_pk:+.3f}; GT gains span {gate_span:.1f} SE")
     return {"params": p, "f0": f0, "threshold": f0 + 0.01, "gt_gain": g, "probes": probes, "median_mcs": mcs,
             "median_acc_collapse": acc_collapse, "gate_span_se": float(gate_span), "spearman": rho, "spearman_p": pval,
             "spearman_passk": rho_pk, "spearman_passk_p": p_pk, "control_ok": bool(control_ok),
+            "probes_collapsed": int(collapsed), "ra_last10_median": ra_end, "spearman_minus_ra_end": rho_ra,
+            "spearman_minus_ra_end_p": p_ra,
             "prior": {r: prior.get(r) for r in g}, "verdict": verdict, "statistic": stat}
 
 
@@ -445,6 +459,10 @@ def markdown_e2(r: dict, minutes: float) -> str:
                      f"{g['ci95'][1]:+.3f}] | {r['median_mcs'].get(k, '—')} ({seeds}) | "
                      f"{r['median_acc_collapse'].get(k, '—')} |")
     ctrl = r["probes"].get("random/q0.05", [])
+    lines += ["", "Post hoc (descriptive, not pre-registered): median reward accuracy over each probe's last 10 "
+              "steps — " + ", ".join(f"{k} {v:.2f}" for k, v in r["ra_last10_median"].items())
+              + f"; Spearman(−final reward accuracy, GT gain) {r['spearman_minus_ra_end']:+.3f} (exact p "
+              f"{r['spearman_minus_ra_end_p']:.3f})."]
     lines += ["", f"Random-reward control on q0.05 at the probe setting: accuracy-collapse steps "
               f"{[x['acc_collapse'] for x in ctrl]} (median {r['median_acc_collapse'].get('random/q0.05')}); "
               f"later than every bad-prior (maj@16 < 0.5) majority-vote probe: {r['control_ok']}.", "",

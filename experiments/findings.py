@@ -405,7 +405,7 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
     control_ok = ctrl is not None and all(ctrl > acc_collapse[f"majority_vote/{r}"] for r in bad)
     collapsed = sum(x["mcs"] is not None for r in qr for x in probes[f"majority_vote/{r}"])
     ra_end = {r: float(np.median([x.get("ra_last10", np.nan) for x in probes[f"majority_vote/{r}"]])) for r in qr}
-    rho_ra, p_ra = spearman_exact([-ra_end[r] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
+    rho_ra, p_ra = spearman_exact([ra_end[r] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
         else (float("nan"), float("nan"))
     if collapsed == 0:
         verdict = f"untestable at this budget (no majority-vote probe reached the MCS in {p['probe_steps']} steps)"
@@ -421,8 +421,8 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
     return {"params": p, "f0": f0, "threshold": f0 + 0.01, "gt_gain": g, "probes": probes, "median_mcs": mcs,
             "median_acc_collapse": acc_collapse, "gate_span_se": float(gate_span), "spearman": rho, "spearman_p": pval,
             "spearman_passk": rho_pk, "spearman_passk_p": p_pk, "control_ok": bool(control_ok),
-            "probes_collapsed": int(collapsed), "ra_last10_median": ra_end, "spearman_minus_ra_end": rho_ra,
-            "spearman_minus_ra_end_p": p_ra,
+            "probes_collapsed": int(collapsed), "ra_last10_median": ra_end, "spearman_ra_end": rho_ra,
+            "spearman_ra_end_p": p_ra,
             "prior": {r: prior.get(r) for r in g}, "verdict": verdict, "statistic": stat}
 
 
@@ -461,8 +461,8 @@ def markdown_e2(r: dict, minutes: float) -> str:
     ctrl = r["probes"].get("random/q0.05", [])
     lines += ["", "Post hoc (descriptive, not pre-registered): median reward accuracy over each probe's last 10 "
               "steps — " + ", ".join(f"{k} {v:.2f}" for k, v in r["ra_last10_median"].items())
-              + f"; Spearman(−final reward accuracy, GT gain) {r['spearman_minus_ra_end']:+.3f} (exact p "
-              f"{r['spearman_minus_ra_end_p']:.3f})."]
+              + f"; Spearman(final reward accuracy, GT gain) {r['spearman_ra_end']:+.3f} (exact p "
+              f"{r['spearman_ra_end_p']:.3f}; a slower decline for a better prior gives +1)."]
     lines += ["", f"Random-reward control on q0.05 at the probe setting: accuracy-collapse steps "
               f"{[x['acc_collapse'] for x in ctrl]} (median {r['median_acc_collapse'].get('random/q0.05')}); "
               f"later than every bad-prior (maj@16 < 0.5) majority-vote probe: {r['control_ok']}.", "",

@@ -138,3 +138,29 @@ def test_random_controls_veto_e3_and_e4():
                         )["verdict"] == "reproduced"
     r = F.analyse_e4(dict(F.E4, boot=200), {**e4, "random": np.concatenate([base, up], 1)}, [0, 60])
     assert not r["beats_control"] and r["verdict"] == "not reproduced"
+
+
+def _e2_inputs(mcs_of, acc_collapse_random):
+    rng = np.random.default_rng(0)
+    gains, probes = {}, {}
+    for i, rung in enumerate(F.Q_RUNGS):
+        start = rng.uniform(0.2, 0.5, size=(2, 1, 256))
+        gains[rung] = np.concatenate([start, start + 0.20 - 0.03 * i], axis=1)  # gains 0.20 ... 0.02, 2 seeds
+        probes[f"majority_vote/{rung}"] = [{"mcs": mcs_of(i), "acc_collapse": mcs_of(i), "ra_last10": 0.5 - 0.05 * i}
+                                           for _ in range(3)]
+    probes["random/q0.05"] = [{"mcs": None, "acc_collapse": acc_collapse_random, "ra_last10": 0.5}] * 3
+    return gains, probes
+
+
+def test_e2_rules_on_constructed_probes():
+    p = dict(F.E2)
+    fa = {"boot": 200}
+    gains, probes = _e2_inputs(lambda i: 140 - 15 * i, None)  # better prior -> later collapse, as in the paper
+    r = F.analyse_e2(p, fa, gains, probes, 0.03)
+    assert r["spearman"] == pytest.approx(1.0) and r["gate_span_se"] > 6 and r["control_ok"]
+    assert r["verdict"] == "reproduced" and r["probes_collapsed"] == 21
+    gains, probes = _e2_inputs(lambda i: 140 - 15 * i, 20)  # the random control collapses first: drift
+    assert F.analyse_e2(p, fa, gains, probes, 0.03)["verdict"] == "not reproduced"
+    gains, probes = _e2_inputs(lambda i: None, None)  # no probe collapses within the budget
+    r = F.analyse_e2(p, fa, gains, probes, 0.03)
+    assert r["verdict"].startswith("untestable") and r["spearman_ra_end"] == pytest.approx(1.0)

@@ -115,7 +115,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common as C  # noqa: E402
+import mcs_vs_gt_gain  # noqa: E402
 import numpy as np  # noqa: E402
+from theorem1_rate import smoothed_logit  # noqa: E402
 
 NAME = "findings"
 LR = 3e-5
@@ -129,12 +131,6 @@ def exact_binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float
     lo = 0.0 if k == 0 else float(beta.ppf(a, k, n - k + 1))
     hi = 1.0 if k == n else float(beta.ppf(1 - a, k + 1, n - k))
     return lo, hi
-
-
-def smoothed_logit(p, n: int) -> np.ndarray:
-    """logit of (c + 1/2)/(n + 1), c = p·n: finite at p = 0 and 1."""
-    c = np.asarray(p, float) * n
-    return np.log((c + 0.5) / (n - c + 0.5))
 
 
 def slope(x, y) -> float:
@@ -313,15 +309,9 @@ RHO_CRIT = 1 - 6 * 12 / (7 * 48)  # Spearman's two-sided 5% critical value at n 
 
 
 def spearman_exact(x, y) -> tuple[float, float]:
-    """Spearman's rho (average ranks for ties) and its exact two-sided permutation p (n <= 8)."""
-    import itertools
-
-    from scipy.stats import rankdata
-
-    rx, ry = rankdata(x), rankdata(y)
-    rho = float(np.corrcoef(rx, ry)[0, 1])
-    perms = [float(np.corrcoef(rx, np.array(pp))[0, 1]) for pp in itertools.permutations(ry)]
-    return rho, float(np.mean(np.abs(perms) >= abs(rho) - 1e-12))
+    """Spearman's rho and its exact two-sided permutation p (mcs_vs_gt_gain.spearman; nan when a side is constant)."""
+    s = mcs_vs_gt_gain.spearman(x, y)
+    return s["rho"], s["p_exact"]
 
 
 def e2_probe_arms(p: dict) -> list[tuple[str, str]]:

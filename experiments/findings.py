@@ -750,7 +750,8 @@ def run_e5(p: dict, runs: Path) -> dict:
     gate = tpr >= p["tpr"] and tnr >= p["tnr"] and p["solve"][0] <= solve <= p["solve"][1]
     verdict = ("gate met: RL arms not yet run" if gate else
                "untestable (gate: the synthetic self-verifier is not reliable on the model's own solutions)")
-    return {"params": p, "tpr": tpr, "tnr": tnr, "solve_avg": solve, "gate": gate, "verdict": verdict,
+    return {"params": dict(p, source=shown_path(p["source"])), "tpr": tpr, "tnr": tnr, "solve_avg": solve, "gate": gate,
+            "verdict": verdict,
             "statistic": f"verifier TPR {tpr:.2f}, TNR {tnr:.2f} (need >= 0.9 each); solve avg@8 {solve:.3f}"}
 
 

@@ -123,6 +123,14 @@ NAME = "findings"
 LR = 3e-5
 
 
+def save_figure(fig, out: Path, name: str) -> str:
+    """Lay out, write <out>/<name>.png and close a figure; returns the file name."""
+    fig.tight_layout()
+    fig.savefig(out / f"{name}.png", dpi=110)
+    C.pyplot().close(fig)
+    return f"{name}.png"
+
+
 def exact_binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Clopper-Pearson interval of a binomial proportion k / n."""
     from scipy.stats import beta
@@ -269,10 +277,7 @@ def plot_e1(out: Path, r: dict) -> str:
     ax.set_title(f"E1 — intrinsic rewards on {r['params']['rung']} at lr {r['four_arms_params']['lr']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out / "e1.png", dpi=110)
-    plt.close(fig)
-    return "e1.png"
+    return save_figure(fig, out, "e1")
 
 
 # ---------------------------------------------------------------------------------------------- E2
@@ -473,10 +478,7 @@ def plot_e2(out: Path, r: dict) -> str:
     ax.set_ylabel("GT-RL gain, held-out avg@8 (± 2 SE)")
     ax.set_title(f"E2 — Spearman {r['spearman']:+.2f} (paper: 1.0)", fontsize=10)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(out / "e2.png", dpi=110)
-    plt.close(fig)
-    return "e2.png"
+    return save_figure(fig, out, "e2")
 
 
 # ---------------------------------------------------------------------------------------------- E3
@@ -614,10 +616,7 @@ def plot_e3(out: Path, r: dict) -> str:
     ax2.set_ylabel("KL k1 per token, last steps (per seed)")
     ax2.grid(alpha=0.3)
     fig.suptitle(f"E3 — {r['verdict']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "e3.png", dpi=110)
-    plt.close(fig)
-    return "e3.png"
+    return save_figure(fig, out, "e3")
 
 
 # ---------------------------------------------------------------------------------------------- E4
@@ -733,10 +732,7 @@ def plot_e4(out: Path, r: dict) -> str:
     ax.set_title(f"E4 — test-time training: {r['verdict']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "e4.png", dpi=110)
-    plt.close(fig)
-    return "e4.png"
+    return save_figure(fig, out, "e4")
 
 
 # ---------------------------------------------------------------------------------------------- E5
@@ -927,10 +923,7 @@ def plot_e6(out: Path, r: dict) -> str:
     ax2.axhline(0, color="black", linewidth=0.8)
     ax2.grid(alpha=0.3)
     fig.suptitle(f"E6 — Theorem 1 on single problems: flips {r['flips']}/{r['n']} (paper 3/25)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / "e6.png", dpi=110)
-    plt.close(fig)
-    return "e6.png"
+    return save_figure(fig, out, "e6")
 
 
 EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1), "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),

@@ -216,14 +216,12 @@ def analyse_e1(p, fa, accs, records, steps, per_seed) -> dict:
     for name in accs:
         pb = float(np.mean([np.mean(C.curve(r, "urlvr/point_biserial")[1][:5]) for r in records[name]]))
         rows[name] = {"point_biserial_first5": pb,
-                      "gated": name in p["rewards"] or name == "good_mv" and pb >= p["gate"],
+                      "gated": (name in p["rewards"] or name == "good_mv") and pb >= p["gate"],
                       "rises": bool(d.get(f"R1_rise/{name}", False)), "falls": bool(d.get(f"R2_fall/{name}", False)),
                       "length_first_last": _first_last(records[name], "response/length_mean"),
                       "repetition_first_last": _first_last(records[name], "collapse/repetition_mean"),
                       "kl_k1_last10": float(np.mean([np.mean(C.curve(r, "kl_to_ref/k1_token_mean")[1][-10:])
                                                      for r in records[name]]))}
-        if name in p["rewards"]:
-            rows[name]["gated"] = pb >= p["gate"]
     intrinsic = [n for n in accs if n in p["rewards"] or n == "good_mv"]
     tested = [n for n in intrinsic if rows[n]["gated"]]
     if not tested:
@@ -808,10 +806,10 @@ def e6_probe(p: dict, problem, workdir: Path | None, step: int | None, m) -> dic
 
 def run_e6(p: dict, runs: Path) -> dict:
     problems = []
+    base, tok = C.load_policy(p["rung"])
     for i in range(p["problems"]):
         seed = p["seed0"] + i
         problem = e6_problem(p, seed)
-        base, tok = C.load_policy(p["rung"])
         m = C.majority(C.sample_problems(base, tok, [problem], p["probe"], seed=99, max_new_tokens=96)["answers"][0])[0]
         wd = runs / f"problem_{seed}"
         got = C.run_training(e6_config(p, seed), wd)
@@ -856,8 +854,7 @@ def analyse_e6(problems: list[dict], p: dict) -> dict:
             boots.append(slope(l0[i], rates[i]))
     gate = float((pend - p0).mean()) >= 0.10
     t1a = flips <= 7
-    t1b = all(g["positive"] for g in groups.values() if g["positive"] is not None) and \
-        all(g["positive"] is not None for g in groups.values()) and kept >= 0.8
+    t1b = all(g["positive"] for g in groups.values()) and kept >= 0.8  # None (too few to test) fails
     verdict = ("untestable (the policy did not move: gate)" if not gate else
                "reproduced" if t1a and t1b else "not reproduced")
     return {"params": p, "n": n, "mean_p0": float(p0.mean()), "mean_p_end": float(pend.mean()), "gate_moved": gate,

@@ -98,6 +98,11 @@ E6  Theorem 1 (paper: 25 problems, each trained alone for 100 epochs with the tr
     problems end with the initial majority as their sample majority.
     Verdict: reproduced if the gate, T1a and T1b hold. Reported: regression of the rate on logit p_0 (the
     theorem: no dependence).
+    Control (added in session 7, after the verdict above and before the control's runs; it can only demote
+    the verdict): the same 25 problems trained with the random reward (same steps, samples, lr), probed at
+    steps 0 and 100. Statistic: mean over problems of Δp = p_100 − p_0, trajectory entropy − random, with a
+    bootstrap CI over problems (paired). If that CI does not lie above 0, the gate fails ("untestable: the
+    move is not larger than a random reward's").
 
     python experiments/findings.py e6 [--smoke]      # one experiment (e1 ... e6)
     python experiments/findings.py table              # the verdict table from the experiments' JSON
@@ -771,7 +776,7 @@ def plot_e5(out: Path, r: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- E6
 E6 = dict(rung="ladder_v2/q0.35", problems=25, seed0=7000, steps=100, samples=16, every=20, probe=64,
-          reward="trajectory_entropy")
+          reward="trajectory_entropy", control="random")
 E6_SMOKE = dict(E6, problems=2, steps=2, every=1, probe=4, samples=4)
 
 
@@ -815,9 +820,14 @@ def run_e6(p: dict, runs: Path) -> dict:
         got = C.run_training(e6_config(p, seed), wd)
         steps = list(range(0, p["steps"] + 1, p["every"]))
         probes = [e6_probe(p, problem, None if k == 0 else wd, None if k == 0 else k, m) for k in steps]
+        control = None
+        if p.get("control"):
+            cwd = runs / f"problem_{seed}_{p['control']}"
+            C.run_training(e6_config(dict(p, reward=p["control"]), seed), cwd)
+            control = e6_probe(p, problem, cwd, p["steps"], m)
         problems.append({"seed": seed, "id": problem.id, "problem": problem.problem, "answer": problem.answer,
                          "initial_majority": m, "majority_right": m is not None and str(m) == str(problem.answer),
-                         "steps": steps, "probes": probes, "train_seconds": got["seconds"]})
+                         "steps": steps, "probes": probes, "control_end": control, "train_seconds": got["seconds"]})
         print(f"e6 problem {i}: {problem.problem} = {problem.answer}, m = {m}, p_m "
               f"{probes[0]['p_m']:.2f} -> {probes[-1]['p_m']:.2f}, greedy {probes[0]['greedy_correct']} -> "
               f"{probes[-1]['greedy_correct']}", file=sys.stderr, flush=True)
@@ -853,9 +863,18 @@ def analyse_e6(problems: list[dict], p: dict) -> dict:
         if np.ptp(l0[i]) > 0:
             boots.append(slope(l0[i], rates[i]))
     gate = float((pend - p0).mean()) >= 0.10
+    control = None
+    if all(q.get("control_end") for q in problems):
+        d = (pend - p0) - (np.array([q["control_end"]["p_m"] for q in problems]) - p0)
+        means = d[rng.integers(0, n, (2000, n))].mean(axis=1)
+        control = {"reward": p["control"], "mean_dp": float((pend - p0 - d).mean()), "diff": float(d.mean()),
+                   "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+                   "flips": int(sum(q["probes"][0]["greedy_correct"] != q["control_end"]["greedy_correct"]
+                                    for q in problems))}
+        gate = gate and control["ci95"][0] > 0
     t1a = flips <= 7
     t1b = all(g["positive"] for g in groups.values()) and kept >= 0.8  # None (too few to test) fails
-    verdict = ("untestable (the policy did not move: gate)" if not gate else
+    verdict = ("untestable (the policy did not move more than under a random reward: gate)" if not gate else
                "reproduced" if t1a and t1b else "not reproduced")
     return {"params": p, "n": n, "mean_p0": float(p0.mean()), "mean_p_end": float(pend.mean()), "gate_moved": gate,
             "greedy_correct_start": int(sum(q["probes"][0]["greedy_correct"] for q in problems)),
@@ -865,7 +884,7 @@ def analyse_e6(problems: list[dict], p: dict) -> dict:
             "paper_flips": "3/25", "T1a": t1a, "groups": groups, "kept_majority_share": kept, "T1b": bool(t1b),
             "rate_on_logit_p0": {"slope": b, "ci95": [float(np.nanpercentile(boots, 2.5)),
                                                       float(np.nanpercentile(boots, 97.5))]},
-            "rates": rates.tolist(), "verdict": verdict, "problems": problems,
+            "rates": rates.tolist(), "control": control, "verdict": verdict, "problems": problems,
             "statistic": (f"greedy flips {flips}/{n} (95% CI {exact_binomial_ci(flips, n)[0]:.2f}–"
                           f"{exact_binomial_ci(flips, n)[1]:.2f}; paper 3/25); initial majority kept {kept:.2f}; "
                           f"p {p0.mean():.2f} → {pend.mean():.2f}")}
@@ -891,7 +910,13 @@ def markdown_e6(r: dict, minutes: float) -> str:
              f"T1b: {r['T1b']}",
              f"- Rate regressed on logit p0: slope {r['rate_on_logit_p0']['slope']:+.4f} "
              f"[{r['rate_on_logit_p0']['ci95'][0]:+.4f}, {r['rate_on_logit_p0']['ci95'][1]:+.4f}] "
-             "(Theorem 1: 0)", "", f"**Verdict: {r['verdict']}**", "",
+             "(Theorem 1: 0)"]
+    if r.get("control"):
+        c = r["control"]
+        lines.append(f"- Control ({c['reward']} reward, same problems and steps): Δp {c['mean_dp']:+.3f}; "
+                     f"{p['reward']} − {c['reward']}: {c['diff']:+.3f} [{c['ci95'][0]:+.3f}, {c['ci95'][1]:+.3f}] "
+                     f"(must lie above 0); greedy flips under the control {c['flips']}/{r['n']}")
+    lines += ["", f"**Verdict: {r['verdict']}**", "",
              "| seed | problem | answer | initial majority (p0) | p at the end | greedy start → end | rate/step |",
              "|---|---|---|---|---|---|---|"]
     for q, rate in zip(r["problems"], r["rates"]):

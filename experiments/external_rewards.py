@@ -66,7 +66,7 @@ from dataset_size import SMOOTH, checkpoint_steps, fmt, machine_line, md_table, 
 NAME = "external_rewards"
 ARMS = ("countdown", "self_verification", "trajectory_entropy")
 BINARY = ("countdown", "self_verification")
-VERSION = 1  # of the base-model recipe below (part of the cache key)
+VERSION = 2  # of the base-model recipe below (part of the cache key); 2: number check, more verification data
 EVAL_DRAWS = 1  # seed of the held-out evaluation draws: the same at every evaluation, in every arm and run
 
 
@@ -117,31 +117,79 @@ def verification_prompt(problem, expression: str) -> str:
     return f"{SYNTHETIC_VERIFY_PREFIX}{problem.problem} by {expression}\nA: "
 
 
+def number_lines(numbers, expression: str) -> tuple[bool, list[str]]:
+    """Cross the expression's numbers, left to right, off the given ones: "8 2 4", "-8: 2 4", "-4: 2",
+    "-2: .", "ok"; a number that is not (or no longer) available ends it with "-5: no". One local step per
+    line (copy the remaining list without one occurrence), so a tiny model can check each number at most
+    once. Returns (ok, lines); an expression that does not parse gives (False, [])."""
+    from urlvr_jax.data.synthetic import ExpressionError, leaves, parse_expression
+
+    try:
+        used = leaves(parse_expression(expression))
+    except ExpressionError:
+        return False, []
+    left = [int(x) for x in numbers]
+    lines = [" ".join(map(str, left))]
+    for x in used:
+        if x not in left:
+            return False, lines + [f"-{x}: no"]
+        left.remove(x)
+        lines.append(f"-{x}: {' '.join(map(str, left)) or '.'}")
+    return True, lines + ["ok"]
+
+
 def verification_completion(problem, expression: str) -> str:
-    """Evaluate, compare with the target, verdict (the exact checker's)."""
+    """Check the numbers (number_lines), evaluate step by step, compare with the target; the verdict is the
+    exact checker's. Recipe v1 (VERSION 1) had no number check: an expression hitting the target with a
+    number that was not given was judged True."""
     from urlvr_jax.data.synthetic import check_answer
 
-    value, lines = evaluation_lines(expression)
-    target = problem.extra["target"]
-    if value is not None:
-        lines.append(f"{_fmt_value(value)}{'=' if value == target else '!='}{target}")
+    ok, lines = number_lines(problem.extra["numbers"], expression)
+    if ok:
+        value, steps = evaluation_lines(expression)
+        target = problem.extra["target"]
+        lines += steps
+        if value is not None:
+            lines.append(f"{_fmt_value(value)}{'=' if value == target else '!='}{target}")
     verdict = "True" if check_answer(problem, f"\\boxed{{{expression}}}") else "False"
+    if ok and verdict == "True" and not lines[-1].endswith(f"={problem.extra['target']}"):
+        raise AssertionError(f"verification trace disagrees with the checker: {problem.problem} by {expression}")
     return "\n".join(lines + [f"\\boxed{{{verdict}}}"])
 
 
-def verification_pairs(problems, q: float, family_params, seed: int, per_problem: int
+def swap_a_number(expression: str, rng) -> str:
+    """The expression with one of its numbers replaced by another digit 1..9 (a hard negative for the number
+    check: the solver's own traces rarely use a number that was not given)."""
+    import re
+
+    spans = [m.span() for m in re.finditer(r"\d+", expression)]
+    if not spans:
+        return expression
+    a, b = spans[rng.randrange(len(spans))]
+    old = int(expression[a:b])
+    new = rng.choice([d for d in range(1, 10) if d != old])
+    return expression[:a] + str(new) + expression[b:]
+
+
+def verification_pairs(problems, q: float, family_params, seed: int, per_problem: int, swap: float = 0.0
                        ) -> tuple[list[tuple[str, str]], dict]:
     """(prompt, completion) pairs judging the expressions of SFT traces drawn with systematic rate q and
-    the base model's error process `family_params` (its recipe's)."""
+    the base model's error process `family_params` (its recipe's); a share `swap` of them with one number
+    of the expression replaced (swap_a_number)."""
+    import random
+
     from urlvr_jax.data import synthetic as syn
     from urlvr_jax.rewards.grading import extract_boxed
 
     traces = syn.make_sft_traces(problems, q, family_params, seed=seed, samples_per_problem=per_problem)
     by_id = {p.id: p for p in problems}
+    rng = random.Random(seed)
     pairs, n_true = [], 0
     for t in traces.traces:
         p = by_id[t.problem_id]
         expr = extract_boxed(t.completion)
+        if rng.random() < swap:
+            expr = swap_a_number(expr, rng)
         completion = verification_completion(p, expr)
         n_true += completion.endswith("{True}")
         pairs.append((verification_prompt(p, expr), completion))
@@ -164,7 +212,7 @@ def base_recipe(args) -> dict:
     return {"version": VERSION, "q": args.q, "seed": args.base_seed,
             "task": {**TASK, "target_range": list(TASK["target_range"])},
             "sft_steps": args.sft_steps, "n_problems": args.n_problems, "traces_per_problem": args.traces_per_problem,
-            "verify_per_problem": args.verify_per_problem, "size": "tiny", "lr": 1e-2, "batch_size": 32}
+            "verify_per_problem": args.verify_per_problem, "verify_swap": args.verify_swap, "size": "tiny", "lr": 1e-2, "batch_size": 32}
 
 
 def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
@@ -199,7 +247,7 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     skill = syn.make_sft_traces(problems, 0.0, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
     traces = syn.make_sft_traces(problems, args.q, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
     verify, vstats = verification_pairs(problems, args.q, fp, seed=args.base_seed + 1,
-                                        per_problem=args.verify_per_problem)
+                                        per_problem=args.verify_per_problem, swap=args.verify_swap)
     tok = build_synthetic_tokenizer()
     phase1 = [(t.prompt, t.completion) for t in skill.traces] + verify
     phase2 = [(t.prompt, t.completion) for t in traces.traces] + verify
@@ -381,7 +429,7 @@ def parse_args(argv=None):
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--prompt-width", type=int, default=40, help="solve prompts are left-padded to this")
     p.add_argument("--verify-width", type=int, default=64, help="verification prompts are left-padded to this")
-    p.add_argument("--verdict-tokens", type=int, default=48)
+    p.add_argument("--verdict-tokens", type=int, default=64)
     p.add_argument("--every", type=int, default=20, help="held-out evaluation period (steps)")
     p.add_argument("--eval-limit", type=int, default=64, help="held-out problems")
     p.add_argument("--samples-eval", type=int, default=8, help="samples per held-out problem (T=1)")
@@ -390,7 +438,9 @@ def parse_args(argv=None):
     p.add_argument("--sft-steps", type=int, default=1500, help="SFT steps of the base model (batch 32)")
     p.add_argument("--n-problems", type=int, default=700, help="SFT problems of the base model (train split)")
     p.add_argument("--traces-per-problem", type=int, default=24, help="solve traces per SFT problem")
-    p.add_argument("--verify-per-problem", type=int, default=8, help="verification pairs per SFT problem")
+    p.add_argument("--verify-per-problem", type=int, default=24, help="verification pairs per SFT problem")
+    p.add_argument("--verify-swap", type=float, default=0.15,
+                   help="share of verification pairs whose expression has one number replaced (hard negatives)")
     p.add_argument("--build-only", action="store_true", help="build (or reuse) the base model, measure it, stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="RL seeds (prompt order, sampling keys)")
     p.add_argument("--base-seed", type=int, default=0, help="seed of the base model (SFT) and of the problem sets")

@@ -11,7 +11,7 @@ import math
 
 import ml_collections
 
-from urlvr_jax.rewards.registry import ALL_REWARDS
+from urlvr_jax.rewards.registry import ALL_REWARDS, JUDGES
 from urlvr_jax.rl.advantages import ESTIMATOR_NAMES
 from urlvr_jax.rl.losses import AGGREGATIONS, KL_ESTIMATORS
 
@@ -93,6 +93,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.verify.top_p = 0.95
     c.verify.num_verdicts = 1  # verdicts per response (the reward is their mean)
     c.verify.unparsed = 0.0  # reward of a verdict that does not parse, and of a response with nothing to judge
+    c.verify.judge = "policy"  # who judges: 'policy' (the current policy) or 'initial' (the frozen initial model)
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = 1
@@ -148,6 +149,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
             bad("verify.num_verdicts", "must be >= 1")
         if c.verify.max_new_tokens < 1 or c.verify.max_prompt_length < 1:
             bad("verify.max_new_tokens", "verify.max_new_tokens and verify.max_prompt_length must be >= 1")
+        if c.verify.get("judge", "policy") not in JUDGES:
+            bad("verify.judge", f"must be one of {JUDGES}, got {c.verify.judge!r}")
         if c.verify.temperature <= 0 or not 0 < c.verify.top_p <= 1:
             bad("verify.temperature", "need verify.temperature > 0 and verify.top_p in (0, 1]")
     if c.rl.advantage not in ESTIMATOR_NAMES:

@@ -194,12 +194,18 @@ def step_config(config, tokenizer, model_cfg, n_devices: int | None = None) -> S
         dynamic_sampling_groups=config.data.prompt_batch_size if config.rl.dynamic_sampling else 0)
 
 
-def host_rewarder(config, task: Task, tokenizer, graphdef, model_cfg) -> HostRewarder | None:
-    """The host side of an external reward (None for rewards computed on device)."""
+def host_rewarder(config, task: Task, tokenizer, graphdef, model_cfg, initial_params=None) -> HostRewarder | None:
+    """The host side of an external reward (None for rewards computed on device). `initial_params`: the
+    policy's parameters before training (and before a resume), the judge of verify.judge='initial'; copied
+    here, since the step donates the policy's buffers."""
     if config.rl.reward not in EXTERNAL:
         return None
+    verify = verify_settings(config)
+    frozen = None
+    if config.rl.reward == "self_verification" and verify.judge == "initial":
+        frozen = jax.tree.map(jnp.copy, initial_params)
     return HostRewarder(config.rl.reward, tokenizer, num_samples=config.rl.num_samples, task=task,
-                        graphdef=graphdef, model_cfg=model_cfg, verify=verify_settings(config))
+                        graphdef=graphdef, model_cfg=model_cfg, verify=verify, judge_params=frozen)
 
 
 def monitor_settings(config, rewarder: HostRewarder | None) -> MonitorSettings:
@@ -273,7 +279,7 @@ def train(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict
     check_memory(config, policy.cfg)
     step_cfg = step_config(config, tokenizer, policy.cfg)
     step_fn = make_step(graphdef, ref_graphdef, tx, step_cfg, extractor, phased=config.train.phase_timing)
-    rewarder = host_rewarder(config, task, tokenizer, graphdef, policy.cfg)
+    rewarder = host_rewarder(config, task, tokenizer, graphdef, policy.cfg, params)
     settings = monitor_settings(config, rewarder)
     evaluation = eval_settings(config) if config.train.eval_every or config.train.eval_at_epoch_end else None
     epoch_probe = EpochProbe(task, config.train.probe_prompts or config.data.prompt_batch_size,

@@ -10,7 +10,9 @@ problems, and trains on the rewards [P, N] it returns. Two kinds:
                           (Task.verification_prompt) is sampled through the same sampler (a second generate
                           call, with the pre-update policy), K verdicts per response; the reward is the mean
                           of the parsed verdicts (\\boxed{True} = 1, \\boxed{False} = 0, unparsable =
-                          `unparsed`). A response with nothing to judge (no boxed answer) or whose
+                          `unparsed`). With judge='initial' the judge is the frozen initial model
+                          instead (its parameters copied before training: a verifier that cannot be
+                          trained to agree). A response with nothing to judge (no boxed answer) or whose
                           verification prompt exceeds `max_prompt_length` tokens gets `unparsed` without
                           a verdict (counted in verify/asked_frac).
 
@@ -26,7 +28,7 @@ import numpy as np
 from flax import nnx
 
 from urlvr_jax.rewards.external import self_verification_rewards
-from urlvr_jax.rewards.registry import EXTERNAL, HostRewards, host_reward
+from urlvr_jax.rewards.registry import EXTERNAL, JUDGES, HostRewards, host_reward
 from urlvr_jax.rollout.sampler import SamplingConfig, generate_ids
 from urlvr_jax.sharding import shard_batch, to_host
 from urlvr_jax.tokenizer import decode_responses, encode_prompts, eos_ids_of, pad_id_of
@@ -42,6 +44,7 @@ class VerifySettings:
     top_p: float = 0.95
     num_verdicts: int = 1  # K verdicts per response; the reward is their mean
     unparsed: float = 0.0  # the value of a verdict that does not parse (and of a response not judged)
+    judge: str = "policy"  # 'policy': the current policy judges; 'initial': the frozen initial model (judge_params)
 
     @property
     def sampling(self) -> SamplingConfig:
@@ -53,16 +56,24 @@ class HostRewarder:
 
     `for_batch(problems)` gives the step's host_reward callable for one prompt batch:
     fn(tokens [P·N, T], mask [P·N, T], params, key) -> HostRewards. `graphdef` (the policy's) is needed for
-    self-verification only; `task` provides verification prompts (data/tasks.py: Task).
+    self-verification only; `task` provides verification prompts (data/tasks.py: Task). With
+    verify.judge == 'initial', `judge_params` (the initial model's, copied before training) judge instead of
+    the params the step passes.
     """
 
     def __init__(self, name: str, tokenizer, *, num_samples: int, task=None, graphdef=None, model_cfg=None,
-                 verify: VerifySettings = VerifySettings()):
+                 verify: VerifySettings = VerifySettings(), judge_params=None):
         if name not in EXTERNAL:
             raise ValueError(f"HostRewarder: {name!r} is not an external reward; external rewards: {EXTERNAL}")
         if name == "self_verification" and (task is None or graphdef is None):
             raise ValueError("HostRewarder: self_verification needs the task (verification prompts) and the "
                              "policy's graphdef (the policy is the judge)")
+        if verify.judge not in JUDGES:
+            raise ValueError(f"HostRewarder: verify.judge must be one of {JUDGES}, got {verify.judge!r}")
+        if name == "self_verification" and verify.judge == "initial" and judge_params is None:
+            raise ValueError("HostRewarder: verify.judge='initial' needs judge_params (the initial model's "
+                             "parameters, copied before training)")
+        self.judge_params = judge_params if verify.judge == "initial" else None
         self.name, self.tokenizer, self.num_samples = name, tokenizer, num_samples
         self.task, self.graphdef, self.verify = task, graphdef, verify
         self.eos_ids = tuple(eos_ids_of(tokenizer, model_cfg))
@@ -103,7 +114,7 @@ class HostRewarder:
             filler = prompts[int(np.argmax(asked))]  # rows not judged keep the shape; their verdicts are dropped
             ids, pmask = encode_prompts(self.tokenizer, [x if a else filler for x, a in zip(prompts, asked)],
                                         width=v.max_prompt_length, width_name="config.verify.max_prompt_length")
-            model = nnx.merge(self.graphdef, params)
+            model = nnx.merge(self.graphdef, params if self.judge_params is None else self.judge_params)
             rules = getattr(model, "rules", None)
             out = generate_ids(model, shard_batch(ids, rules), shard_batch(pmask, rules), key, v.sampling,
                                num_samples=v.num_verdicts, eos_ids=self.eos_ids, pad_id=self.pad_id)
@@ -124,5 +135,5 @@ def verify_settings(config) -> VerifySettings:
     c = config.verify
     return VerifySettings(max_prompt_length=c.max_prompt_length, max_new_tokens=c.max_new_tokens,
                           temperature=c.temperature, top_p=c.top_p, num_verdicts=c.num_verdicts,
-                          unparsed=c.unparsed)
+                          unparsed=c.unparsed, judge=c.get("judge", "policy"))
 

@@ -37,6 +37,7 @@ ENSEMBLE = ("majority_vote", "semantic_cluster")
 SUPERVISED = ("ground_truth",)
 CONTROL = ("random",)
 EXTERNAL = ("countdown", "arithmetic", "self_verification")
+JUDGES = ("policy", "initial")  # who judges under self_verification (config verify.judge)
 DEVICE_REWARDS = CERTAINTY + ENSEMBLE + SUPERVISED + CONTROL
 ALL_REWARDS = DEVICE_REWARDS + EXTERNAL
 

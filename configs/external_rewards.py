@@ -10,7 +10,10 @@ Variants (the reward; everything else is shared):
                       numbers, each at most once, and hits the target) — a programmatic verifier, no labels
   self_verification   the policy judges each of its solutions (one verdict sampled at T = 0.6, top-p 0.95
                       through the same sampler, "V: <problem> by <expression>\\nA: " → \\boxed{True/False})
+  frozen_verification the same judge prompt, but the judge is the frozen initial model (verify.judge =
+                      'initial'): a verifier the policy cannot train to agree with it
   trajectory_entropy  (1/T) Σ_t log π(y_t), the intrinsic certainty reward
+  random              i.i.d. Bernoulli(0.5) rewards: the drift control
 
 The model is the synthetic Countdown base model (solver + verifier) that experiments/external_rewards.py
 builds into runs/experiments/external_rewards/base_model/model (override with --config.model.path); its
@@ -20,7 +23,7 @@ from the checkpoints; results in experiments/README.md.
 """
 from urlvr_jax.config import base_config
 
-VARIANTS = ("countdown", "self_verification", "trajectory_entropy")
+VARIANTS = ("countdown", "self_verification", "frozen_verification", "trajectory_entropy", "random")
 BASE_MODEL = "runs/experiments/external_rewards/base_model/model"
 
 
@@ -37,7 +40,7 @@ def get_config(variant: str = "countdown"):
     c.data.template = "synthetic"
     c.data.prompt_batch_size = 8
     c.data.max_prompt_length = 40
-    c.rl.reward = variant
+    c.rl.reward = "self_verification" if variant == "frozen_verification" else variant
     c.rl.num_samples = 8
     c.rl.advantage = "grpo"
     c.rl.learning_rate = 1e-3
@@ -45,10 +48,11 @@ def get_config(variant: str = "countdown"):
     c.sampling.max_new_tokens = 64
     c.sampling.temperature = 1.0
     c.verify.max_prompt_length = 64
-    c.verify.max_new_tokens = 48
+    c.verify.max_new_tokens = 64  # recipe v2's verdict trace: number check, evaluation, comparison
     c.verify.temperature = 0.6
     c.verify.top_p = 0.95
     c.verify.num_verdicts = 1
+    c.verify.judge = "initial" if variant == "frozen_verification" else "policy"
     c.train.steps = 100
     c.train.checkpoint_every = 20  # held-out accuracy is measured from the checkpoints
     c.train.keep_checkpoints = 100

@@ -66,7 +66,8 @@ from dataset_size import SMOOTH, checkpoint_steps, fmt, machine_line, md_table, 
 NAME = "external_rewards"
 ARMS = ("countdown", "self_verification", "trajectory_entropy")
 BINARY = ("countdown", "self_verification")
-VERSION = 2  # of the base-model recipe below (part of the cache key); 2: number check, more verification data
+VERSION = 3  # of the base-model recipe below (part of the cache key); 2: number check, more verification data;
+# 3: shifted-target negatives, 4000 SFT steps
 EVAL_DRAWS = 1  # seed of the held-out evaluation draws: the same at every evaluation, in every arm and run
 
 
@@ -171,11 +172,24 @@ def swap_a_number(expression: str, rng) -> str:
     return expression[:a] + str(new) + expression[b:]
 
 
-def verification_pairs(problems, q: float, family_params, seed: int, per_problem: int, swap: float = 0.0
-                       ) -> tuple[list[tuple[str, str]], dict]:
+def shift_target(problem, rng, max_shift: int = 5):
+    """The problem with its target moved by 1..max_shift either way (a hard negative for the comparison: the
+    expression's value then misses the target by a little, and a verifier that writes the target as the
+    result of a step it is unsure of says True)."""
+    import dataclasses
+
+    numbers, target = problem.extra["numbers"], problem.extra["target"]
+    new = max(1, target + rng.choice([d for d in range(-max_shift, max_shift + 1) if d]))
+    text = f"make {new} from {' '.join(str(x) for x in numbers)}"
+    return dataclasses.replace(problem, problem=text, extra={**problem.extra, "target": new})
+
+
+def verification_pairs(problems, q: float, family_params, seed: int, per_problem: int, swap: float = 0.0,
+                       shift: float = 0.0) -> tuple[list[tuple[str, str]], dict]:
     """(prompt, completion) pairs judging the expressions of SFT traces drawn with systematic rate q and
     the base model's error process `family_params` (its recipe's); a share `swap` of them with one number
-    of the expression replaced (swap_a_number)."""
+    of the expression replaced (swap_a_number), a share `shift` of the others with the target moved
+    (shift_target)."""
     import random
 
     from urlvr_jax.data import synthetic as syn
@@ -190,6 +204,8 @@ def verification_pairs(problems, q: float, family_params, seed: int, per_problem
         expr = extract_boxed(t.completion)
         if rng.random() < swap:
             expr = swap_a_number(expr, rng)
+        elif rng.random() < shift:
+            p = shift_target(p, rng)
         completion = verification_completion(p, expr)
         n_true += completion.endswith("{True}")
         pairs.append((verification_prompt(p, expr), completion))
@@ -212,7 +228,9 @@ def base_recipe(args) -> dict:
     return {"version": VERSION, "q": args.q, "seed": args.base_seed,
             "task": {**TASK, "target_range": list(TASK["target_range"])},
             "sft_steps": args.sft_steps, "n_problems": args.n_problems, "traces_per_problem": args.traces_per_problem,
-            "verify_per_problem": args.verify_per_problem, "verify_swap": args.verify_swap, "size": "tiny", "lr": 1e-2, "batch_size": 32}
+            "verify_per_problem": args.verify_per_problem, "verify_swap": args.verify_swap,
+            "verify_shift": args.verify_shift, "size": "tiny",
+            "lr": 1e-2, "batch_size": 32}
 
 
 def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
@@ -247,7 +265,8 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     skill = syn.make_sft_traces(problems, 0.0, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
     traces = syn.make_sft_traces(problems, args.q, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
     verify, vstats = verification_pairs(problems, args.q, fp, seed=args.base_seed + 1,
-                                        per_problem=args.verify_per_problem, swap=args.verify_swap)
+                                        per_problem=args.verify_per_problem, swap=args.verify_swap,
+                                        shift=args.verify_shift)
     tok = build_synthetic_tokenizer()
     phase1 = [(t.prompt, t.completion) for t in skill.traces] + verify
     phase2 = [(t.prompt, t.completion) for t in traces.traces] + verify
@@ -435,12 +454,14 @@ def parse_args(argv=None):
     p.add_argument("--samples-eval", type=int, default=8, help="samples per held-out problem (T=1)")
     p.add_argument("--train-size", type=int, default=700, help="RL training problems (train split; the SFT ones)")
     p.add_argument("--q", type=float, default=0.3, help="systematic-error rate of the base model's traces")
-    p.add_argument("--sft-steps", type=int, default=1500, help="SFT steps of the base model (batch 32)")
+    p.add_argument("--sft-steps", type=int, default=4000, help="SFT steps of the base model (batch 32)")
     p.add_argument("--n-problems", type=int, default=700, help="SFT problems of the base model (train split)")
     p.add_argument("--traces-per-problem", type=int, default=24, help="solve traces per SFT problem")
     p.add_argument("--verify-per-problem", type=int, default=24, help="verification pairs per SFT problem")
     p.add_argument("--verify-swap", type=float, default=0.15,
                    help="share of verification pairs whose expression has one number replaced (hard negatives)")
+    p.add_argument("--verify-shift", type=float, default=0.25,
+                   help="share of the other verification pairs whose target is moved by 1..5 (hard negatives)")
     p.add_argument("--build-only", action="store_true", help="build (or reuse) the base model, measure it, stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="RL seeds (prompt order, sampling keys)")
     p.add_argument("--base-seed", type=int, default=0, help="seed of the base model (SFT) and of the problem sets")

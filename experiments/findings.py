@@ -760,39 +760,162 @@ def plot_e4(out: Path, r: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- E5
-E5 = dict(source=str(C.RESULTS / "external_rewards" / "results.json"), tpr=0.9, tnr=0.9, solve=(0.10, 0.35))
-E5_SMOKE = E5
+E5_ARMS = ("countdown", "self_verification", "frozen_verification", "trajectory_entropy", "random")
+RANDOM_NAME = "good_random"  # four_arms.summarize_arms compares every arm with the arm of this name
+# Gate attempts, in order (the docstring: the instrument is calibrated before any RL run).
+E5_ATTEMPTS = ({"recipe": "v1 (session 6: no number check, 8 verification pairs per problem, 1500 SFT steps)",
+                "tpr": 0.704, "tnr": 0.646, "solve_avg": 0.117},
+               {"recipe": "v2 (session 7: number check, 24 verification pairs per problem, swapped numbers 0.15, "
+                          "3000 SFT steps; false positives: the verifier wrote the target as the result of a step, "
+                          "e.g. 21-6=10 for 'make 10')", "tpr": 0.965, "tnr": 0.880, "solve_avg": 0.148})
+E5 = dict(base_runs=str(C.RUNS / "external_rewards"), arms=E5_ARMS, seeds=3, steps=120, prompts=16, samples=8,
+          eval_every=20, eval_problems=192, eval_k=8, boot=2000, tpr=0.9, tnr=0.9, solve=(0.10, 0.35))
+E5_SMOKE = dict(E5, base_runs=None, arms=("countdown", "frozen_verification", "random"), seeds=1, steps=2,
+                prompts=2, samples=2, eval_every=1, eval_problems=4, eval_k=2, boot=50)
+
+
+def e5_args(p: dict, smoke: bool, runs: Path):
+    """external_rewards.py's arguments (its base recipe and the gate's measurement) for this experiment."""
+    import external_rewards as X
+
+    base = runs if p["base_runs"] is None else Path(p["base_runs"])
+    return X.parse_args(["--runs-dir", str(base), "--out", str(runs)] + (["--smoke"] if smoke else []))
+
+
+def e5_config(p: dict, arm: str, seed: int, args, model_dir: str):
+    import external_rewards as X
+
+    c = X.arm_config(arm, seed, args, model_dir)
+    c.data.prompt_batch_size, c.rl.num_samples, c.rl.learning_rate = p["prompts"], p["samples"], LR
+    c.train.steps, c.train.checkpoint_every, c.train.progress = p["steps"], p["steps"], False
+    c.train.eval_every, c.train.eval_limit, c.train.eval_k = p["eval_every"], p["eval_problems"], p["eval_k"]
+    c.train.eval_temperature, c.train.eval_top_p, c.train.kl_metrics = 1.0, 1.0, True
+    return c
 
 
 def run_e5(p: dict, runs: Path) -> dict:
-    prior = json.loads(Path(p["source"]).read_text())["prior"]
+    import external_rewards as X
+    import four_arms as F
+
+    from urlvr_jax.sft import problems_for_model
+
+    smoke = p["base_runs"] is None
+    args = e5_args(p, smoke, runs)
+    base = X.build_countdown_base(Path(args.runs_dir) / "base_model", args, progress=not smoke)
+    model_dir = base["model_dir"]
+    heldout = problems_for_model(model_dir, args.eval_limit, C.EVAL_SEED, split="eval")
+    prior = X.measure_base(model_dir, heldout, args)
     tpr, tnr, solve = prior["verifier_true_given_correct"], prior["verifier_false_given_wrong"], prior["solve_avg"]
     gate = tpr >= p["tpr"] and tnr >= p["tnr"] and p["solve"][0] <= solve <= p["solve"][1]
-    verdict = ("gate met: RL arms not yet run" if gate else
-               "untestable (gate: the synthetic self-verifier is not reliable on the model's own solutions)")
-    return {"params": dict(p, source=shown_path(p["source"])), "tpr": tpr, "tnr": tnr, "solve_avg": solve, "gate": gate,
-            "verdict": verdict,
-            "statistic": f"verifier TPR {tpr:.2f}, TNR {tnr:.2f} (need >= 0.9 each); solve avg@8 {solve:.3f}"}
+    r = base["recipe"]
+    recipe = (f"v{r['version']} (this run: number check, {r['verify_per_problem']} verification pairs per problem, "
+              f"swapped numbers {r['verify_swap']}, shifted targets {r.get('verify_shift', 0)}, {r['sft_steps']} SFT "
+              "steps)")
+    attempts = list(E5_ATTEMPTS) + [{"recipe": recipe, "tpr": tpr, "tnr": tnr, "solve_avg": solve}]
+    out = {"params": p, "prior": prior, "gate": gate, "attempts": attempts, "base_recipe": base["recipe"],
+           "statistic": f"verifier TPR {tpr:.2f}, TNR {tnr:.2f} (need >= 0.9 each); solve avg@8 {solve:.3f}"}
+    if not gate and not smoke:
+        return {**out, "verdict": "untestable (gate: the synthetic self-verifier is not reliable on the model's own "
+                                  "solutions)"}
+    accs, records = {}, {}
+    steps_ref = ids_ref = None
+    for arm in p["arms"]:
+        name = RANDOM_NAME if arm == "random" else arm
+        per, recs = [], []
+        for seed in range(p["seeds"]):
+            wd = runs / f"{arm}_s{seed}"
+            got = C.run_training(e5_config(p, arm, seed, args, model_dir), wd)
+            steps, acc, _, ids = F.read_evals(wd)
+            steps_ref, ids_ref = (steps, ids) if steps_ref is None else (steps_ref, ids_ref)
+            if steps != steps_ref or ids != ids_ref:
+                raise ValueError(f"{wd}: evaluation steps or problems differ from the other arms'")
+            per.append(acc)
+            recs.append(got["records"])
+            print(f"e5 {arm} seed {seed} done", file=sys.stderr, flush=True)
+        accs[name], records[name] = np.stack(per), recs
+    return {**out, **analyse_e5(p, accs, records, steps_ref)}
 
 
-def shown_path(path: str) -> str:
-    """A path relative to the repository when it is inside it (results files stay machine-independent)."""
-    p = Path(path)
-    return str(p.relative_to(C.ROOT)) if p.is_relative_to(C.ROOT) else path
+def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
+    import four_arms as F
+
+    s = F.summarize_arms(accs, steps, p["boot"])
+    d = F.decide(s)
+    rows = {name: {"rises": bool(d.get(f"R1_rise/{name}", False)), "falls": bool(d.get(f"R2_fall/{name}", False)),
+                   "reward_accuracy_first_last": _first_last(records[name], "urlvr/reward_accuracy"),
+                   "length_first_last": _first_last(records[name], "response/length_mean"),
+                   "kl_k1_last10": float(np.mean([np.mean(C.curve(r, "kl_to_ref/k1_token_mean")[1][-10:])
+                                                  for r in records[name]]))} for name in accs}
+
+    def rule(name, key):
+        return rows[name][key] if name in rows else None
+
+    power, f5a, f5b, f5c = (rule("countdown", "rises"), rule("self_verification", "rises"),
+                            None if "self_verification" not in rows else not rows["self_verification"]["falls"],
+                            rule("trajectory_entropy", "falls"))
+    if not power:
+        verdict = "untestable at this budget (the exact-checker arm does not rise)"
+    elif not (f5a and f5b):
+        verdict = "not reproduced (self-verification " + ("falls" if f5a else "does not rise") + ")"
+    elif f5c:
+        verdict = "reproduced"
+    else:
+        verdict = "self-verification part reproduced, the intrinsic contrast untestable at this budget"
+    sv = s["arms"].get("self_verification")
+    stat = (f"self-verification rise {F.fmt_ci(sv['rise'])}, fall {sv['fall']['mean']:+.3f}; checker rise "
+            f"{s['arms']['countdown']['rise']['mean']:+.3f}; trajectory entropy change "
+            f"{s['arms']['trajectory_entropy']['change']['mean']:+.3f}" if sv and "trajectory_entropy" in s["arms"]
+            else "")
+    return {"eval_steps": steps, "summary": s, "decision": d, "rows": rows, "power": power, "F5a": f5a, "F5b": f5b,
+            "F5c": f5c, "verdict": verdict, "statistic": stat or None}
 
 
 def markdown_e5(r: dict, minutes: float) -> str:
-    return "\n".join([
-        "# E5 — finding 5: external rewards", "",
-        "Gate measured on the Countdown base of experiments/external_rewards.py "
-        f"({shown_path(r['params']['source'])}): the "
-        f"verifier's verdicts on the model's own T = 1 solutions: TPR {r['tpr']:.3f}, TNR {r['tnr']:.3f} (need "
-        f"≥ {r['params']['tpr']}); solve avg@8 {r['solve_avg']:.3f} (need {r['params']['solve'][0]}–"
-        f"{r['params']['solve'][1]}).", "", f"**Verdict: {r['verdict']}**", ""]) + "\n"
+    import four_arms as F
+
+    p = r["params"]
+    lines = ["# E5 — finding 5: external rewards (Countdown)", "",
+             "Gate (before any RL run): the Countdown base's verifier on its own T = 1 solutions (64 held-out problems "
+             f"× 8) needs TPR and TNR ≥ {p['tpr']} and solve avg@8 in {p['solve'][0]}–{p['solve'][1]}. Attempts:", "",
+             "| base recipe | TPR | TNR | solve avg@8 |", "|---|---|---|---|"]
+    lines += [f"| {a['recipe']} | {a['tpr']:.3f} | {a['tnr']:.3f} | {a['solve_avg']:.3f} |" for a in r["attempts"]]
+    lines += ["", f"Gate {'met' if r['gate'] else 'not met'}.", ""]
+    if "summary" in r:
+        s = r["summary"]
+        lines += [f"{p['seeds']} seeds × {p['steps']} steps of {p['prompts']}×{p['samples']}, lr {LR}, GRPO without "
+                  f"KL; held-out avg@{p['eval_k']} (T = 1) on {p['eval_problems']} eval-split problems every "
+                  f"{p['eval_every']} steps; ± SE and [95% CI] from a crossed bootstrap over seeds × problems. "
+                  f"Wall-clock {minutes:.1f} min.", "",
+                  "| arm | start | rise | fall | change | rises (R1) | falls (R2) | reward accuracy first → last 10 "
+                  "steps | length | KL k1 (last 10) |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for name, row in r["rows"].items():
+            a = s["arms"][name]
+            lines.append(f"| {'random' if name == RANDOM_NAME else name} | {a['start']['mean']:.3f} | "
+                         f"{F.fmt_ci(a['rise'])} | {F.fmt_ci(a['fall'])} | {F.fmt_ci(a['change'])} | {row['rises']} | "
+                         f"{row['falls']} | {row['reward_accuracy_first_last'][0]:.3f} → "
+                         f"{row['reward_accuracy_first_last'][1]:.3f} | {row['length_first_last'][0]:.1f} → "
+                         f"{row['length_first_last'][1]:.1f} | {row['kl_k1_last10']:.4f} |")
+        lines += ["", f"Power (checker rises): {r['power']}; F5a (self-verification rises): {r['F5a']}; F5b (it does "
+                  f"not fall): {r['F5b']}; F5c (trajectory entropy falls): {r['F5c']}"]
+    lines += ["", f"**Verdict: {r['verdict']}**", ""]
+    return "\n".join(lines) + "\n"
 
 
 def plot_e5(out: Path, r: dict) -> str:
-    return ""
+    if "summary" not in r:
+        return ""
+    plt = C.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = np.asarray(r["eval_steps"], float)
+    for i, (name, a) in enumerate(r["summary"]["arms"].items()):
+        ax.errorbar(steps + (i - 2) * 0.6, a["curve"], yerr=2 * np.asarray(a["curve_se"]), marker="o", markersize=3,
+                    capsize=2, label=f"{'random' if name == RANDOM_NAME else name}: change {a['change']['mean']:+.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"held-out avg@{r['params']['eval_k']} (T = 1), mean over seeds ± 2 SE")
+    ax.set_title(f"E5 — external rewards on Countdown at lr {LR}: {r['verdict']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out, "e5")
 
 
 # ---------------------------------------------------------------------------------------------- E6

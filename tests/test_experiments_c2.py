@@ -36,25 +36,43 @@ def test_verification_traces_follow_solver_format_and_checker():
     for p in problems:  # the same step lines as the solver's own correct trace
         assert external_rewards.evaluation_lines(p.answer)[1] == syn.correct_trace(p).split("\n")[:-1]
     fp = {"countdown": dict(DEFAULT_FAMILY_PARAMS["countdown"])}
-    pairs, stats = external_rewards.verification_pairs(problems, 0.5, fp, seed=3, per_problem=2)
+    pairs, stats = external_rewards.verification_pairs(problems, 0.5, fp, seed=3, per_problem=2, swap=0.3)
     assert stats["paths"]["systematic"] > 0 and stats["paths"]["noise"] > 0 and 0.2 < stats["true_fraction"] < 0.8
     by_text = {p.problem: p for p in problems}
+    refused = 0
     for prompt, completion in pairs:
         text, expr = prompt[len("V: "):-len("\nA: ")].split(" by ")
         p = by_text[text]
         verdict = extract_boxed(completion)
         assert verdict == ("True" if syn.check_countdown(expr, p.extra["numbers"], p.extra["target"]) else "False")
+        lines = completion.split("\n")
+        if lines[-2].endswith(": no"):  # a number not (or no longer) available: False before any arithmetic
+            refused += 1
+            assert verdict == "False"
+            continue
         value = syn.evaluate(syn.parse_expression(expr))
-        cmp = completion.split("\n")[-2]
         target = p.extra["target"]
-        assert cmp == (f"{value}={target}" if value == target else f"{value}!={target}")
-    # the verifier is not taught to check the numbers used: an expression hitting the target with a number
-    # that was not given is labelled False by the checker, but its comparison line says "=target"
+        assert lines[-2] == (f"{value}={target}" if value == target else f"{value}!={target}")
+    assert refused > 0.1 * len(pairs)  # the swapped-number negatives
+    # an expression hitting the target with a number that was not given: the number check says no
     p = problems[0]
     missing = next(x for x in range(1, 10) if x not in p.extra["numbers"])  # targets are >= 10
     expr = f"{p.extra['target'] - missing}+{missing}"
     assert external_rewards.verification_completion(p, expr).split("\n")[-2:] == [
-        f"{p.extra['target']}={p.extra['target']}", "\\boxed{False}"]
+        f"-{p.extra['target'] - missing}: no", "\\boxed{False}"]
+
+
+def test_number_lines_cross_off_each_number_at_most_once():
+    import random
+
+    assert external_rewards.number_lines([6, 5, 6], "6*5+6") == (True, ["6 5 6", "-6: 5 6", "-5: 6", "-6: .", "ok"])
+    assert external_rewards.number_lines([5, 6, 6], "6+6+6") == (False, ["5 6 6", "-6: 5 6", "-6: 5", "-6: no"])
+    assert external_rewards.number_lines([2, 4, 8], "8*4") == (True, ["2 4 8", "-8: 2 4", "-4: 2", "ok"])
+    assert external_rewards.number_lines([2, 4, 8], "(8*") == (False, [])
+    rng = random.Random(0)
+    for _ in range(50):
+        swapped = external_rewards.swap_a_number("(8+4)*3", rng)
+        assert swapped != "(8+4)*3" and len(swapped) == len("(8+4)*3")
 
 
 def test_evaluation_lines_fractions_and_bad_input():
@@ -141,3 +159,19 @@ def test_external_rewards_smoke(experiment_smokes):
         assert all(math.isfinite(r["grad_norm"]) for r in recs[1:])
     assert res["base_model"]["verification_data"]["pairs"] == 16 and len(res["examples"]["self_verification_s0"]) == 4
     assert (out / "external_rewards.png").exists()
+
+
+def test_shifted_target_negatives_are_judged_by_the_checker():
+    import random
+
+    from urlvr_jax.data import synthetic as syn
+    from urlvr_jax.sft import make_problems
+
+    rng = random.Random(0)
+    for p in make_problems("countdown", 40, 0, "train", external_rewards.TASK):
+        q = external_rewards.shift_target(p, rng)
+        assert 1 <= abs(q.extra["target"] - p.extra["target"]) <= 5 and q.extra["numbers"] == p.extra["numbers"]
+        assert syn.parse_countdown_problem(q.problem) == (q.extra["numbers"], q.extra["target"])
+        lines = external_rewards.verification_completion(q, p.answer).split("\n")
+        value = syn.evaluate(syn.parse_expression(p.answer))
+        assert lines[-2:] == [f"{value}!={q.extra['target']}", "\\boxed{False}"]

@@ -229,7 +229,7 @@ def base_recipe(args) -> dict:
             "task": {**TASK, "target_range": list(TASK["target_range"])},
             "sft_steps": args.sft_steps, "n_problems": args.n_problems, "traces_per_problem": args.traces_per_problem,
             "verify_per_problem": args.verify_per_problem, "verify_swap": args.verify_swap,
-            "verify_shift": args.verify_shift, "size": "tiny",
+            "verify_shift": args.verify_shift, "size": args.size,
             "lr": 1e-2, "batch_size": 32}
 
 
@@ -272,7 +272,7 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     phase2 = [(t.prompt, t.completion) for t in traces.traces] + verify
     ids, mask = encode_sft_examples(tok, phase1 + phase2)  # one width for both phases: one compiled step
     n = len(phase1)
-    cfg = base_model_config("tiny")
+    cfg = base_model_config(args.size)
     model = init_model(cfg, seed=args.base_seed)
     prior_steps = args.sft_steps // 3
     model, losses = train_sft_arrays(model, ids[:n], mask[:n], args.sft_steps, 32, 1e-2, args.base_seed,
@@ -281,7 +281,7 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
     final = out_dir / "model"
     save_model(model, final, tokenizer=tok)
     sft_recipe = {"q": args.q, "family": "countdown", "task": recipe["task"], "family_params": {"countdown": {
-        "rules": list(fp["countdown"]["rules"]), "noise": fp["countdown"]["noise"]}}, "size": "tiny",
+        "rules": list(fp["countdown"]["rules"]), "noise": fp["countdown"]["noise"]}}, "size": args.size,
         "num_params": cfg.num_params(), "seed": args.base_seed, "steps": args.sft_steps, "prior_steps": prior_steps,
         "batch_size": 32, "lr": 1e-2, "n_problems": args.n_problems, "made_by": "experiments/external_rewards.py"}
     (final / RECIPE_FILE).write_text(json.dumps(sft_recipe, indent=2))  # problems_for_model reads family + task
@@ -462,6 +462,8 @@ def parse_args(argv=None):
                    help="share of verification pairs whose expression has one number replaced (hard negatives)")
     p.add_argument("--verify-shift", type=float, default=0.25,
                    help="share of the other verification pairs whose target is moved by 1..5 (hard negatives)")
+    p.add_argument("--size", default="tiny", choices=("tiny", "small", "medium"),
+                   help="base model size (urlvr_jax.sft.SIZES)")
     p.add_argument("--build-only", action="store_true", help="build (or reuse) the base model, measure it, stop")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="RL seeds (prompt order, sampling keys)")
     p.add_argument("--base-seed", type=int, default=0, help="seed of the base model (SFT) and of the problem sets")

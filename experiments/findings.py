@@ -25,6 +25,18 @@ E1  Finding 1: intrinsic rewards rise, then fall (paper: Qwen3-1.7B, every intri
     gated reward rises and none falls — 120 steps is 0.12 of the paper's collapse horizon and 0.47 epoch, so
     the absence of a fall has no power; "not reproduced" if a gated reward does not rise.
 
+E1b Finding 1's fall at a longer horizon (session 7; rule written before its runs). E1's 120 steps are 0.12 of
+    the paper's collapse horizon, so no fall could show. Runs: ladder_v2/q0.05, majority_vote,
+    trajectory_entropy (the paper: repetition collapse) and random (control), 8 prompts × 8 samples, 1000 steps
+    (8000 prompts, ~2 epochs of the 4096-prompt set; the paper collapses at ~4 epochs), lr 3e-5, 3 seeds,
+    256 held-out × 8 every 100 steps (11 evaluations; windows of 3 evaluations = 300 steps).
+    Rules: R1 (rise) and R2 (fall) as in E1, against the random arm. Verdict per reward: "rises then falls"
+    (R1 and R2), "rises, no fall within 1000 steps" (R1 only), "does not rise"; the finding's fall is
+    "reproduced" if both rewards rise and fall, "not reproduced at 1000 steps" if both rise and neither falls
+    (the power of that negative: the random arm's change and KL at 1000 steps are reported beside it — a fall
+    smaller than 2 SE of the fall statistic would be missed), "partly" otherwise. Reported: KL k1, reward
+    accuracy, response length and repetition over the last 50 steps vs the first 50 (the failure modes).
+
 E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain (paper: 7 models, MCS and
     GT gain in the same order).
     GT gain: each of the 7 q-rungs + the inflated rung, ground-truth reward, four_arms' configuration (16×8,
@@ -147,6 +159,7 @@ from theorem1_rate import smoothed_logit  # noqa: E402
 
 NAME = "findings"
 LR = 3e-5
+RANDOM_NAME = "good_random"  # four_arms.summarize_arms compares every arm with the arm of this name
 
 
 def save_figure(fig, out: Path, name: str) -> str:
@@ -225,6 +238,7 @@ def run_e1(p: dict, runs: Path) -> dict:
 
 
 def _first_last(records: list[list[dict]], key: str, n: int = 10) -> tuple[float, float]:
+    """Mean over runs of the mean of `key` over the first and the last n steps."""
     firsts, lasts = [], []
     for recs in records:
         _, y = C.curve(recs, key)
@@ -302,6 +316,95 @@ def plot_e1(out: Path, r: dict) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, out, "e1")
+
+
+# ---------------------------------------------------------------------------------------------- E1b
+E1B = dict(rung="ladder_v2/q0.05", rewards=("majority_vote", "trajectory_entropy", "random"), steps=1000, prompts=8,
+           samples=8, eval_every=100, checkpoint_every=250)
+E1B_SMOKE = dict(E1B, rewards=("majority_vote", "random"), steps=4, eval_every=2, checkpoint_every=2)
+
+
+def run_e1b(p: dict, runs: Path) -> dict:
+    import four_arms as F
+
+    fa = dict(four_arms_params(p["steps"] < 100), steps=p["steps"], prompts=p["prompts"], samples=p["samples"],
+              eval_every=p["eval_every"])
+    accs, records = {}, {}
+    steps_ref = ids_ref = None
+    for seed in range(fa["seeds"]):  # seed-major: every arm has seed 0 before any has seed 1
+        for reward in p["rewards"]:
+            name = RANDOM_NAME if reward == "random" else reward
+            wd = runs / f"{reward}_s{seed}"
+            cfg = F.run_config(C.model_path(p["rung"]), reward, seed, fa)
+            cfg.train.checkpoint_every = p["checkpoint_every"]
+            got = C.run_training(cfg, wd)
+            steps, acc, _, ids = F.read_evals(wd)
+            steps_ref, ids_ref = (steps, ids) if steps_ref is None else (steps_ref, ids_ref)
+            if steps != steps_ref or ids != ids_ref:
+                raise ValueError(f"{wd}: evaluation steps or problems differ from the other arms'")
+            accs.setdefault(name, []).append(acc)
+            records.setdefault(name, []).append(got["records"])
+            print(f"e1b {reward} seed {seed} done", file=sys.stderr, flush=True)
+    accs = {k: np.stack(v) for k, v in accs.items()}
+    s = F.summarize_arms(accs, steps_ref, fa["boot"])
+    d = F.decide(s)
+    rows = {}
+    for name in accs:
+        rows[name] = {"rises": bool(d.get(f"R1_rise/{name}", False)), "falls": bool(d.get(f"R2_fall/{name}", False)),
+                      **{f"{k}_first_last": _first_last(records[name], key, 50) for k, key in (
+                          ("kl_k1", "kl_to_ref/k1_token_mean"), ("reward_accuracy", "urlvr/reward_accuracy"),
+                          ("length", "response/length_mean"), ("repetition", "collapse/repetition_mean"))}}
+        rows[name]["verdict"] = ("rises then falls" if rows[name]["rises"] and rows[name]["falls"] else
+                                 "rises, no fall within 1000 steps" if rows[name]["rises"] else "does not rise")
+    tested = [n for n in accs if n != RANDOM_NAME]
+    if all(rows[n]["rises"] and rows[n]["falls"] for n in tested):
+        verdict = "reproduced (rise and fall)"
+    elif all(rows[n]["rises"] for n in tested) and not any(rows[n]["falls"] for n in tested):
+        verdict = f"rise reproduced, fall not reproduced at {p['steps']} steps"
+    else:
+        verdict = "partly: " + "; ".join(f"{n} {rows[n]['verdict']}" for n in tested)
+    stat = "; ".join(f"{n}: rise {s['arms'][n]['rise']['mean']:+.3f}, fall {F.fmt_ci(s['arms'][n]['fall'])}"
+                     for n in tested)
+    return {"params": p, "four_arms_params": fa, "eval_steps": steps_ref, "summary": s, "decision": d, "rows": rows,
+            "verdict": verdict, "statistic": stat}
+
+
+def markdown_e1b(r: dict, minutes: float) -> str:
+    import four_arms as F
+
+    fa, s = r["four_arms_params"], r["summary"]
+    lines = [f"# E1b — finding 1's fall at {fa['steps']} steps (`{r['params']['rung']}`)", "",
+             f"{fa['seeds']} seeds × {fa['steps']} steps of {fa['prompts']}×{fa['samples']}, lr {fa['lr']}; held-out "
+             f"avg@{fa['eval_k']} (T = 1) on {fa['eval_problems']} problems every {fa['eval_every']} steps; ± SE and "
+             f"[95% CI] from a crossed bootstrap over seeds × problems. Wall-clock {minutes:.1f} min.", "",
+             "| arm | start | rise | fall | change | verdict | KL k1 first → last 50 steps | reward accuracy | length "
+             "| repetition |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, row in r["rows"].items():
+        a = s["arms"][name]
+        fl = lambda k: f"{row[k][0]:.3f} → {row[k][1]:.3f}"  # noqa: E731
+        lines.append(f"| {'random' if name == RANDOM_NAME else name} | {a['start']['mean']:.3f} | "
+                     f"{F.fmt_ci(a['rise'])} | {F.fmt_ci(a['fall'])} | {F.fmt_ci(a['change'])} | "
+                     f"{row['verdict'] if name != RANDOM_NAME else 'control'} | {fl('kl_k1_first_last')} | "
+                     f"{fl('reward_accuracy_first_last')} | {fl('length_first_last')} | "
+                     f"{fl('repetition_first_last')} |")
+    lines += ["", f"**Verdict: {r['verdict']}**", ""]
+    return "\n".join(lines) + "\n"
+
+
+def plot_e1b(out: Path, r: dict) -> str:
+    plt = C.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = np.asarray(r["eval_steps"], float)
+    for i, (name, a) in enumerate(r["summary"]["arms"].items()):
+        ax.errorbar(steps + (i - 1) * 4, a["curve"], yerr=2 * np.asarray(a["curve_se"]), marker="o", markersize=3,
+                    capsize=2, label=f"{'random' if name == RANDOM_NAME else name}: rise {a['rise']['mean']:+.3f}, "
+                                     f"fall {a['fall']['mean']:+.3f}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out avg@8 (T = 1), mean over seeds ± 2 SE")
+    ax.set_title(f"E1b — {r['four_arms_params']['steps']} steps on {r['params']['rung']}: {r['verdict']}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out, "e1b")
 
 
 # ---------------------------------------------------------------------------------------------- E2
@@ -761,7 +864,6 @@ def plot_e4(out: Path, r: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- E5
 E5_ARMS = ("countdown", "self_verification", "frozen_verification", "trajectory_entropy", "random")
-RANDOM_NAME = "good_random"  # four_arms.summarize_arms compares every arm with the arm of this name
 # Gate attempts, in order (the docstring: the instrument is calibrated before any RL run).
 E5_ATTEMPTS = ({"recipe": "v1 (session 6: no number check, 8 verification pairs per problem, 1500 SFT steps)",
                 "tpr": 0.704, "tnr": 0.646, "solve_avg": 0.117},
@@ -1092,7 +1194,9 @@ def plot_e6(out: Path, r: dict) -> str:
     return save_figure(fig, out, "e6")
 
 
-EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1), "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
+EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
+               "e1b": (E1B, E1B_SMOKE, run_e1b, markdown_e1b, plot_e1b),
+               "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
                "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3), "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
                "e5": (E5, E5_SMOKE, run_e5, markdown_e5, plot_e5), "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
 
@@ -1115,6 +1219,7 @@ def main(argv=None) -> dict:
     r = run(p, runs / args.experiment)
     minutes = (time.perf_counter() - t0) / 60
     r["total_minutes"] = minutes
+    r["training_minutes"] = training_minutes(args.experiment, runs.parent)  # kept: runs/ is not committed
     r["plots"] = [x for x in [plot(out, r)] if x]
     (out / f"{args.experiment}.md").write_text(markdown(r, minutes))
     C.write_json(out / f"{args.experiment}.json", r)
@@ -1124,6 +1229,7 @@ def main(argv=None) -> dict:
 
 ROWS = {  # experiment -> (finding, the paper's figure)
     "e1": ("F1: intrinsic rewards rise, then fall", "all five rise then fall; the most stable collapse at ~1000 steps"),
+    "e1b": ("F1's fall at 1000 steps", "the most stable settings collapse at ~1000 steps (~4 epochs)"),
     "e2": ("F2: the MCS ranks priors like GT-RL gain", "7 models, ranks match exactly (ρ = 1)"),
     "e3": ("F3: small training sets do not collapse", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
            "vs 32 (0.057)"),
@@ -1134,7 +1240,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
 RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/good_gt_s*",
                    "four_arms_v2/good_random_s*"),
             "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e3": ("findings/e3/*",),
-            "e4": ("findings/e4/*",), "e5": (), "e6": ("findings/e6/*",)}
+            "e4": ("findings/e4/*",), "e5": ("findings/e5/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",)}
 
 
 def training_minutes(experiment: str, runs_root: Path = C.RUNS) -> float:
@@ -1155,7 +1261,7 @@ def verdict_table(out: Path, runs_root: Path = C.RUNS) -> str:
             rows.append(f"| {finding} | {paper} | not run | — | — |")
             continue
         r = json.loads(f.read_text())
-        train, script = training_minutes(name, runs_root), r["total_minutes"]
+        train, script = r.get("training_minutes", training_minutes(name, runs_root)), r["total_minutes"]
         extra = f" (the script: {script:.0f} min with its probes)" if script > train + 1 else ""
         rows.append(f"| {finding} ([{name}]({name}.md)) | {paper} | {r.get('statistic', '')} | **{r['verdict']}** | "
                     f"{train:.0f} min{extra} |")

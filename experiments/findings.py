@@ -107,6 +107,8 @@ E5  Finding 5: external rewards (self-verification) keep improving where intrins
     a verifier that cannot be trained to agree), trajectory_entropy, random (control).
     Rules (four_arms' R1/R2 on the held-out curves, against the random arm):
       power: the countdown arm rises (R1); else "untestable at this budget".
+      drift (added before any E5 RL run, when a larger base model became a candidate for the gate): the
+      random arm's change lies within 2 SE of 0; else "untestable (the lr drifts without a signal)".
       F5a: self_verification rises (R1). F5b: it does not fall (R2 false).
       F5c: trajectory_entropy falls (R2), the paper's contrast.
     Verdict (given power): "reproduced" if F5a, F5b and F5c; "self-verification part reproduced, the
@@ -955,7 +957,11 @@ def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
     power, f5a, f5b, f5c = (rule("countdown", "rises"), rule("self_verification", "rises"),
                             None if "self_verification" not in rows else not rows["self_verification"]["falls"],
                             rule("trajectory_entropy", "falls"))
-    if not power:
+    drift = RANDOM_NAME in s["arms"] and abs(s["arms"][RANDOM_NAME]["change"]["mean"]) >= 2 * s["arms"][
+        RANDOM_NAME]["change"]["se"]
+    if drift:
+        verdict = "untestable (the lr drifts without a signal: the random arm's change is beyond 2 SE)"
+    elif not power:
         verdict = "untestable at this budget (the exact-checker arm does not rise)"
     elif not (f5a and f5b):
         verdict = "not reproduced (self-verification " + ("falls" if f5a else "does not rise") + ")"
@@ -968,7 +974,8 @@ def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
             f"{s['arms']['countdown']['rise']['mean']:+.3f}; trajectory entropy change "
             f"{s['arms']['trajectory_entropy']['change']['mean']:+.3f}" if sv and "trajectory_entropy" in s["arms"]
             else "")
-    return {"eval_steps": steps, "summary": s, "decision": d, "rows": rows, "power": power, "F5a": f5a, "F5b": f5b,
+    return {"eval_steps": steps, "summary": s, "decision": d, "rows": rows, "drift": drift, "power": power,
+            "F5a": f5a, "F5b": f5b,
             "F5c": f5c, "verdict": verdict, "statistic": stat or None}
 
 

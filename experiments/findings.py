@@ -347,8 +347,13 @@ def run_e1b(p: dict, runs: Path) -> dict:
             accs.setdefault(name, []).append(acc)
             records.setdefault(name, []).append(got["records"])
             print(f"e1b {reward} seed {seed} done", file=sys.stderr, flush=True)
-    accs = {k: np.stack(v) for k, v in accs.items()}
-    s = F.summarize_arms(accs, steps_ref, fa["boot"])
+    return analyse_e1b(p, fa, {k: np.stack(v) for k, v in accs.items()}, records, steps_ref)
+
+
+def analyse_e1b(p: dict, fa: dict, accs: dict, records: dict, steps: list[int]) -> dict:
+    import four_arms as F
+
+    s = F.summarize_arms(accs, steps, fa["boot"])
     d = F.decide(s)
     rows = {}
     for name in accs:
@@ -367,7 +372,7 @@ def run_e1b(p: dict, runs: Path) -> dict:
         verdict = "partly: " + "; ".join(f"{n} {rows[n]['verdict']}" for n in tested)
     stat = "; ".join(f"{n}: rise {s['arms'][n]['rise']['mean']:+.3f}, fall {F.fmt_ci(s['arms'][n]['fall'])}"
                      for n in tested)
-    return {"params": p, "four_arms_params": fa, "eval_steps": steps_ref, "summary": s, "decision": d, "rows": rows,
+    return {"params": p, "four_arms_params": fa, "eval_steps": steps, "summary": s, "decision": d, "rows": rows,
             "verdict": verdict, "statistic": stat}
 
 
@@ -878,6 +883,12 @@ E5_SMOKE = dict(E5, base_runs=None, arms=("countdown", "frozen_verification", "r
                 prompts=2, samples=2, eval_every=1, eval_problems=4, eval_k=2, boot=50)
 
 
+def e5_gate(prior: dict, p: dict) -> bool:
+    """The docstring's gate on the base model's measured prior (external_rewards.measure_base)."""
+    return bool(prior["verifier_true_given_correct"] >= p["tpr"] and prior["verifier_false_given_wrong"] >= p["tnr"]
+                and p["solve"][0] <= prior["solve_avg"] <= p["solve"][1])
+
+
 def e5_args(p: dict, smoke: bool, runs: Path):
     """external_rewards.py's arguments (its base recipe and the gate's measurement) for this experiment."""
     import external_rewards as X
@@ -910,7 +921,7 @@ def run_e5(p: dict, runs: Path) -> dict:
     heldout = problems_for_model(model_dir, args.eval_limit, C.EVAL_SEED, split="eval")
     prior = X.measure_base(model_dir, heldout, args)
     tpr, tnr, solve = prior["verifier_true_given_correct"], prior["verifier_false_given_wrong"], prior["solve_avg"]
-    gate = tpr >= p["tpr"] and tnr >= p["tnr"] and p["solve"][0] <= solve <= p["solve"][1]
+    gate = e5_gate(prior, p)
     r = base["recipe"]
     recipe = (f"v{r['version']} (this run: number check, {r['verify_per_problem']} verification pairs per problem, "
               f"swapped numbers {r['verify_swap']}, shifted targets {r.get('verify_shift', 0)}, {r['sft_steps']} SFT "

@@ -1,8 +1,7 @@
 """experiments/findings.py: the statistics against scipy / direct computations, and each experiment's
 analysis and decision rule on constructed inputs whose verdict is known (the training runs themselves are
-exercised by four_arms' smoke test and the trainer's tests; E5 runs end to end: it reads a results file)."""
+exercised by four_arms' smoke test and the trainer's tests)."""
 import itertools
-import json
 import sys
 from pathlib import Path
 
@@ -107,15 +106,76 @@ def test_e4_rules_on_constructed_arms():
     assert not r["T_not_hurt"] and r["verdict"] == "not reproduced"
 
 
-def test_e5_gate_reads_the_measured_verifier(tmp_path):
-    src = tmp_path / "results.json"
-    src.write_text(json.dumps({"prior": {"verifier_true_given_correct": 0.95, "verifier_false_given_wrong": 0.92,
-                                         "solve_avg": 0.2}}))
-    assert F.run_e5(dict(F.E5, source=str(src)), tmp_path)["gate"]
-    src.write_text(json.dumps({"prior": {"verifier_true_given_correct": 0.7, "verifier_false_given_wrong": 0.95,
-                                         "solve_avg": 0.2}}))
-    r = F.run_e5(dict(F.E5, source=str(src)), tmp_path)
-    assert not r["gate"] and r["verdict"].startswith("untestable")
+def _records(n_steps=120, **curves):
+    return [{"step": k + 1, **{key: v for key, v in curves.items()}} for k in range(n_steps)]
+
+
+def _arm(start, curve, P=64, S=3):
+    """accs [S, E, P]: every problem's accuracy follows start + curve (E evaluations)."""
+    return np.broadcast_to(start + np.asarray(curve, float)[None, :, None], (S, len(curve), P)).copy()
+
+
+def test_e5_gate_and_rules_on_constructed_arms():
+    prior = {"verifier_true_given_correct": 0.95, "verifier_false_given_wrong": 0.92, "solve_avg": 0.2}
+    assert F.e5_gate(prior, F.E5)
+    assert not F.e5_gate(dict(prior, verifier_false_given_wrong=0.88), F.E5)
+    assert not F.e5_gate(dict(prior, solve_avg=0.05), F.E5)
+    rng = np.random.default_rng(0)
+    noise = lambda: rng.normal(0, 0.01, size=(3, 7, 64))  # noqa: E731
+    up, flat, rise_fall = [0, .04, .08, .1, .12, .12, .12], [0] * 7, [0, .06, .1, .1, .04, 0, -.02]
+    recs = {k: [_records(**{"urlvr/reward_accuracy": 0.9, "response/length_mean": 20.0,
+                           "kl_to_ref/k1_token_mean": 0.01})] * 3
+            for k in ("countdown", "self_verification", "frozen_verification", "trajectory_entropy", F.RANDOM_NAME)}
+    steps = list(range(0, 121, 20))
+    p = dict(F.E5, boot=200)
+
+    def verdict(sv, te, rnd=flat, checker=up):
+        accs = {"countdown": _arm(0.2, checker) + noise(), "self_verification": _arm(0.2, sv) + noise(),
+                "frozen_verification": _arm(0.2, up) + noise(), "trajectory_entropy": _arm(0.2, te) + noise(),
+                F.RANDOM_NAME: _arm(0.2, rnd) + noise()}
+        return F.analyse_e5(p, accs, recs, steps)["verdict"]
+
+    assert verdict(up, rise_fall) == "reproduced"
+    assert verdict(up, up).startswith("self-verification part reproduced")
+    assert verdict(rise_fall, rise_fall).startswith("not reproduced (self-verification falls")
+    assert verdict(flat, rise_fall).startswith("not reproduced (self-verification does not rise")
+    assert verdict(up, rise_fall, checker=flat).startswith("untestable at this budget")
+    assert verdict(up, rise_fall, rnd=[0, -.05, -.1, -.12, -.15, -.15, -.15]).startswith("untestable (the lr drifts")
+
+
+def test_e6_random_control_can_only_demote():
+    p = dict(F.E6, probe=64)
+    problems = [_e6_problem(0.5, 0.9, i % 2 == 0, True, True) for i in range(25)]
+    for q in problems:
+        q["control_end"] = dict(q["probes"][-1], p_m=0.5)  # the random reward leaves p where it was
+    r = F.analyse_e6(problems, p)
+    assert r["control"]["diff"] == pytest.approx(0.4) and r["verdict"] == "reproduced"
+    for q in problems:
+        q["control_end"] = dict(q["probes"][-1], p_m=0.9)  # it moves p as much: the move is drift
+    r = F.analyse_e6(problems, p)
+    assert r["control"]["ci95"][0] <= 0 and r["verdict"].startswith("untestable")
+
+
+def test_e1b_rules_on_constructed_arms():
+    rng = np.random.default_rng(1)
+    steps = list(range(0, 1001, 100))
+    up = [0, .03, .06, .08, .09, .1, .1, .1, .1, .1, .1]
+    rise_fall = [0, .04, .08, .1, .1, .08, .04, 0, -.04, -.08, -.1]
+    recs = {k: [_records(1000, **{"kl_to_ref/k1_token_mean": 0.01, "urlvr/reward_accuracy": 0.8,
+                                  "response/length_mean": 40.0, "collapse/repetition_mean": 0.1})] * 3
+            for k in ("majority_vote", "trajectory_entropy", F.RANDOM_NAME)}
+    fa = dict(F.four_arms_params(False), steps=1000, boot=200)
+
+    def run(mv, te):
+        accs = {"majority_vote": _arm(0.5, mv, 256) + rng.normal(0, .01, (3, 11, 256)),
+                "trajectory_entropy": _arm(0.5, te, 256) + rng.normal(0, .01, (3, 11, 256)),
+                F.RANDOM_NAME: _arm(0.5, [0] * 11, 256) + rng.normal(0, .01, (3, 11, 256))}
+        return F.analyse_e1b(F.E1B, fa, accs, recs, steps)
+
+    assert run(rise_fall, rise_fall)["verdict"] == "reproduced (rise and fall)"
+    assert run(up, up)["verdict"] == "rise reproduced, fall not reproduced at 1000 steps"
+    r = run(rise_fall, up)
+    assert r["verdict"].startswith("partly") and r["rows"]["majority_vote"]["verdict"] == "rises then falls"
 
 
 def test_random_controls_veto_e3_and_e4():

@@ -143,31 +143,29 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     stats, kl_random, kl_gt, kl_curves, seconds = {}, {}, {}, {}, {}
-    steps_ref = ids_ref = None
+    ref = None
     for lr in grid:
         accs, kls = {}, {}
         for arm, reward in ARMS:
             per_seed, kl_seed = [], []
             for seed in range(p["seeds"]):
                 wd = runs_dir / f"{arm}_lr{lr:g}_s{seed}"
-                got = C.run_training(F.run_config(model, reward, seed, dict(p, lr=lr)), wd, fresh=args.fresh)
+                config = F.run_config(model, reward, seed, dict(p, lr=lr))
+                got, steps, acc, _, ids = F.train_and_read(config, wd, ref, fresh=args.fresh)
+                ref = ref or (steps, ids)
                 seconds[wd.name] = got["seconds"]
-                steps, acc, _, ids = F.read_evals(wd)
-                if steps_ref is None:
-                    steps_ref, ids_ref = steps, ids
-                if steps != steps_ref or ids != ids_ref:
-                    raise ValueError(f"{wd}: evaluation steps or problems differ from the first run's")
                 per_seed.append(acc)
                 kl_seed.append(C.curve(got["records"], "kl_to_ref/k1_token_mean")[1])
                 print(f"{wd.name}: {got['seconds'] or 0:.0f} s", file=sys.stderr, flush=True)
             accs[arm] = np.stack(per_seed)
             kls[arm] = np.mean(kl_seed, axis=0)
-        stats[lr] = F.summarize_arms(accs, steps_ref, p["boot"])["arms"]
+        stats[lr] = F.summarize_arms(accs, ref[0], p["boot"])["arms"]
         kl_random[lr] = float(kls["random"][-KL_TAIL:].mean())
         kl_gt[lr] = float(kls["gt"][-KL_TAIL:].mean())
         kl_curves[lr] = (np.arange(1, kls["random"].size + 1), kls["random"])
     d = decide_lr(stats, kl_random)
     minutes = (time.perf_counter() - t0) / 60
+    steps_ref = ref[0]
     png = plot(out, stats, steps_ref, kl_curves, grid)
     md = markdown(model, p, grid, stats, kl_random, kl_gt, d, minutes)
     (out / f"{NAME}.md").write_text(md)

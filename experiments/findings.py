@@ -219,24 +219,20 @@ def run_e1(p: dict, runs: Path) -> dict:
         (reward, name, Path(p["four_arms_runs"]) / name if not smoke else runs / name)
         for reward, name in E1_FROM_FOUR_ARMS]
     accs, records, per_seed = {}, {}, {}
-    steps_ref = ids_ref = None
+    ref = None
     for reward, name, base in arms:
         per, recs = [], []
         for seed in range(fa["seeds"]):
             wd = Path(f"{base}_s{seed}")
-            got = C.run_training(F.run_config(C.model_path(p["rung"]), reward, seed, fa), wd)
-            steps, acc, _, ids = F.read_evals(wd)
-            if steps_ref is None:
-                steps_ref, ids_ref = steps, ids
-            if steps != steps_ref or ids != ids_ref:
-                raise ValueError(f"{wd}: evaluation steps or problems differ from the other arms'")
+            got, steps, acc, _, ids = F.train_and_read(F.run_config(C.model_path(p["rung"]), reward, seed, fa), wd, ref)
+            ref = ref or (steps, ids)
             per.append(acc)
             recs.append(got["records"])
             per_seed[f"{name}_s{seed}"] = json.loads((wd / "report.json").read_text())["heldout"]
             print(f"e1 {name} seed {seed} done", file=sys.stderr, flush=True)
         accs[name] = np.stack(per)
         records[name] = recs
-    return analyse_e1(p, fa, accs, records, steps_ref, per_seed)
+    return analyse_e1(p, fa, accs, records, ref[0], per_seed)
 
 
 def _first_last(records: list[list[dict]], key: str, n: int = 10) -> tuple[float, float]:
@@ -332,22 +328,18 @@ def run_e1b(p: dict, runs: Path) -> dict:
     fa = dict(four_arms_params(p["steps"] < 100), steps=p["steps"], prompts=p["prompts"], samples=p["samples"],
               eval_every=p["eval_every"])
     accs, records = {}, {}
-    steps_ref = ids_ref = None
+    ref = None
     for seed in range(fa["seeds"]):  # seed-major: every arm has seed 0 before any has seed 1
         for reward in p["rewards"]:
             name = RANDOM_NAME if reward == "random" else reward
-            wd = runs / f"{reward}_s{seed}"
             cfg = F.run_config(C.model_path(p["rung"]), reward, seed, fa)
             cfg.train.checkpoint_every = p["checkpoint_every"]
-            got = C.run_training(cfg, wd)
-            steps, acc, _, ids = F.read_evals(wd)
-            steps_ref, ids_ref = (steps, ids) if steps_ref is None else (steps_ref, ids_ref)
-            if steps != steps_ref or ids != ids_ref:
-                raise ValueError(f"{wd}: evaluation steps or problems differ from the other arms'")
+            got, steps, acc, _, ids = F.train_and_read(cfg, runs / f"{reward}_s{seed}", ref)
+            ref = ref or (steps, ids)
             accs.setdefault(name, []).append(acc)
             records.setdefault(name, []).append(got["records"])
             print(f"e1b {reward} seed {seed} done", file=sys.stderr, flush=True)
-    return analyse_e1b(p, fa, {k: np.stack(v) for k, v in accs.items()}, records, steps_ref)
+    return analyse_e1b(p, fa, {k: np.stack(v) for k, v in accs.items()}, records, ref[0])
 
 
 def analyse_e1b(p: dict, fa: dict, accs: dict, records: dict, steps: list[int]) -> dict:
@@ -776,16 +768,12 @@ def e4_config(p: dict, arm: str, seed: int):
 def run_e4(p: dict, runs: Path) -> dict:
     import four_arms as F
 
-    accs, ids_ref = {}, None
+    accs, ref = {}, None
     for arm in ("ttt", "control", "random"):
         per = []
         for seed in range(p["seeds"]):
-            wd = runs / f"{arm}_s{seed}"
-            C.run_training(e4_config(p, arm, seed), wd)
-            steps, acc, _, ids = F.read_evals(wd)
-            ids_ref = ids_ref or ids
-            if ids != ids_ref:
-                raise ValueError(f"{wd}: held-out problems differ between arms")
+            _, steps, acc, _, ids = F.train_and_read(e4_config(p, arm, seed), runs / f"{arm}_s{seed}", ref)
+            ref = ref or (steps, ids)
             per.append(acc)
             print(f"e4 {arm} seed {seed} done", file=sys.stderr, flush=True)
         accs[arm] = np.stack(per)
@@ -795,7 +783,7 @@ def run_e4(p: dict, runs: Path) -> dict:
 
     cfg = e4_config(p, "ttt", 0)
     e_ids = [q.id for q in training_task(cfg.data, resolve_model_path(cfg.model.path)).problems]
-    if e_ids != ids_ref[:p["n_test"]]:
+    if e_ids != ref[1][:p["n_test"]]:
         raise ValueError("E4: the TTT arm's training problems are not the first held-out problems")
     return analyse_e4(p, accs, steps)
 
@@ -933,22 +921,19 @@ def run_e5(p: dict, runs: Path) -> dict:
         return {**out, "verdict": "untestable (gate: the synthetic self-verifier is not reliable on the model's own "
                                   "solutions)"}
     accs, records = {}, {}
-    steps_ref = ids_ref = None
+    ref = None
     for arm in p["arms"]:
         name = RANDOM_NAME if arm == "random" else arm
         per, recs = [], []
         for seed in range(p["seeds"]):
-            wd = runs / f"{arm}_s{seed}"
-            got = C.run_training(e5_config(p, arm, seed, args, model_dir), wd)
-            steps, acc, _, ids = F.read_evals(wd)
-            steps_ref, ids_ref = (steps, ids) if steps_ref is None else (steps_ref, ids_ref)
-            if steps != steps_ref or ids != ids_ref:
-                raise ValueError(f"{wd}: evaluation steps or problems differ from the other arms'")
+            config = e5_config(p, arm, seed, args, model_dir)
+            got, steps, acc, _, ids = F.train_and_read(config, runs / f"{arm}_s{seed}", ref)
+            ref = ref or (steps, ids)
             per.append(acc)
             recs.append(got["records"])
             print(f"e5 {arm} seed {seed} done", file=sys.stderr, flush=True)
         accs[name], records[name] = np.stack(per), recs
-    return {**out, **analyse_e5(p, accs, records, steps_ref)}
+    return {**out, **analyse_e5(p, accs, records, ref[0])}
 
 
 def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:

@@ -95,6 +95,19 @@ def read_evals(workdir: Path) -> tuple[list[int], np.ndarray, np.ndarray, list[s
             np.array([e["problem/maj"] for e in evals], float), ids)
 
 
+def train_and_read(config, workdir: Path, ref: tuple | None = None, *, fresh: bool = False):
+    """C.run_training(config, workdir) (a finished run of the same config is reused) and its held-out
+    evaluations (read_evals). ref: (steps, ids) of an earlier run — arms are compared problem by problem, so
+    a run evaluated at other steps or on other problems is an error. Returns (run_training's dict, steps,
+    acc [E, P], maj [E, P], ids)."""
+    got = C.run_training(config, workdir, fresh=fresh)
+    steps, acc, maj, ids = read_evals(workdir)
+    if ref is not None and (steps, ids) != tuple(ref):
+        raise ValueError(f"{workdir}: evaluation steps or problems differ from the first run's; the arms must "
+                         "share the held-out problems (the same task family and evaluation settings)")
+    return got, steps, acc, maj, ids
+
+
 def windows(curve: np.ndarray, w: int = WINDOW) -> tuple[int, int]:
     """(index of the first evaluation of the peak window, of the final window) of a mean curve [E]."""
     w = min(w, curve.size)
@@ -297,19 +310,15 @@ def main(argv=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
     seconds, accs, majs, kl, kl_final, per_seed = {}, {}, {}, {}, {}, {}
-    steps_ref = ids_ref = None
+    ref = None
     for name, prior, reward in arms:
         per_arm, per_arm_maj, kl_curves = [], [], []
         for seed in range(p["seeds"]):
             wd = runs_dir / f"{name}_s{seed}"
-            got = C.run_training(run_config(paths[prior], reward, seed, p), wd, fresh=args.fresh)
+            got, steps, acc, maj, ids = train_and_read(run_config(paths[prior], reward, seed, p), wd, ref,
+                                                       fresh=args.fresh)
+            ref = ref or (steps, ids)
             seconds[f"{name}_s{seed}"] = got["seconds"]
-            steps, acc, maj, ids = read_evals(wd)
-            if steps_ref is None:
-                steps_ref, ids_ref = steps, ids
-            if steps != steps_ref or ids != ids_ref:
-                raise ValueError(f"{wd}: evaluation steps or problems differ from the first run's; the arms must "
-                                 "share the held-out problems (same task family for both priors)")
             per_arm.append(acc)
             per_arm_maj.append(maj[0])
             kl_curves.append([C.curve(got["records"], k)[1] for k in ("kl_to_ref/k3_token_mean",
@@ -321,6 +330,7 @@ def main(argv=None) -> dict:
         k3 = np.mean([c[0] for c in kl_curves], axis=0)
         kl[name] = (np.arange(1, k3.size + 1), k3)
         kl_final[name] = tuple(float(np.mean([c[j][-KL_TAIL:] for c in kl_curves])) for j in (0, 1))
+    steps_ref, ids_ref = ref
     s = summarize_arms(accs, steps_ref, p["boot"])
     d = decide(s)
     minutes = (time.perf_counter() - t_all) / 60

@@ -67,7 +67,7 @@ NAME = "external_rewards"
 ARMS = ("countdown", "self_verification", "trajectory_entropy")
 BINARY = ("countdown", "self_verification")
 VERSION = 3  # of the base-model recipe below (part of the cache key); 2: number check, more verification data;
-# 3: shifted-target negatives, 4000 SFT steps
+# 3: shifted-target negatives, 8000 SFT steps
 EVAL_DRAWS = 1  # seed of the held-out evaluation draws: the same at every evaluation, in every arm and run
 
 
@@ -454,7 +454,7 @@ def parse_args(argv=None):
     p.add_argument("--samples-eval", type=int, default=8, help="samples per held-out problem (T=1)")
     p.add_argument("--train-size", type=int, default=700, help="RL training problems (train split; the SFT ones)")
     p.add_argument("--q", type=float, default=0.3, help="systematic-error rate of the base model's traces")
-    p.add_argument("--sft-steps", type=int, default=4000, help="SFT steps of the base model (batch 32)")
+    p.add_argument("--sft-steps", type=int, default=8000, help="SFT steps of the base model (batch 32)")
     p.add_argument("--n-problems", type=int, default=700, help="SFT problems of the base model (train split)")
     p.add_argument("--traces-per-problem", type=int, default=24, help="solve traces per SFT problem")
     p.add_argument("--verify-per-problem", type=int, default=24, help="verification pairs per SFT problem")

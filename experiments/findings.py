@@ -95,6 +95,9 @@ E5  Finding 5: external rewards (self-verification) keep improving where intrins
     recipe v2 — its verification traces cross the expression's numbers off the given ones one per line,
     evaluate step by step and compare with the target (one local fact per line), on 24 verification pairs per
     SFT problem (half of the rows), 15% of them with one number swapped (hard negatives); 3000 SFT steps.
+    Revised under the clause below before any RL run (E5_ATTEMPTS lists each try's gate numbers): recipe v3
+    adds a quarter of the other pairs with the target moved by 1..5 (the verifier had learned to write the
+    target as a step's result) and trains 8000 SFT steps (the tiny model; a 4× larger one did worse at 4000).
     Gate (before any RL run): the verifier's verdicts on the model's own T = 1 solutions (64 held-out problems ×
     8) have TPR and TNR >= 0.9, and solve avg@8 is in [0.10, 0.35]. The recipe may be revised until the gate
     holds — it calibrates the instrument, no RL outcome is seen before — and every attempt's gate numbers are
@@ -864,7 +867,12 @@ E5_ATTEMPTS = ({"recipe": "v1 (session 6: no number check, 8 verification pairs 
                 "tpr": 0.704, "tnr": 0.646, "solve_avg": 0.117},
                {"recipe": "v2 (session 7: number check, 24 verification pairs per problem, swapped numbers 0.15, "
                           "3000 SFT steps; false positives: the verifier wrote the target as the result of a step, "
-                          "e.g. 21-6=10 for 'make 10')", "tpr": 0.965, "tnr": 0.880, "solve_avg": 0.148})
+                          "e.g. 21-6=10 for 'make 10')", "tpr": 0.965, "tnr": 0.880, "solve_avg": 0.148},
+               {"recipe": "v3 (session 7: v2 + a quarter of the other pairs with the target moved by 1..5, 4000 SFT "
+                          "steps; errors moved to the comparison line, e.g. '24=14', '13!=13')", "tpr": 0.423,
+                "tnr": 0.654, "solve_avg": 0.193},
+               {"recipe": "v3 with a 4× larger model ('small', 4000 SFT steps)", "tpr": 0.800, "tnr": 0.820,
+                "solve_avg": 0.113})
 E5 = dict(base_runs=str(C.RUNS / "external_rewards"), arms=E5_ARMS, seeds=3, steps=120, prompts=16, samples=8,
           eval_every=20, eval_problems=192, eval_k=8, boot=2000, tpr=0.9, tnr=0.9, solve=(0.10, 0.35))
 E5_SMOKE = dict(E5, base_runs=None, arms=("countdown", "frozen_verification", "random"), seeds=1, steps=2,

@@ -227,7 +227,8 @@ TASK = {"n_numbers": 3, "max_number": 9, "target_range": (10, 40)}
 def base_recipe(args) -> dict:
     return {"version": VERSION, "q": args.q, "seed": args.base_seed,
             "task": {**TASK, "target_range": list(TASK["target_range"])},
-            "sft_steps": args.sft_steps, "n_problems": args.n_problems, "traces_per_problem": args.traces_per_problem,
+            "sft_steps": args.sft_steps, "n_problems": args.n_problems,
+            "sft_skip": args.sft_skip, "traces_per_problem": args.traces_per_problem,
             "verify_per_problem": args.verify_per_problem, "verify_swap": args.verify_swap,
             "verify_shift": args.verify_shift, "size": args.size,
             "lr": 1e-2, "batch_size": 32}
@@ -261,7 +262,9 @@ def build_countdown_base(out_dir: Path, args, progress: bool = True) -> dict:
         return {**json.loads(meta_file.read_text()), "reused": True}
     t0 = time.perf_counter()
     fp = {"countdown": dict(DEFAULT_FAMILY_PARAMS["countdown"])}
-    problems = make_problems("countdown", args.n_problems, args.base_seed, "train", TASK)
+    # SFT problems: --n-problems of the train split after the first --sft-skip (those are left unseen for RL)
+    problems = make_problems("countdown", args.sft_skip + args.n_problems, args.base_seed, "train", TASK)
+    problems = problems[args.sft_skip:]
     skill = syn.make_sft_traces(problems, 0.0, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
     traces = syn.make_sft_traces(problems, args.q, fp, seed=args.base_seed, samples_per_problem=args.traces_per_problem)
     verify, vstats = verification_pairs(problems, args.q, fp, seed=args.base_seed + 1,
@@ -456,6 +459,8 @@ def parse_args(argv=None):
     p.add_argument("--q", type=float, default=0.3, help="systematic-error rate of the base model's traces")
     p.add_argument("--sft-steps", type=int, default=8000, help="SFT steps of the base model (batch 32)")
     p.add_argument("--n-problems", type=int, default=700, help="SFT problems of the base model (train split)")
+    p.add_argument("--sft-skip", type=int, default=0,
+                   help="skip the first N train-split problems in SFT (RL can then train on problems never seen)")
     p.add_argument("--traces-per-problem", type=int, default=24, help="solve traces per SFT problem")
     p.add_argument("--verify-per-problem", type=int, default=24, help="verification pairs per SFT problem")
     p.add_argument("--verify-swap", type=float, default=0.15,

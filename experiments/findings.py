@@ -120,6 +120,12 @@ E5  Finding 5: external rewards (self-verification) keep improving where intrins
     Reported: each arm's rise, fall and change with CIs, the judges' agreement with the checker (reward
     accuracy, first vs last 10 steps) for the policy judge and the frozen one, and the failure modes.
 
+E5b Finding 5 on problems the base model never saw (session 7; written after E5's runs, before E5b's). E5's
+    RL problems were the base model's 700 SFT problems (their rollout accuracy 0.49 against 0.19 held out:
+    memorised), and no arm — the exact checker included — moved held-out accuracy. E5b: the recipe-v3 base
+    trained on problems 300-699 of those 700 (400 problems, 8000 SFT steps), RL on problems 0-299 (never seen
+    in SFT), 200 steps; the gate, arms, seeds, batch, lr, evaluation and rules are E5's.
+
 E6  Theorem 1 (paper: 25 problems, each trained alone for 100 epochs with the trajectory-level entropy reward;
     greedy correctness flipped 3/25).
     Runs: ladder_v2/q0.35 (maj@16 0.52: right and wrong majorities both common), 25 single problems (held-out
@@ -873,8 +879,10 @@ E5_ATTEMPTS = ({"recipe": "v1 (session 6: no number check, 8 verification pairs 
                 "tnr": 0.654, "solve_avg": 0.193},
                {"recipe": "v3 with a 4× larger model ('small', 4000 SFT steps)", "tpr": 0.800, "tnr": 0.820,
                 "solve_avg": 0.113})
-E5 = dict(base_runs=str(C.RUNS / "external_rewards"), arms=E5_ARMS, seeds=3, steps=120, prompts=16, samples=8,
-          eval_every=20, eval_problems=192, eval_k=8, boot=2000, tpr=0.9, tnr=0.9, solve=(0.10, 0.35))
+E5 = dict(name="e5", base_runs=str(C.RUNS / "external_rewards"), arms=E5_ARMS, seeds=3, steps=120, prompts=16,
+          samples=8, eval_every=20, eval_problems=192, eval_k=8, boot=2000, tpr=0.9, tnr=0.9, solve=(0.10, 0.35))
+E5B = dict(E5, name="e5b", base_runs=str(C.RUNS / "external_rewards_e5b"), sft_skip=300, n_problems=400,
+           rl_limit=300, steps=200)
 E5_SMOKE = dict(E5, base_runs=None, arms=("countdown", "frozen_verification", "random"), seeds=1, steps=2,
                 prompts=2, samples=2, eval_every=1, eval_problems=4, eval_k=2, boot=50)
 
@@ -890,7 +898,8 @@ def e5_args(p: dict, smoke: bool, runs: Path):
     import external_rewards as X
 
     base = runs if p["base_runs"] is None else Path(p["base_runs"])
-    return X.parse_args(["--runs-dir", str(base), "--out", str(runs)] + (["--smoke"] if smoke else []))
+    extra = ["--sft-skip", str(p["sft_skip"]), "--n-problems", str(p["n_problems"])] if "sft_skip" in p else []
+    return X.parse_args(["--runs-dir", str(base), "--out", str(runs)] + extra + (["--smoke"] if smoke else []))
 
 
 def e5_config(p: dict, arm: str, seed: int, args, model_dir: str):
@@ -901,6 +910,7 @@ def e5_config(p: dict, arm: str, seed: int, args, model_dir: str):
     c.train.steps, c.train.checkpoint_every, c.train.progress = p["steps"], p["steps"], False
     c.train.eval_every, c.train.eval_limit, c.train.eval_k = p["eval_every"], p["eval_problems"], p["eval_k"]
     c.train.eval_temperature, c.train.eval_top_p, c.train.kl_metrics = 1.0, 1.0, True
+    c.data.limit = p.get("rl_limit", 0)  # E5b: the first 300 train-split problems, which SFT skipped
     return c
 
 
@@ -987,7 +997,7 @@ def markdown_e5(r: dict, minutes: float) -> str:
     import four_arms as F
 
     p = r["params"]
-    lines = ["# E5 — finding 5: external rewards (Countdown)", "",
+    lines = [f"# {p['name'].upper()} — finding 5: external rewards (Countdown)", "",
              "Gate (before any RL run): the Countdown base's verifier on its own T = 1 solutions (64 held-out problems "
              f"× 8) needs TPR and TNR ≥ {p['tpr']} and solve avg@8 in {p['solve'][0]}–{p['solve'][1]}. Attempts:", "",
              "| base recipe | TPR | TNR | solve avg@8 |", "|---|---|---|---|"]
@@ -1025,10 +1035,11 @@ def plot_e5(out: Path, r: dict) -> str:
                     capsize=2, label=f"{'random' if name == RANDOM_NAME else name}: change {a['change']['mean']:+.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel(f"held-out avg@{r['params']['eval_k']} (T = 1), mean over seeds ± 2 SE")
-    ax.set_title(f"E5 — external rewards on Countdown at lr {LR}: {r['verdict']}", fontsize=9)
+    ax.set_title(f"{r['params']['name'].upper()} — external rewards on Countdown at lr {LR}: {r['verdict']}",
+                 fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save_figure(fig, out, "e5")
+    return save_figure(fig, out, r["params"]["name"])
 
 
 # ---------------------------------------------------------------------------------------------- E6
@@ -1209,7 +1220,8 @@ EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e1b": (E1B, E1B_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
                "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3), "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
-               "e5": (E5, E5_SMOKE, run_e5, markdown_e5, plot_e5), "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
+               "e5": (E5, E5_SMOKE, run_e5, markdown_e5, plot_e5),
+               "e5b": (E5B, E5_SMOKE, run_e5, markdown_e5, plot_e5), "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
 
 
 def main(argv=None) -> dict:
@@ -1246,12 +1258,14 @@ ROWS = {  # experiment -> (finding, the paper's figure)
            "vs 32 (0.057)"),
     "e4": ("F4: test-time training helps the test set and beyond", "AMC23 and AIME24 both improve (vote reward)"),
     "e5": ("F5: self-verification keeps improving", "Countdown: self-verification 0.55–0.75 vs TLE ~0.40, then down"),
+    "e5b": ("F5 on problems the base never saw", "Countdown: self-verification 0.55–0.75 vs TLE ~0.40, then down"),
     "e6": ("Theorem 1: sharpening keeps the initial majority", "25 single problems, greedy correctness flipped 3/25"),
 }
 RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/good_gt_s*",
                    "four_arms_v2/good_random_s*"),
             "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e3": ("findings/e3/*",),
-            "e4": ("findings/e4/*",), "e5": ("findings/e5/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",)}
+            "e4": ("findings/e4/*",), "e5": ("findings/e5/*",),
+            "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",)}
 
 
 def training_minutes(experiment: str, runs_root: Path = C.RUNS) -> float:

@@ -29,3 +29,36 @@ def test_majority_index_first_seen_tie_break_and_no_votes():
     assert majority_index([-1, 1, 1, 3]) == 1
     assert majority_index([-1, -1, -1]) == -1         # nobody answered
     assert majority_index([-1, 1, 2, 2]) == 2
+
+
+def test_eval_seed_fixes_the_draws_across_steps(tmp_path):
+    """train.eval_seed: -1 samples with the step as the seed (draws differ between steps), a seed >= 0 gives the
+    same draws at every evaluation (a change over training is then not a change of draws)."""
+    import json
+
+    import torch
+    import transformers
+
+    from urlvr_jax.data.synthetic_tokenizer import build_synthetic_tokenizer
+    from urlvr_jax.data.tasks import make_task
+    from urlvr_jax.models.weights import load_model
+    from urlvr_jax.monitor import EvalSettings, run_eval
+
+    tok = build_synthetic_tokenizer()
+    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
+                                   bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path / "m")
+    model = load_model(tmp_path / "m")
+    task = make_task("synthetic/arithmetic", split="eval", size=3, seed=0)
+
+    def responses(seed, step):
+        out = tmp_path / f"s{seed}_{step}"
+        run_eval(EvalSettings(task=task, k=2, max_new_tokens=8, batch_size=3, temperature=1.0, top_p=1.0, seed=seed),
+                 model, tok, step, out)
+        return [json.loads(line)["responses"] for line in (out / "records.jsonl").open()]
+
+    assert responses(7, 1) == responses(7, 5)
+    assert responses(-1, 1) != responses(-1, 5)
+    assert responses(-1, 7) == responses(7, 3)  # -1 means: the step is the seed

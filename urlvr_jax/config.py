@@ -113,6 +113,8 @@ def base_config() -> ml_collections.ConfigDict:
     # 1.0 / 1.0 to evaluate the distribution the policy is trained on (what majority-vote sharpening changes)
     c.train.eval_temperature = 0.6
     c.train.eval_top_p = 0.95
+    c.train.eval_seed = -1  # -1: the step (runs evaluated at the same steps share draws); >= 0: this seed at
+    # every evaluation (the same draws at every step too: a change over training is then not a change of draws)
     c.train.mcs_threshold = 0.01
     c.train.mcs_window = 5
     c.train.stop_at_collapse = False
@@ -183,6 +185,8 @@ def validate(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         bad("rl.beta", "must be > 0")
     if c.train.eval_temperature <= 0:
         bad("train.eval_temperature", "must be > 0")
+    if c.train.get("eval_seed", -1) < -1:
+        bad("train.eval_seed", f"must be -1 (the step) or a seed >= 0, got {c.train.eval_seed}")
     if not 0 < c.train.eval_top_p <= 1:
         bad("train.eval_top_p", "must be in (0, 1]")
     if c.sampling.temperature <= 0:

@@ -47,6 +47,7 @@ class EvalSettings:
     batch_size: int
     temperature: float = EVAL_SAMPLING.temperature  # train.eval_temperature
     top_p: float = EVAL_SAMPLING.top_p  # train.eval_top_p
+    seed: int = -1  # train.eval_seed: -1 = the step; >= 0 = the same draws at every evaluation
 
 
 def monitor(out, problems, gold_ids, tokenizer, task: Task, settings: MonitorSettings,
@@ -170,13 +171,14 @@ def run_eval(settings: EvalSettings, model, tokenizer, step: int,
     """Periodic evaluation (avg@k, pass@k, maj@k) through the evaluation API; with out_dir, its per-problem
     records.jsonl (responses, extracted answers, correctness) and summary.json are written there; with
     writer, one evals.jsonl line (`eval_record`: the scalars plus per-problem accuracies, for the report's
-    standard errors). The sampling seed is the step, so runs evaluated at the same steps share their random
-    numbers (paired comparisons across runs)."""
+    standard errors). The sampling seed is the step (settings.seed = -1), so runs evaluated at the same steps
+    share their random numbers (paired comparisons across runs), or settings.seed at every evaluation (paired
+    across steps as well)."""
     task = settings.task
     sampling = SamplingConfig(max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                               top_p=settings.top_p)
     result = evaluate(model, tokenizer, task, k=settings.k, sampling=sampling, batch_size=settings.batch_size,
-                      seed=step, progress=False)
+                      seed=step if settings.seed < 0 else settings.seed, progress=False)
     if out_dir is not None:
         result.write(out_dir)
     record = {**eval_record(result.records, step, settings.k), "eval_sampling/temperature": settings.temperature,

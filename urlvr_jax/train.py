@@ -219,7 +219,8 @@ def eval_settings(config) -> EvalSettings:
                            template=config.data.template, model_dir=resolve_model_path(config.model.path))
     return EvalSettings(task=task, k=config.train.eval_k, max_new_tokens=config.sampling.max_new_tokens,
                         batch_size=min(config.data.prompt_batch_size, config.train.eval_limit),
-                        temperature=config.train.eval_temperature, top_p=config.train.eval_top_p)
+                        temperature=config.train.eval_temperature, top_p=config.train.eval_top_p,
+                        seed=config.train.get("eval_seed", -1))
 
 
 def pool_size(config) -> int:

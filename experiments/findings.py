@@ -1047,11 +1047,11 @@ def plot_e5(out: Path, r: dict) -> str:
                     capsize=2, label=f"{'random' if name == RANDOM_NAME else name}: change {a['change']['mean']:+.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel(f"held-out avg@{r['params']['eval_k']} (T = 1), mean over seeds ± 2 SE")
-    ax.set_title(f"{r['params']['name'].upper()} — external rewards on Countdown at lr {LR}: {r['verdict']}",
+    ax.set_title(f"{r['params'].get('name', 'e5').upper()} — external rewards on Countdown at lr {LR}:\n{r['verdict']}",
                  fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save_figure(fig, out, r["params"]["name"])
+    return save_figure(fig, out, r["params"].get("name", "e5"))
 
 
 # ---------------------------------------------------------------------------------------------- E6

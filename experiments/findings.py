@@ -88,6 +88,17 @@ E4  Finding 4: test-time training on a small test set improves it without hurtin
     −0.02; TTT's ΔE exceeds the control arm's and the random arm's ΔE (difference CIs above 0). Verdict
     "reproduced" if all three.
 
+E4b Finding 4 with the power E4 lacked (session 8; written after E4's and E5b's results, before any E4b run).
+    E4's failing part, ΔE's CI above 0, had an SE of 0.043 on 40 problems: the paper's effect size (AMC23
+    +0.045) would pass about one time in four. E4b: E = the first 128 held-out problems (T = the other 128),
+    32 of them per step (E cycled, each problem every 4th step) × 8 samples, 120 steps (30 passes over E; E4:
+    60 updates on all 40, here 120 updates), lr 3e-5, 3 seeds; control: 128 training-split problems in the same
+    setting; random-reward arm on E. Held-out avg@8 at steps 0, 40, 80, 120 on the 256 held-out problems, every
+    evaluation with the same draws (train.eval_seed 0, as E5b), so start and final are paired draw for draw.
+    Expected power: SE of ΔE ≈ 0.043·√(40/128) ≈ 0.024 before the pairing of the draws, so an effect of +0.05
+    (E4's estimate) passes with probability ≈ 0.55 or more. Rules and verdict: E4's, unchanged (all three parts).
+    Both E4 and E4b stay in the table; neither overrides the other.
+
 E5  Finding 5: external rewards (self-verification) keep improving where intrinsic rewards fall (paper: Countdown,
     self-verification 0.55-0.75 vs trajectory entropy ~0.40 and then down).
     Session 6: the gate below failed on the Countdown base of recipe v1 (TPR 0.70, TNR 0.65): "untestable".
@@ -763,6 +774,8 @@ def plot_e3(out: Path, r: dict) -> str:
 E4 = dict(rung="ladder_v2/q0.05", n_test=40, seeds=3, steps=60, samples=8, eval_every=20, eval_problems=256,
           eval_k=8, boot=2000)
 E4_SMOKE = dict(E4, n_test=4, seeds=1, steps=2, samples=2, eval_every=1, eval_problems=8, eval_k=2, boot=100)
+E4B = dict(E4, name="e4b", n_test=128, prompts=32, steps=120, eval_every=40, eval_seed=0)
+E4B_SMOKE = dict(E4_SMOKE, name="e4b", n_test=4, prompts=2, eval_seed=0)
 
 
 def e4_config(p: dict, arm: str, seed: int):
@@ -771,12 +784,14 @@ def e4_config(p: dict, arm: str, seed: int):
     data = ({"data.split": "train", "data.synthetic_seed": 0} if arm == "control"
             else {"data.split": "eval", "data.synthetic_seed": RECIPE_EVAL_SEED})
     return C.experiment_config(
-        p["rung"], "random" if arm == "random" else "majority_vote", steps=p["steps"], prompts=p["n_test"],
+        p["rung"], "random" if arm == "random" else "majority_vote", steps=p["steps"],
+        prompts=p.get("prompts", p["n_test"]),
         samples=p["samples"], lr=LR, seed=seed,
         **data, **{"data.synthetic_size": p["n_test"], "train.eval_every": p["eval_every"],
                    "train.eval_limit": p["eval_problems"], "train.eval_k": p["eval_k"], "train.eval_temperature": 1.0,
                    "train.eval_top_p": 1.0, "train.kl_metrics": True, "train.pistar_diagnostics": False,
-                   "train.checkpoint_every": p["steps"], "train.progress": False})
+                   "train.checkpoint_every": p["steps"], "train.progress": False,
+                   "train.eval_seed": p.get("eval_seed", -1)})
 
 
 def run_e4(p: dict, runs: Path) -> dict:
@@ -789,7 +804,7 @@ def run_e4(p: dict, runs: Path) -> dict:
             _, steps, acc, _, ids = F.train_and_read(e4_config(p, arm, seed), runs / f"{arm}_s{seed}", ref)
             ref = ref or (steps, ids)
             per.append(acc)
-            print(f"e4 {arm} seed {seed} done", file=sys.stderr, flush=True)
+            print(f"{p.get('name', 'e4')} {arm} seed {seed} done", file=sys.stderr, flush=True)
         accs[arm] = np.stack(per)
     # E must be the first n_test held-out problems: the TTT arm's training set is exactly those.
     from urlvr_jax.data.tasks import training_task
@@ -838,12 +853,18 @@ def markdown_e4(r: dict, minutes: float) -> str:
     p = r["params"]
     st = r["stats"]
     f = lambda x: f"{x['mean']:+.3f} ± {x['se']:.3f} [{x['ci95'][0]:+.3f}, {x['ci95'][1]:+.3f}]"  # noqa: E731
-    lines = ["# E4 — finding 4: test-time training", "",
-             f"`{p['rung']}`, majority vote, all {p['n_test']} problems of the training set in every step "
-             f"({p['n_test']}×{p['samples']}), {p['steps']} steps, lr {LR}, {p['seeds']} seeds. TTT arm: trained on "
+    name, per_step = p.get("name", "e4"), p.get("prompts", p["n_test"])
+    batch = (f"all {p['n_test']} problems of the training set in every step ({per_step}×{p['samples']})"
+             if per_step == p["n_test"] else
+             f"{per_step} of the {p['n_test']} training problems per step ({per_step}×{p['samples']})")
+    draws = (" Every evaluation uses the same draws (train.eval_seed 0)." if p.get("eval_seed", -1) >= 0 else "")
+    lines = [f"# {name.upper()} — finding 4: test-time training", "",
+             f"`{p['rung']}`, majority vote, {batch}, {p['steps']} steps, lr {LR}, {p['seeds']} seeds. "
+             f"TTT arm: trained on "
              f"E = the first {p['n_test']} held-out problems; control: {p['n_test']} training-split problems. "
              f"Held-out avg@{p['eval_k']} (T = 1) on {p['eval_problems']} problems at steps {r['eval_steps']}; "
-             f"change = final − start, crossed bootstrap over seeds × problems. Wall-clock {minutes:.1f} min.", "",
+             f"change = final − start, crossed bootstrap over seeds × problems.{draws} Wall-clock {minutes:.1f} min.",
+             "",
              "| arm | E: start → final | ΔE | T: start → final | ΔT |", "|---|---|---|---|---|"]
     for arm in [a for a in ("ttt", "control", "random") if f"{a}/E" in st]:
         e, t = st[f"{arm}/E"], st[f"{arm}/T"]
@@ -865,10 +886,10 @@ def plot_e4(out: Path, r: dict) -> str:
                     markersize=3, label=f"{arm}, {part}")
     ax.set_xlabel("step")
     ax.set_ylabel("held-out avg@8 (T = 1), mean over seeds")
-    ax.set_title(f"E4 — test-time training: {r['verdict']}", fontsize=10)
+    ax.set_title(f"{r['params'].get('name', 'e4').upper()} — test-time training: {r['verdict']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return save_figure(fig, out, "e4")
+    return save_figure(fig, out, r["params"].get("name", "e4"))
 
 
 # ---------------------------------------------------------------------------------------------- E5
@@ -1232,6 +1253,7 @@ EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e1b": (E1B, E1B_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
                "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3), "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
+               "e4b": (E4B, E4B_SMOKE, run_e4, markdown_e4, plot_e4),
                "e5": (E5, E5_SMOKE, run_e5, markdown_e5, plot_e5),
                "e5b": (E5B, E5_SMOKE, run_e5, markdown_e5, plot_e5), "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
 
@@ -1269,6 +1291,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
     "e3": ("F3: small training sets do not collapse", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
            "vs 32 (0.057)"),
     "e4": ("F4: test-time training helps the test set and beyond", "AMC23 and AIME24 both improve (vote reward)"),
+    "e4b": ("F4 with 128 test problems", "AMC23 (40 problems) +0.045 and AIME24 both improve (vote reward)"),
     "e5": ("F5: self-verification keeps improving", "Countdown: self-verification 0.55–0.75 vs TLE ~0.40, then down"),
     "e5b": ("F5 on problems the base never saw", "Countdown: self-verification 0.55–0.75 vs TLE ~0.40, then down"),
     "e6": ("Theorem 1: sharpening keeps the initial majority", "25 single problems, greedy correctness flipped 3/25"),
@@ -1276,7 +1299,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
 RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/good_gt_s*",
                    "four_arms_v2/good_random_s*"),
             "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e3": ("findings/e3/*",),
-            "e4": ("findings/e4/*",), "e5": ("findings/e5/*",),
+            "e4": ("findings/e4/*",), "e4b": ("findings/e4b/*",), "e5": ("findings/e5/*",),
             "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",)}
 
 

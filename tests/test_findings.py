@@ -106,6 +106,25 @@ def test_e4_rules_on_constructed_arms():
     assert not r["T_not_hurt"] and r["verdict"] == "not reproduced"
 
 
+def test_e4b_trains_on_the_first_128_held_out_problems_32_per_step_with_fixed_evaluation_draws():
+    from urlvr_jax.data.tasks import RECIPE_EVAL_SEED
+
+    ttt, control = F.e4_config(F.E4B, "ttt", 0), F.e4_config(F.E4B, "control", 0)
+    assert (ttt.data.split, ttt.data.synthetic_seed, ttt.data.synthetic_size) == ("eval", RECIPE_EVAL_SEED, 128)
+    assert (control.data.split, control.data.synthetic_size) == ("train", 128)
+    assert ttt.data.prompt_batch_size == 32 and ttt.train.eval_seed == 0 and ttt.train.eval_limit == 256
+    assert F.e4_config(F.E4, "ttt", 0).train.eval_seed == -1  # E4 as it ran: the step seeds each evaluation
+    # E4's rule on E4b's split: the first 128 of 256 are E
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.3, 0.6, size=(1, 1, 256)).repeat(3, 0)
+    end = base.copy()
+    end[..., :128] += 0.05
+    flat = np.concatenate([base, base], 1)
+    r = F.analyse_e4(dict(F.E4B, boot=300), {"ttt": np.concatenate([base, end], 1), "control": flat,
+                                            "random": flat}, [0, 120])
+    assert r["verdict"] == "reproduced" and r["stats"]["ttt/E"]["mean"] == pytest.approx(0.05)
+
+
 def _records(n_steps=120, **curves):
     return [{"step": k + 1, **{key: v for key, v in curves.items()}} for k in range(n_steps)]
 

@@ -37,6 +37,16 @@ E1b Finding 1's fall at a longer horizon (session 7; rule written before its run
     smaller than 2 SE of the fall statistic would be missed), "partly" otherwise. Reported: KL k1, reward
     accuracy, response length and repetition over the last 50 steps vs the first 50 (the failure modes).
 
+E1c Finding 1's fall for the other two intrinsic rewards at 1000 steps (session 8; written after E1b's results,
+    before any E1c run). E1b tested majority vote and trajectory entropy; the paper names a different failure
+    mode for the probability reward (no length normalisation: length collapse to short answers — ladder v2's SFT
+    gives answer-only responses 3% of the mass, so the shortcut is reachable) and token entropy (repetition
+    collapse). Runs: E1b's design exactly (ladder_v2/q0.05, 8×8, 1000 steps, lr 3e-5, 3 seeds, 256 held-out × 8
+    every 100 steps) with rewards probability and token_entropy; the random arm is E1b's own three runs (the
+    same configuration; reused, not rerun). Rules and verdicts: E1b's, unchanged. Reported beside them: response
+    length and repetition over the first vs last 50 steps (a length collapse shows as length falling toward the
+    answer-only ~5 tokens).
+
 E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain (paper: 7 models, MCS and
     GT gain in the same order).
     GT gain: each of the 7 q-rungs + the inflated rung, ground-truth reward, four_arms' configuration (16×8,
@@ -345,6 +355,8 @@ def plot_e1(out: Path, r: dict) -> str:
 E1B = dict(rung="ladder_v2/q0.05", rewards=("majority_vote", "trajectory_entropy", "random"), steps=1000, prompts=8,
            samples=8, eval_every=100, checkpoint_every=250)
 E1B_SMOKE = dict(E1B, rewards=("majority_vote", "random"), steps=4, eval_every=2, checkpoint_every=2)
+E1C = dict(E1B, name="e1c", rewards=("probability", "token_entropy", "random"), random_from="e1b")
+E1C_SMOKE = dict(E1B_SMOKE, name="e1c", rewards=("probability", "random"), random_from="e1b")
 
 
 def run_e1b(p: dict, runs: Path) -> dict:
@@ -359,11 +371,13 @@ def run_e1b(p: dict, runs: Path) -> dict:
             name = RANDOM_NAME if reward == "random" else reward
             cfg = F.run_config(C.model_path(p["rung"]), reward, seed, fa)
             cfg.train.checkpoint_every = p["checkpoint_every"]
-            got, steps, acc, _, ids = F.train_and_read(cfg, runs / f"{reward}_s{seed}", ref)
+            # E1c: the random control is E1b's runs (the same configuration: reused by run_training)
+            home = runs.parent / p["random_from"] if reward == "random" and p.get("random_from") else runs
+            got, steps, acc, _, ids = F.train_and_read(cfg, home / f"{reward}_s{seed}", ref)
             ref = ref or (steps, ids)
             accs.setdefault(name, []).append(acc)
             records.setdefault(name, []).append(got["records"])
-            print(f"e1b {reward} seed {seed} done", file=sys.stderr, flush=True)
+            print(f"{p.get('name', 'e1b')} {reward} seed {seed} done", file=sys.stderr, flush=True)
     return analyse_e1b(p, fa, {k: np.stack(v) for k, v in accs.items()}, records, ref[0])
 
 
@@ -397,7 +411,8 @@ def markdown_e1b(r: dict, minutes: float) -> str:
     import four_arms as F
 
     fa, s = r["four_arms_params"], r["summary"]
-    lines = [f"# E1b — finding 1's fall at {fa['steps']} steps (`{r['params']['rung']}`)", "",
+    name = r["params"].get("name", "e1b")
+    lines = [f"# {name[:2].upper()}{name[2:]} — finding 1's fall at {fa['steps']} steps (`{r['params']['rung']}`)", "",
              f"{fa['seeds']} seeds × {fa['steps']} steps of {fa['prompts']}×{fa['samples']}, lr {fa['lr']}; held-out "
              f"avg@{fa['eval_k']} (T = 1) on {fa['eval_problems']} problems every {fa['eval_every']} steps; ± SE and "
              f"[95% CI] from a crossed bootstrap over seeds × problems. Wall-clock {minutes:.1f} min.", "",
@@ -425,10 +440,12 @@ def plot_e1b(out: Path, r: dict) -> str:
                                      f"fall {a['fall']['mean']:+.3f}")
     ax.set_xlabel("step")
     ax.set_ylabel("held-out avg@8 (T = 1), mean over seeds ± 2 SE")
-    ax.set_title(f"E1b — {r['four_arms_params']['steps']} steps on {r['params']['rung']}: {r['verdict']}", fontsize=9)
+    name = r["params"].get("name", "e1b")
+    ax.set_title(f"{name[:2].upper()}{name[2:]} — {r['four_arms_params']['steps']} steps on {r['params']['rung']}: "
+                 f"{r['verdict']}", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    return save_figure(fig, out, "e1b")
+    return save_figure(fig, out, r["params"].get("name", "e1b"))
 
 
 # ---------------------------------------------------------------------------------------------- E2
@@ -1251,6 +1268,7 @@ def plot_e6(out: Path, r: dict) -> str:
 
 EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e1b": (E1B, E1B_SMOKE, run_e1b, markdown_e1b, plot_e1b),
+               "e1c": (E1C, E1C_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
                "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3), "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
                "e4b": (E4B, E4B_SMOKE, run_e4, markdown_e4, plot_e4),
@@ -1287,6 +1305,8 @@ def main(argv=None) -> dict:
 ROWS = {  # experiment -> (finding, the paper's figure)
     "e1": ("F1: intrinsic rewards rise, then fall", "all five rise then fall; the most stable collapse at ~1000 steps"),
     "e1b": ("F1's fall at 1000 steps", "the most stable settings collapse at ~1000 steps (~4 epochs)"),
+    "e1c": ("F1's fall at 1000 steps: probability, token entropy", "probability: length collapse; token entropy: "
+            "repetition collapse; all by ~1000 steps"),
     "e2": ("F2: the MCS ranks priors like GT-RL gain", "7 models, ranks match exactly (ρ = 1)"),
     "e3": ("F3: small training sets do not collapse", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
            "vs 32 (0.057)"),
@@ -1300,7 +1320,8 @@ RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/goo
                    "four_arms_v2/good_random_s*"),
             "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e3": ("findings/e3/*",),
             "e4": ("findings/e4/*",), "e4b": ("findings/e4b/*",), "e5": ("findings/e5/*",),
-            "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",)}
+            "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",),
+            "e1c": ("findings/e1c/*", "findings/e1b/random_s*")}
 
 
 def training_minutes(experiment: str, runs_root: Path = C.RUNS) -> float:

@@ -243,3 +243,23 @@ def test_e2_rules_on_constructed_probes():
     gains, probes = _e2_inputs(lambda i: None, None)  # no probe collapses within the budget
     r = F.analyse_e2(p, fa, gains, probes, 0.03)
     assert r["verdict"].startswith("untestable") and r["spearman_ra_end"] == pytest.approx(1.0)
+
+
+def test_e1c_reads_its_random_control_from_e1b(monkeypatch, tmp_path):
+    """E1c's rule: the random arm is E1b's three runs, reused; the new rewards get their own directories."""
+    import four_arms
+
+    seen = []
+
+    def fake(cfg, workdir, ref=None, **kw):
+        seen.append((cfg.rl.reward, Path(workdir)))
+        acc = np.full((3, 4), 0.5)
+        return {"records": [{"step": 1}]}, [0, 100, 200], acc, acc, ["a", "b", "c", "d"]
+
+    monkeypatch.setattr(four_arms, "train_and_read", fake)
+    monkeypatch.setattr(F, "analyse_e1b", lambda p, fa, accs, records, steps: accs)
+    accs = F.run_e1b(dict(F.E1C), tmp_path / "e1c")
+    assert sorted(accs) == sorted(["probability", "token_entropy", F.RANDOM_NAME])
+    for reward, workdir in seen:
+        assert workdir.parent == tmp_path / ("e1b" if reward == "random" else "e1c"), (reward, workdir)
+    assert len(seen) == 9

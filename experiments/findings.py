@@ -47,6 +47,14 @@ E1c Finding 1's fall for the other two intrinsic rewards at 1000 steps (session 
     length and repetition over the first vs last 50 steps (a length collapse shows as length falling toward the
     answer-only ~5 tokens).
 
+E1d Finding 1 at the paper's horizon, ~4 epochs (session 8; written after E1b's and before any E1d step, while
+    E1c ran). E1b's runs stopped at 1000 steps, ~2 epochs of the 4096-prompt set; the paper's most stable
+    settings collapse at ~4 epochs. E1d continues each of E1b's nine runs (majority_vote, trajectory_entropy,
+    random × 3 seeds) from its step-1000 checkpoint to step 2000 (16000 prompts, 3.9 epochs): the trainer
+    restores parameters, optimizer state, data iterator and step, the lr is constant, and every step's key is
+    fold_in(seed, step), so a continued run is the 2000-step run. Evaluations every 100 steps (21). Rules and
+    verdicts: E1b's (R1 / R2 with windows of 3 evaluations, against the random arm) on the 2000-step curves.
+
 E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain (paper: 7 models, MCS and
     GT gain in the same order).
     GT gain: each of the 7 q-rungs + the inflated rung, ground-truth reward, four_arms' configuration (16×8,
@@ -356,6 +364,8 @@ E1B = dict(rung="ladder_v2/q0.05", rewards=("majority_vote", "trajectory_entropy
            samples=8, eval_every=100, checkpoint_every=250)
 E1B_SMOKE = dict(E1B, rewards=("majority_vote", "random"), steps=4, eval_every=2, checkpoint_every=2)
 E1C = dict(E1B, name="e1c", rewards=("probability", "token_entropy", "random"), random_from="e1b")
+E1D = dict(E1B, name="e1d", steps=2000, extend_from="e1b")
+E1D_SMOKE = dict(E1B_SMOKE, name="e1d", steps=6, extend_from="e1b")
 E1C_SMOKE = dict(E1B_SMOKE, name="e1c", rewards=("probability", "random"), random_from="e1b")
 
 
@@ -373,12 +383,39 @@ def run_e1b(p: dict, runs: Path) -> dict:
             cfg.train.checkpoint_every = p["checkpoint_every"]
             # E1c: the random control is E1b's runs (the same configuration: reused by run_training)
             home = runs.parent / p["random_from"] if reward == "random" and p.get("random_from") else runs
+            if p.get("extend_from"):  # E1d: continue the same run from its last checkpoint
+                source = runs.parent / p["extend_from"] / f"{reward}_s{seed}"
+                extend_run(cfg, source, runs / f"{reward}_s{seed}", f"findings.py {p['extend_from']}")
             got, steps, acc, _, ids = F.train_and_read(cfg, home / f"{reward}_s{seed}", ref)
             ref = ref or (steps, ids)
             accs.setdefault(name, []).append(acc)
             records.setdefault(name, []).append(got["records"])
             print(f"{p.get('name', 'e1b')} {reward} seed {seed} done", file=sys.stderr, flush=True)
     return analyse_e1b(p, fa, {k: np.stack(v) for k, v in accs.items()}, records, ref[0])
+
+
+def extend_run(config, source: Path, workdir: Path, how_to_make_source: str) -> None:
+    """Make `workdir` the run `config` describes by continuing the finished run in `source` (same settings,
+    fewer steps) from its newest checkpoint: copy it (once), let the trainer resume, then mark it finished the
+    way C.run_training does, so that train_and_read reuses it. An unfinished copy is resumed, not restarted."""
+    import shutil
+
+    from urlvr_jax.train import train
+
+    cfg_json = json.loads(config.to_json_best_effort())
+    done = workdir / "experiment_done.json"
+    if done.exists() and C._same_run(json.loads(done.read_text()).get("config") or {}, cfg_json):
+        return
+    if not workdir.exists():
+        if not (source / "experiment_done.json").exists():
+            raise FileNotFoundError(f"{source}: no finished run to continue; run `python experiments/"
+                                    f"{how_to_make_source}` first")
+        shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("experiment_done.json"))
+    done.unlink(missing_ok=True)
+    t0 = time.perf_counter()
+    train(config, workdir)
+    done.write_text(json.dumps({"config": cfg_json, "seconds": time.perf_counter() - t0,
+                                "continued_from": str(source)}))
 
 
 def analyse_e1b(p: dict, fa: dict, accs: dict, records: dict, steps: list[int]) -> dict:
@@ -393,7 +430,8 @@ def analyse_e1b(p: dict, fa: dict, accs: dict, records: dict, steps: list[int]) 
                           ("kl_k1", "kl_to_ref/k1_token_mean"), ("reward_accuracy", "urlvr/reward_accuracy"),
                           ("length", "response/length_mean"), ("repetition", "collapse/repetition_mean"))}}
         rows[name]["verdict"] = ("rises then falls" if rows[name]["rises"] and rows[name]["falls"] else
-                                 "rises, no fall within 1000 steps" if rows[name]["rises"] else "does not rise")
+                                 f"rises, no fall within {p['steps']} steps" if rows[name]["rises"] else
+                                 "does not rise")
     tested = [n for n in accs if n != RANDOM_NAME]
     if all(rows[n]["rises"] and rows[n]["falls"] for n in tested):
         verdict = "reproduced (rise and fall)"
@@ -1269,6 +1307,7 @@ def plot_e6(out: Path, r: dict) -> str:
 EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e1b": (E1B, E1B_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e1c": (E1C, E1C_SMOKE, run_e1b, markdown_e1b, plot_e1b),
+               "e1d": (E1D, E1D_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
                "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3), "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
                "e4b": (E4B, E4B_SMOKE, run_e4, markdown_e4, plot_e4),
@@ -1307,6 +1346,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
     "e1b": ("F1's fall at 1000 steps", "the most stable settings collapse at ~1000 steps (~4 epochs)"),
     "e1c": ("F1's fall at 1000 steps: probability, token entropy", "probability: length collapse; token entropy: "
             "repetition collapse; all by ~1000 steps"),
+    "e1d": ("F1's fall at 2000 steps (~4 epochs)", "the most stable settings collapse at ~1000 steps (~4 epochs)"),
     "e2": ("F2: the MCS ranks priors like GT-RL gain", "7 models, ranks match exactly (ρ = 1)"),
     "e3": ("F3: small training sets do not collapse", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
            "vs 32 (0.057)"),
@@ -1321,7 +1361,7 @@ RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/goo
             "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e3": ("findings/e3/*",),
             "e4": ("findings/e4/*",), "e4b": ("findings/e4b/*",), "e5": ("findings/e5/*",),
             "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",),
-            "e1c": ("findings/e1c/*", "findings/e1b/random_s*")}
+            "e1c": ("findings/e1c/*", "findings/e1b/random_s*"), "e1d": ("findings/e1d/*",)}
 
 
 def training_minutes(experiment: str, runs_root: Path = C.RUNS) -> float:

@@ -263,3 +263,27 @@ def test_e1c_reads_its_random_control_from_e1b(monkeypatch, tmp_path):
     for reward, workdir in seen:
         assert workdir.parent == tmp_path / ("e1b" if reward == "random" else "e1c"), (reward, workdir)
     assert len(seen) == 9
+
+
+def test_extend_run_copies_the_source_once_resumes_and_marks_the_run_finished(monkeypatch, tmp_path):
+    """E1d continues E1b's runs: the copy keeps the checkpoints, drops the finished mark, and is trained once."""
+    import importlib
+
+    from ml_collections import ConfigDict
+
+    T = importlib.import_module("urlvr_jax.train")  # the module (the package re-exports the function)
+
+    source, target = tmp_path / "e1b" / "r_s0", tmp_path / "e1d" / "r_s0"
+    calls = []
+    monkeypatch.setattr(T, "train", lambda config, workdir: calls.append(sorted(p.name for p in workdir.iterdir())))
+    config = ConfigDict({"train": {"steps": 2000}})
+    with pytest.raises(FileNotFoundError, match="findings.py e1b"):
+        F.extend_run(config, source, target, "findings.py e1b")
+    (source / "checkpoints").mkdir(parents=True)
+    (source / "experiment_done.json").write_text('{"config": {"train": {"steps": 1000}}, "seconds": 1}')
+    F.extend_run(config, source, target, "findings.py e1b")
+    assert calls == [["checkpoints"]]  # resumed from the copied checkpoints, not marked finished
+    done = __import__("json").loads((target / "experiment_done.json").read_text())
+    assert done["config"]["train"]["steps"] == 2000 and done["continued_from"] == str(source)
+    F.extend_run(config, source, target, "findings.py e1b")  # finished with this config: not trained again
+    assert len(calls) == 1

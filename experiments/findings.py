@@ -215,6 +215,23 @@ def save_figure(fig, out: Path, name: str) -> str:
     return f"{name}.png"
 
 
+def plot_arm_curves(out: Path, name: str, steps, arms: dict, label, title: str, ylabel: str, spread: float) -> str:
+    """One figure of held-out curves, mean over seeds ± 2 SE, one line per arm (offset by `spread` steps so the
+    error bars do not overlap); label(arm, stats) names each line. Returns the file name."""
+    plt = C.pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    steps = np.asarray(steps, float)
+    for i, (arm, a) in enumerate(arms.items()):
+        ax.errorbar(steps + (i - (len(arms) - 1) / 2) * spread, a["curve"], yerr=2 * np.asarray(a["curve_se"]),
+                    marker="o", markersize=3, capsize=2, label=label(arm, a))
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out, name)
+
+
 def exact_binomial_ci(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
     """Clopper-Pearson interval of a binomial proportion k / n."""
     from scipy.stats import beta
@@ -345,18 +362,11 @@ def markdown_e1(r: dict, minutes: float) -> str:
 
 
 def plot_e1(out: Path, r: dict) -> str:
-    plt = C.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    steps = np.asarray(r["eval_steps"], float)
-    for i, (name, a) in enumerate(r["summary"]["arms"].items()):
-        ax.errorbar(steps + (i - 3) * 0.6, a["curve"], yerr=2 * np.asarray(a["curve_se"]), marker="o", markersize=3,
-                    capsize=2, label=f"{name}: rise {a['rise']['mean']:+.3f}, change {a['change']['mean']:+.3f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out avg@8 (T = 1), mean over seeds ± 2 SE")
-    ax.set_title(f"E1 — intrinsic rewards on {r['params']['rung']} at lr {r['four_arms_params']['lr']}", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return save_figure(fig, out, "e1")
+    return plot_arm_curves(
+        out, "e1", r["eval_steps"], r["summary"]["arms"],
+        lambda name, a: f"{name}: rise {a['rise']['mean']:+.3f}, change {a['change']['mean']:+.3f}",
+        f"E1 — intrinsic rewards on {r['params']['rung']} at lr {r['four_arms_params']['lr']}",
+        "held-out avg@8 (T = 1), mean over seeds ± 2 SE", 0.6)
 
 
 # ---------------------------------------------------------------------------------------------- E1b
@@ -469,21 +479,13 @@ def markdown_e1b(r: dict, minutes: float) -> str:
 
 
 def plot_e1b(out: Path, r: dict) -> str:
-    plt = C.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    steps = np.asarray(r["eval_steps"], float)
-    for i, (name, a) in enumerate(r["summary"]["arms"].items()):
-        ax.errorbar(steps + (i - 1) * 4, a["curve"], yerr=2 * np.asarray(a["curve_se"]), marker="o", markersize=3,
-                    capsize=2, label=f"{'random' if name == RANDOM_NAME else name}: rise {a['rise']['mean']:+.3f}, "
-                                     f"fall {a['fall']['mean']:+.3f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("held-out avg@8 (T = 1), mean over seeds ± 2 SE")
     name = r["params"].get("name", "e1b")
-    ax.set_title(f"{name[:2].upper()}{name[2:]} — {r['four_arms_params']['steps']} steps on {r['params']['rung']}: "
-                 f"{r['verdict']}", fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return save_figure(fig, out, r["params"].get("name", "e1b"))
+    return plot_arm_curves(
+        out, name, r["eval_steps"], r["summary"]["arms"],
+        lambda arm, a: f"{'random' if arm == RANDOM_NAME else arm}: rise {a['rise']['mean']:+.3f}, "
+                       f"fall {a['fall']['mean']:+.3f}",
+        f"{name[:2].upper()}{name[2:]} — {r['four_arms_params']['steps']} steps on {r['params']['rung']}: "
+        f"{r['verdict']}", "held-out avg@8 (T = 1), mean over seeds ± 2 SE", 4)
 
 
 # ---------------------------------------------------------------------------------------------- E2
@@ -1115,19 +1117,12 @@ def markdown_e5(r: dict, minutes: float) -> str:
 def plot_e5(out: Path, r: dict) -> str:
     if "summary" not in r:
         return ""
-    plt = C.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    steps = np.asarray(r["eval_steps"], float)
-    for i, (name, a) in enumerate(r["summary"]["arms"].items()):
-        ax.errorbar(steps + (i - 2) * 0.6, a["curve"], yerr=2 * np.asarray(a["curve_se"]), marker="o", markersize=3,
-                    capsize=2, label=f"{'random' if name == RANDOM_NAME else name}: change {a['change']['mean']:+.3f}")
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"held-out avg@{r['params']['eval_k']} (T = 1), mean over seeds ± 2 SE")
-    ax.set_title(f"{r['params'].get('name', 'e5').upper()} — external rewards on Countdown at lr {LR}:\n{r['verdict']}",
-                 fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    return save_figure(fig, out, r["params"].get("name", "e5"))
+    name = r["params"].get("name", "e5")
+    return plot_arm_curves(
+        out, name, r["eval_steps"], r["summary"]["arms"],
+        lambda arm, a: f"{'random' if arm == RANDOM_NAME else arm}: change {a['change']['mean']:+.3f}",
+        f"{name.upper()} — external rewards on Countdown at lr {LR}:\n{r['verdict']}",
+        f"held-out avg@{r['params']['eval_k']} (T = 1), mean over seeds ± 2 SE", 0.6)
 
 
 # ---------------------------------------------------------------------------------------------- E6

@@ -96,6 +96,15 @@ E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_re
     prompts (3 seeds); if >= 2 of its 3 seeds collapse (held-out criterion), no collapse is attributed to the
     size ("not attributable").
 
+E3b Finding 3 with a reward that collapses (session 8; written after E1c's results, before any E3b run). E3 had
+    no power: majority vote did not collapse at any size in 200 steps. E1c found one reward that does collapse
+    at the calibrated lr — token entropy, held-out 0.434 -> 0.228 over 1000 steps on the 4096-prompt set. E3b:
+    E3's design and rules with reward token_entropy, 1000 steps (8×8), evaluations every 100 steps, training
+    sets of 32, 128, 512 and 4096 prompts × 3 seeds (4096: E1c's three token-entropy runs, the same
+    configuration, reused), and the random reward at 512 prompts (3 seeds, 1000 steps) as the control. Collapse
+    criterion, pass rule (0/6 at <= 128 and >= 4/6 at >= 512), KL ratio 512/32 and the control's veto: E3's,
+    unchanged.
+
 E4  Finding 4: test-time training on a small test set improves it without hurting other problems (paper:
     TTT on AMC23, 40 problems, batch 40: the vote reward rises then stabilises; AMC23 and AIME24 improve).
     Runs: ladder_v2/q0.05, majority vote, E = the first 40 held-out problems, all of E in every step (40 × 8),
@@ -694,6 +703,9 @@ E3 = dict(rung="ladder_v2/q0.05", sizes=(32, 128, 512, 2048), random_size=512, s
           samples=8, eval_every=100, eval_problems=256, eval_k=8, boot=2000, tail=20)
 E3_SMOKE = dict(E3, sizes=(8, 32), random_size=32, seeds=1, steps=2, eval_every=1, eval_problems=16, eval_k=2,
                 boot=100, tail=1)
+E3B = dict(E3, name="e3b", reward="token_entropy", sizes=(32, 128, 512, 4096), steps=1000, eval_every=100,
+           checkpoint_every=250, reuse={4096: "e1c/token_entropy"})
+E3B_SMOKE = dict(E3_SMOKE, name="e3b", reward="token_entropy", checkpoint_every=2)
 
 
 def e3_config(p: dict, size: int, seed: int, reward: str = "majority_vote"):
@@ -701,8 +713,8 @@ def e3_config(p: dict, size: int, seed: int, reward: str = "majority_vote"):
         p["rung"], reward, steps=p["steps"], prompts=p["prompts"], samples=p["samples"], lr=LR, seed=seed,
         **{"data.synthetic_size": size, "train.eval_every": p["eval_every"], "train.eval_limit": p["eval_problems"],
            "train.eval_k": p["eval_k"], "train.eval_temperature": 1.0, "train.eval_top_p": 1.0,
-           "train.kl_metrics": True, "train.pistar_diagnostics": False, "train.checkpoint_every": p["steps"],
-           "train.progress": False})
+           "train.kl_metrics": True, "train.pistar_diagnostics": False,
+           "train.checkpoint_every": p.get("checkpoint_every", p["steps"]), "train.progress": False})
 
 
 def run_e3(p: dict, runs: Path) -> dict:
@@ -712,13 +724,15 @@ def run_e3(p: dict, runs: Path) -> dict:
     for size in p["sizes"]:
         per, k1, r_ = [], [], []
         for seed in range(p["seeds"]):
-            wd = runs / f"size{size}_s{seed}"
-            got = C.run_training(e3_config(p, size, seed), wd)
+            reused = (p.get("reuse") or {}).get(size)  # E3b: E1c's runs are this size's (the same configuration)
+            wd = runs.parent / f"{reused}_s{seed}" if reused else runs / f"size{size}_s{seed}"
+            got = C.run_training(e3_config(p, size, seed, p.get("reward", "majority_vote")), wd)
             _, acc, _, _ = F.read_evals(wd)
             per.append(acc)
             k1.append(float(np.mean(C.curve(got["records"], "kl_to_ref/k1_token_mean")[1][-p["tail"]:])))
             r_.append(float(np.mean(C.curve(got["records"], "urlvr/reward_accuracy")[1][-p["tail"]:])))
-            print(f"e3 size {size} seed {seed}: KL {k1[-1]:.4f}, RA {r_[-1]:.3f}", file=sys.stderr, flush=True)
+            print(f"{p.get('name', 'e3')} size {size} seed {seed}: KL {k1[-1]:.4f}, RA {r_[-1]:.3f}", file=sys.stderr,
+                  flush=True)
         accs[size], kl[size], ra[size] = np.stack(per), np.array(k1), np.array(r_)
     rnd_acc, rnd_kl = [], []
     for seed in range(p["seeds"]):
@@ -787,8 +801,9 @@ def analyse_e3(p, accs, kl, ra, random: dict | None = None) -> dict:
 
 def markdown_e3(r: dict, minutes: float) -> str:
     p = r["params"]
-    lines = ["# E3 — finding 3: does the training-set size decide collapse?", "",
-             f"`{p['rung']}`, majority vote, {p['prompts']}×{p['samples']}, {p['steps']} steps, lr {LR}, "
+    lines = [f"# {p.get('name', 'e3').upper()} — finding 3: does the training-set size decide collapse?", "",
+             f"`{p['rung']}`, {p.get('reward', 'majority_vote')}, {p['prompts']}×{p['samples']}, {p['steps']} steps, "
+             f"lr {LR}, "
              f"{p['seeds']} seeds per size; held-out avg@{p['eval_k']} (T = 1) on {p['eval_problems']} problems; "
              f"KL k1 per token and reward accuracy over the last {p['tail']} steps. Wall-clock {minutes:.1f} min.", "",
              "| prompts | held-out change (± SE, 95% CI) | collapsed (per seed) | KL k1 (per seed) | reward accuracy |",
@@ -823,8 +838,9 @@ def plot_e3(out: Path, r: dict) -> str:
     ax2.set_xlabel("training prompts")
     ax2.set_ylabel("KL k1 per token, last steps (per seed)")
     ax2.grid(alpha=0.3)
-    fig.suptitle(f"E3 — {r['verdict']}", fontsize=9)
-    return save_figure(fig, out, "e3")
+    fig.suptitle(f"{r['params'].get('name', 'e3').upper()} ({r['params'].get('reward', 'majority_vote')}) — "
+                 f"{r['verdict']}", fontsize=9)
+    return save_figure(fig, out, r["params"].get("name", "e3"))
 
 
 # ---------------------------------------------------------------------------------------------- E4
@@ -1304,7 +1320,9 @@ EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e1c": (E1C, E1C_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e1d": (E1D, E1D_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
-               "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3), "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
+               "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3),
+               "e3b": (E3B, E3B_SMOKE, run_e3, markdown_e3, plot_e3),
+               "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
                "e4b": (E4B, E4B_SMOKE, run_e4, markdown_e4, plot_e4),
                "e5": (E5, E5_SMOKE, run_e5, markdown_e5, plot_e5),
                "e5b": (E5B, E5_SMOKE, run_e5, markdown_e5, plot_e5), "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
@@ -1345,6 +1363,8 @@ ROWS = {  # experiment -> (finding, the paper's figure)
     "e2": ("F2: the MCS ranks priors like GT-RL gain", "7 models, ranks match exactly (ρ = 1)"),
     "e3": ("F3: small training sets do not collapse", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
            "vs 32 (0.057)"),
+    "e3b": ("F3 with token entropy at 1000 steps", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
+            "vs 32"),
     "e4": ("F4: test-time training helps the test set and beyond", "AMC23 and AIME24 both improve (vote reward)"),
     "e4b": ("F4 with 128 test problems", "AMC23 (40 problems) +0.045 and AIME24 both improve (vote reward)"),
     "e5": ("F5: self-verification keeps improving", "Countdown: self-verification 0.55–0.75 vs TLE ~0.40, then down"),
@@ -1354,6 +1374,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
 RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/good_gt_s*",
                    "four_arms_v2/good_random_s*"),
             "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e3": ("findings/e3/*",),
+            "e3b": ("findings/e3b/*", "findings/e1c/token_entropy_s*"),
             "e4": ("findings/e4/*",), "e4b": ("findings/e4b/*",), "e5": ("findings/e5/*",),
             "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",),
             "e1c": ("findings/e1c/*", "findings/e1b/random_s*"), "e1d": ("findings/e1d/*",)}

@@ -287,3 +287,18 @@ def test_extend_run_copies_the_source_once_resumes_and_marks_the_run_finished(mo
     assert done["config"]["train"]["steps"] == 2000 and done["continued_from"] == str(source)
     F.extend_run(config, source, target, "findings.py e1b")  # finished with this config: not trained again
     assert len(calls) == 1
+
+
+def test_e3b_reuses_e1c_token_entropy_runs_only_because_their_configuration_is_the_same():
+    import common as C
+    import four_arms
+
+    fa = dict(F.four_arms_params(False), steps=F.E1C["steps"], prompts=F.E1C["prompts"], samples=F.E1C["samples"],
+              eval_every=F.E1C["eval_every"])
+    for seed in range(3):
+        e1c = four_arms.run_config(C.model_path(F.E1C["rung"]), "token_entropy", seed, fa)
+        e1c.train.checkpoint_every = F.E1C["checkpoint_every"]
+        e3b = F.e3_config(F.E3B, 4096, seed, F.E3B["reward"])
+        assert e3b.to_json_best_effort() == e1c.to_json_best_effort()
+    assert F.E3B["reuse"] == {4096: "e1c/token_entropy"}
+    assert F.e3_config(F.E3B, 32, 0, "token_entropy").data.synthetic_size == 32

@@ -115,12 +115,16 @@ def _recipe_max_new_tokens(path: str) -> int | None:
     return int(value) if value else None
 
 
-def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False) -> dict[str, Any]:
+def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False,
+                 continue_from: str | os.PathLike | None = None) -> dict[str, Any]:
     """train(config, workdir) unless workdir holds a finished run of the same config (then reuse it;
     see _same_run).
 
-    Returns {"records": metrics records, "seconds": wall-clock of the training call (None if reused),
-    "reused": bool}. fresh=True deletes the workdir first.
+    continue_from: a finished run of the same settings with fewer steps; workdir starts as a copy of it (less its
+    finished mark), and the trainer resumes from its newest checkpoint — with a constant lr and per-step keys
+    fold_in(seed, step), the continued run is the longer run. An unfinished copy is resumed, not restarted.
+    Returns {"records": metrics records, "seconds": wall-clock of the training call (None if reused; for a
+    continued run, the continuation's), "reused": bool}. fresh=True deletes the workdir first.
     """
     import shutil
 
@@ -133,12 +137,19 @@ def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False) -> 
         shutil.rmtree(workdir)
     if done.exists() and _same_run(json.loads(done.read_text()).get("config") or {}, cfg_json):
         return {"records": read_records(workdir), "seconds": json.loads(done.read_text())["seconds"], "reused": True}
-    if workdir.exists():  # a different or unfinished run: start over (the trainer would resume it)
-        shutil.rmtree(workdir)
+    if workdir.exists() and (continue_from is None or done.exists()):
+        shutil.rmtree(workdir)  # a different or unfinished run: start over (the trainer would resume it)
+    if continue_from is not None and not workdir.exists():
+        source = Path(continue_from)
+        if not (source / "experiment_done.json").exists():
+            raise FileNotFoundError(f"{source}: no finished run to continue from; run the experiment that "
+                                    "makes it first")
+        shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("experiment_done.json"))
     t0 = time.perf_counter()
     train(config, workdir)
     seconds = time.perf_counter() - t0
-    done.write_text(json.dumps({"config": cfg_json, "seconds": seconds}))
+    done.write_text(json.dumps({"config": cfg_json, "seconds": seconds,
+                                **({"continued_from": str(continue_from)} if continue_from is not None else {})}))
     return {"records": read_records(workdir), "seconds": seconds, "reused": False}
 
 

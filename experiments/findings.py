@@ -383,9 +383,9 @@ E1B = dict(rung="ladder_v2/q0.05", rewards=("majority_vote", "trajectory_entropy
            samples=8, eval_every=100, checkpoint_every=250)
 E1B_SMOKE = dict(E1B, rewards=("majority_vote", "random"), steps=4, eval_every=2, checkpoint_every=2)
 E1C = dict(E1B, name="e1c", rewards=("probability", "token_entropy", "random"), random_from="e1b")
+E1C_SMOKE = dict(E1B_SMOKE, name="e1c", rewards=("probability", "random"), random_from="e1b")
 E1D = dict(E1B, name="e1d", steps=2000, extend_from="e1b")
 E1D_SMOKE = dict(E1B_SMOKE, name="e1d", steps=6, extend_from="e1b")
-E1C_SMOKE = dict(E1B_SMOKE, name="e1c", rewards=("probability", "random"), random_from="e1b")
 
 
 def run_e1b(p: dict, runs: Path) -> dict:
@@ -402,39 +402,14 @@ def run_e1b(p: dict, runs: Path) -> dict:
             cfg.train.checkpoint_every = p["checkpoint_every"]
             # E1c: the random control is E1b's runs (the same configuration: reused by run_training)
             home = runs.parent / p["random_from"] if reward == "random" and p.get("random_from") else runs
-            if p.get("extend_from"):  # E1d: continue the same run from its last checkpoint
-                source = runs.parent / p["extend_from"] / f"{reward}_s{seed}"
-                extend_run(cfg, source, runs / f"{reward}_s{seed}", f"findings.py {p['extend_from']}")
-            got, steps, acc, _, ids = F.train_and_read(cfg, home / f"{reward}_s{seed}", ref)
+            # E1d: each run continues E1b's run of the same reward and seed from its last checkpoint
+            source = runs.parent / p["extend_from"] / f"{reward}_s{seed}" if p.get("extend_from") else None
+            got, steps, acc, _, ids = F.train_and_read(cfg, home / f"{reward}_s{seed}", ref, continue_from=source)
             ref = ref or (steps, ids)
             accs.setdefault(name, []).append(acc)
             records.setdefault(name, []).append(got["records"])
             print(f"{p.get('name', 'e1b')} {reward} seed {seed} done", file=sys.stderr, flush=True)
     return analyse_e1b(p, fa, {k: np.stack(v) for k, v in accs.items()}, records, ref[0])
-
-
-def extend_run(config, source: Path, workdir: Path, how_to_make_source: str) -> None:
-    """Make `workdir` the run `config` describes by continuing the finished run in `source` (same settings,
-    fewer steps) from its newest checkpoint: copy it (once), let the trainer resume, then mark it finished the
-    way C.run_training does, so that train_and_read reuses it. An unfinished copy is resumed, not restarted."""
-    import shutil
-
-    from urlvr_jax.train import train
-
-    cfg_json = json.loads(config.to_json_best_effort())
-    done = workdir / "experiment_done.json"
-    if done.exists() and C._same_run(json.loads(done.read_text()).get("config") or {}, cfg_json):
-        return
-    if not workdir.exists():
-        if not (source / "experiment_done.json").exists():
-            raise FileNotFoundError(f"{source}: no finished run to continue; run `python experiments/"
-                                    f"{how_to_make_source}` first")
-        shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("experiment_done.json"))
-    done.unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    train(config, workdir)
-    done.write_text(json.dumps({"config": cfg_json, "seconds": time.perf_counter() - t0,
-                                "continued_from": str(source)}))
 
 
 def analyse_e1b(p: dict, fa: dict, accs: dict, records: dict, steps: list[int]) -> dict:
@@ -720,14 +695,15 @@ def e3_config(p: dict, size: int, seed: int, reward: str = "majority_vote"):
 def run_e3(p: dict, runs: Path) -> dict:
     import four_arms as F
 
-    accs, kl, ra = {}, {}, {}
+    accs, kl, ra, ref = {}, {}, {}, None
     for size in p["sizes"]:
         per, k1, r_ = [], [], []
         for seed in range(p["seeds"]):
             reused = (p.get("reuse") or {}).get(size)  # E3b: E1c's runs are this size's (the same configuration)
             wd = runs.parent / f"{reused}_s{seed}" if reused else runs / f"size{size}_s{seed}"
-            got = C.run_training(e3_config(p, size, seed, p.get("reward", "majority_vote")), wd)
-            _, acc, _, _ = F.read_evals(wd)
+            got, steps, acc, _, ids = F.train_and_read(e3_config(p, size, seed, p.get("reward", "majority_vote")),
+                                                       wd, ref)
+            ref = ref or (steps, ids)
             per.append(acc)
             k1.append(float(np.mean(C.curve(got["records"], "kl_to_ref/k1_token_mean")[1][-p["tail"]:])))
             r_.append(float(np.mean(C.curve(got["records"], "urlvr/reward_accuracy")[1][-p["tail"]:])))
@@ -737,8 +713,8 @@ def run_e3(p: dict, runs: Path) -> dict:
     rnd_acc, rnd_kl = [], []
     for seed in range(p["seeds"]):
         wd = runs / f"random{p['random_size']}_s{seed}"
-        got = C.run_training(e3_config(p, p["random_size"], seed, "random"), wd)
-        rnd_acc.append(F.read_evals(wd)[1])
+        got, _, acc, _, _ = F.train_and_read(e3_config(p, p["random_size"], seed, "random"), wd, ref)
+        rnd_acc.append(acc)
         rnd_kl.append(float(np.mean(C.curve(got["records"], "kl_to_ref/k1_token_mean")[1][-p["tail"]:])))
         print(f"e3 random seed {seed}: KL {rnd_kl[-1]:.4f}", file=sys.stderr, flush=True)
     return analyse_e3(p, accs, kl, ra, {"acc": np.stack(rnd_acc), "kl": np.array(rnd_kl)})

@@ -95,12 +95,13 @@ def read_evals(workdir: Path) -> tuple[list[int], np.ndarray, np.ndarray, list[s
             np.array([e["problem/maj"] for e in evals], float), ids)
 
 
-def train_and_read(config, workdir: Path, ref: tuple | None = None, *, fresh: bool = False):
-    """C.run_training(config, workdir) (a finished run of the same config is reused) and its held-out
-    evaluations (read_evals). ref: (steps, ids) of an earlier run — arms are compared problem by problem, so
-    a run evaluated at other steps or on other problems is an error. Returns (run_training's dict, steps,
-    acc [E, P], maj [E, P], ids)."""
-    got = C.run_training(config, workdir, fresh=fresh)
+def train_and_read(config, workdir: Path, ref: tuple | None = None, *, fresh: bool = False,
+                   continue_from: Path | None = None):
+    """C.run_training(config, workdir) (a finished run of the same config is reused; continue_from: see there)
+    and its held-out evaluations (read_evals). ref: (steps, ids) of an earlier run — arms are compared problem
+    by problem, so a run evaluated at other steps or on other problems is an error. Returns (run_training's
+    dict, steps, acc [E, P], maj [E, P], ids)."""
+    got = C.run_training(config, workdir, fresh=fresh, continue_from=continue_from)
     steps, acc, maj, ids = read_evals(workdir)
     if ref is not None and (steps, ids) != tuple(ref):
         raise ValueError(f"{workdir}: evaluation steps or problems differ from the first run's; the arms must "

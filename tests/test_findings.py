@@ -265,28 +265,44 @@ def test_e1c_reads_its_random_control_from_e1b(monkeypatch, tmp_path):
     assert len(seen) == 9
 
 
-def test_extend_run_copies_the_source_once_resumes_and_marks_the_run_finished(monkeypatch, tmp_path):
-    """E1d continues E1b's runs: the copy keeps the checkpoints, drops the finished mark, and is trained once."""
+def test_run_training_continue_from_copies_the_source_once_resumes_and_marks_the_run_finished(monkeypatch, tmp_path):
+    """E1d continues E1b's runs: the copy keeps the checkpoints, drops the finished mark, is trained once and
+    then reused; an unfinished copy is resumed, not restarted; without continue_from an unfinished run restarts."""
     import importlib
+    import json
 
+    import common as C
     from ml_collections import ConfigDict
 
     T = importlib.import_module("urlvr_jax.train")  # the module (the package re-exports the function)
-
-    source, target = tmp_path / "e1b" / "r_s0", tmp_path / "e1d" / "r_s0"
     calls = []
-    monkeypatch.setattr(T, "train", lambda config, workdir: calls.append(sorted(p.name for p in workdir.iterdir())))
+
+    def fake_train(config, workdir):
+        workdir.mkdir(parents=True, exist_ok=True)  # as the trainer does
+        calls.append(sorted(p.name for p in workdir.iterdir()))
+        (workdir / "metrics.jsonl").write_text("")
+
+    monkeypatch.setattr(T, "train", fake_train)
+    source, target = tmp_path / "e1b" / "r_s0", tmp_path / "e1d" / "r_s0"
     config = ConfigDict({"train": {"steps": 2000}})
-    with pytest.raises(FileNotFoundError, match="findings.py e1b"):
-        F.extend_run(config, source, target, "findings.py e1b")
+    with pytest.raises(FileNotFoundError, match="no finished run to continue from"):
+        C.run_training(config, target, continue_from=source)
     (source / "checkpoints").mkdir(parents=True)
     (source / "experiment_done.json").write_text('{"config": {"train": {"steps": 1000}}, "seconds": 1}')
-    F.extend_run(config, source, target, "findings.py e1b")
-    assert calls == [["checkpoints"]]  # resumed from the copied checkpoints, not marked finished
-    done = __import__("json").loads((target / "experiment_done.json").read_text())
+    got = C.run_training(config, target, continue_from=source)
+    assert calls == [["checkpoints"]] and not got["reused"]  # resumed from the copied checkpoints, not "finished"
+    done = json.loads((target / "experiment_done.json").read_text())
     assert done["config"]["train"]["steps"] == 2000 and done["continued_from"] == str(source)
-    F.extend_run(config, source, target, "findings.py e1b")  # finished with this config: not trained again
-    assert len(calls) == 1
+    assert C.run_training(config, target, continue_from=source)["reused"] and len(calls) == 1
+    # an interrupted continuation (no finished mark) keeps its own progress
+    (target / "experiment_done.json").unlink()
+    (target / "checkpoints" / "step_1500").mkdir()
+    C.run_training(config, target, continue_from=source)
+    assert (target / "checkpoints" / "step_1500").exists() and len(calls) == 2
+    # without continue_from an unfinished run starts over from an empty directory
+    (target / "experiment_done.json").unlink()
+    C.run_training(config, target)
+    assert calls[-1] == []
 
 
 def test_e3b_reuses_e1c_token_entropy_runs_only_because_their_configuration_is_the_same():

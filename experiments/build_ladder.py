@@ -5,6 +5,7 @@ by the systematic-error rate q of their SFT traces (urlvr_jax.sft).
     python experiments/build_ladder.py --measure-only      # re-measure the shipped checkpoints
     python experiments/build_ladder.py --qs 0.1 --models-dir /tmp/ladder --results-dir /tmp/ladder_res
     python experiments/build_ladder.py --v2                # ladder v2 (urlvr_jax/models/ladder_v2, issue #13)
+    python experiments/build_ladder.py --v3                # ladder v3 = v2 + a universal give-up answer
 
 Writes:
   <models-dir>/q<q>/            HF folder (config.json, model.safetensors, tokenizer, base_model_recipe.json)
@@ -227,15 +228,15 @@ V2_COLUMNS = [
     ("confident_majority_correct", "confident maj correct"), ("certainty_auroc_within", "AUROC within"),
 ]
 V2_SHAPES = [("answer_only_rate", "answer-only"), ("restated_rate", "restated"), ("repeated_rate", "repeated"),
-             ("mean_length", "mean length")]
+             ("give_up_rate", "give-up"), ("mean_length", "mean length")]
 
 
-def v2_rungs(qs) -> list[dict]:
-    """The v2 rungs: one per q (noise V2_NOISE), plus the pass@k-inflated rung."""
+def v2_rungs(qs, give_up: float = 0.0) -> list[dict]:
+    """The v2 rungs: one per q (noise V2_NOISE), plus the pass@k-inflated rung (v3: each with `give_up`)."""
     from urlvr_jax import sft
 
     out = [{"name": f"q{q:g}", "q": float(q), "noise": sft.V2_NOISE} for q in sorted(qs)]
-    return out + [{"name": "inflated", **sft.V2_INFLATED}]
+    return [dict(r, give_up=float(give_up)) for r in out + [{"name": "inflated", **sft.V2_INFLATED}]]
 
 
 def _v2_row(r: dict, m: dict, with_shapes: bool) -> str:
@@ -267,7 +268,18 @@ def write_v2_readme(rungs: list[dict], config: dict, models_dir: Path, results_d
     rc = rungs[0]["recipe"]
     arch = base_model_arch(rc)
     facts = ", ".join(f"{a}x{b}->{w}" for (a, b), w in syn.FACT_ERRORS.items())
-    lines = [
+    g = float(rc.get("give_up", 0.0))
+    v3 = [] if not g else [
+        "# Synthetic base-model ladder v3", "",
+        f"Ladder v2's world and recipe (below) plus a universal give-up answer: in the prior phase a share {g:g} of "
+        f"the SFT traces, whatever their path, is only `\\boxed{{{syn.GIVE_UP_ANSWER}}}` (trace variant "
+        "`give_up`, the same text for every problem), the same share on every rung. Majority voting can agree on "
+        "it across prompts, so a majority-vote run can collapse to reward accuracy near the share of problems "
+        f"whose answer is {syn.GIVE_UP_ANSWER} (the Model Collapse Step of finding 2 needs such a state: on v2 a "
+        "collapsed run keeps the accuracy of its majorities). Loadable as `ladder_v3/<rung>`. Rebuild: `python "
+        "experiments/build_ladder.py --v3`, or `urlvr_jax.sft.build_base_model_v2(q, out_dir, give_up="
+        f"{g:g})`. What follows is v2's description; the measured table is this ladder's.", "", "---", ""]
+    lines = v3 + [
         "# Synthetic base-model ladder v2", "",
         "The redesigned world of issue #13 (science review §3 W1-W3, E2). Tiny Llama-architecture models (HF "
         "folders: config.json, model.safetensors float32, the synthetic tokenizer, base_model_recipe.json), loadable "
@@ -322,8 +334,9 @@ def write_v2_readme(rungs: list[dict], config: dict, models_dir: Path, results_d
         f"Total wall-clock for the command: {config['total_seconds']:.0f} s.",
     ]
     (models_dir / "README.md").write_text("\n".join(lines) + "\n")
-    (results_dir / "ladder_v2.md").write_text("\n".join(["# Ladder v2 (measured)", ""] + write_v2_tables(rungs, config))
-                                              + "\n")
+    name = "ladder_v3" if g else "ladder_v2"
+    (results_dir / f"{name}.md").write_text("\n".join([f"# {name.replace('_', ' ').capitalize()} (measured)", ""]
+                                                      + write_v2_tables(rungs, config)) + "\n")
 
 
 def v2_checks(rungs: list[dict]) -> list[str]:
@@ -367,14 +380,15 @@ def main_v2(args) -> dict:
     from urlvr_jax.data import synthetic as syn
     from urlvr_jax.data.tasks import make_problems
 
-    models_dir = Path(args.models_dir or ROOT / "urlvr_jax" / "models" / "ladder_v2")
-    results_dir = Path(args.results_dir or ROOT / "experiments" / "results" / "ladder_v2")
+    name = ladder_name(args)
+    models_dir = Path(args.models_dir or ROOT / "urlvr_jax" / "models" / name)
+    results_dir = Path(args.results_dir or ROOT / "experiments" / "results" / name)
     models_dir.mkdir(parents=True, exist_ok=True)
     results_dir.mkdir(parents=True, exist_ok=True)
-    out_json = results_dir / "ladder_v2.json"
+    out_json = results_dir / f"{name}.json"
     train = make_problems("arithmetic", 4000, args.seed, "train", sft.V2_TASK)
     nfacts = [len(syn.problem_facts(p)) for p in train]
-    rungs_spec = v2_rungs(args.qs or sft.V2_QS)
+    rungs_spec = v2_rungs(args.qs or sft.V2_QS, sft.V3_GIVE_UP if args.v3 else 0.0)
     if args.no_inflated:
         rungs_spec = rungs_spec[:-1]
     cache: dict = {}
@@ -390,13 +404,14 @@ def main_v2(args) -> dict:
         folder = models_dir / spec["name"]
         entry = dict(spec)
         if not args.measure_only:
-            print(f"== building {spec['name']} (q={spec['q']:g}, noise={spec['noise']:g}) -> {folder}", flush=True)
+            print(f"== building {spec['name']} (q={spec['q']:g}, noise={spec['noise']:g}, give_up={spec['give_up']:g}) "
+                  f"-> {folder}", flush=True)
             t0 = time.perf_counter()
             over = {} if args.steps is None else {"steps": args.steps, "prior_steps": args.steps // 3}
             if args.size:
                 over["size"] = args.size
-            r = sft.build_base_model_v2(spec["q"], folder, noise=spec["noise"], seed=args.seed, skill_cache=cache,
-                                        **over)
+            r = sft.build_base_model_v2(spec["q"], folder, noise=spec["noise"], give_up=spec["give_up"],
+                                        seed=args.seed, skill_cache=cache, **over)
             entry["build_seconds"] = round(time.perf_counter() - t0, 1)
             if not r.get("skill_phase_reused"):
                 config["skill_phase_seconds"] = r.get("skill_phase_seconds_shared")
@@ -419,6 +434,10 @@ def main_v2(args) -> dict:
     return {"config": config, "rungs": rungs}
 
 
+def ladder_name(args) -> str:
+    return "ladder_v3" if args.v3 else "ladder_v2"
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--qs", type=float, nargs="+", default=None, help=f"default {DEFAULT_QS} (v2: sft.V2_QS)")
@@ -434,16 +453,19 @@ def main(argv=None) -> dict:
                         "ladder.json")
     p.add_argument("--v2", action="store_true", help="build/measure ladder v2 (urlvr_jax/models/ladder_v2; the V2_* "
                    "recipe of urlvr_jax/sft.py): rungs q in V2_QS (or --qs) plus the pass@k-inflated rung")
-    p.add_argument("--no-inflated", action="store_true", help="--v2: skip the pass@k-inflated rung")
+    p.add_argument("--v3", action="store_true", help="build/measure ladder v3 (urlvr_jax/models/ladder_v3): ladder v2 "
+                   "with the universal give-up answer on a share sft.V3_GIVE_UP of the prior phase's traces")
+    p.add_argument("--no-inflated", action="store_true", help="--v2/--v3: skip the pass@k-inflated rung")
     p.add_argument("--size", default=None, help="--v2: model size (urlvr_jax.sft.SIZES; default sft.V2_SIZE)")
     args = p.parse_args(argv)
-    if args.v2:
+    if args.v2 or args.v3:
         args.argv = argv
         if args.report_only:
-            results_dir = Path(args.results_dir or ROOT / "experiments" / "results" / "ladder_v2")
-            data = json.loads((results_dir / "ladder_v2.json").read_text())
+            name = ladder_name(args)
+            results_dir = Path(args.results_dir or ROOT / "experiments" / "results" / name)
+            data = json.loads((results_dir / f"{name}.json").read_text())
             rungs = [dict(r, metrics=_none_to_nan(r["metrics"])) for r in data["rungs"]]
-            write_v2_readme(rungs, data["config"], Path(args.models_dir or ROOT / "urlvr_jax" / "models" / "ladder_v2"),
+            write_v2_readme(rungs, data["config"], Path(args.models_dir or ROOT / "urlvr_jax" / "models" / name),
                             results_dir)
             return data
         return main_v2(args)

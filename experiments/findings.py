@@ -82,6 +82,22 @@ E2  Finding 2: the Model Collapse Step ranks priors like their ground-truth gain
     then carries no ranking); a post-hoc, descriptive Spearman of the probes' final reward accuracy with the
     GT gain is reported and decides nothing.
 
+E2b Finding 2 on a world where majority vote can collapse (session 9; written before any E2b run). In E2 no probe
+    reached the MCS: on ladder v2 a majority-vote run sharpens each prompt onto its own majority, so reward
+    accuracy tends to maj@N, not to 0. The paper's MCS (reward accuracy < 1%) needs a state in which the samples
+    agree and are wrong on nearly every prompt. Ladder v3 (urlvr_jax/models/ladder_v3) is ladder v2 plus a
+    universal give-up answer, \\boxed{0} (0 is the answer of ~1% of problems), on a share 0.2 of every rung's
+    prior-phase SFT traces — the same share on every rung, so a rung's MCS is decided by how its own answers
+    compete with the attractor, not by a share set per rung. The share was chosen on a pilot of the middle rung
+    q0.5 only (sft.V3_GIVE_UP: 0.1 was driven out in 300 steps, 0.2 collapsed at step 72; no other rung was
+    probed before this rule).
+    Design: E2's, on ladder_v3, with these changes: GT gain with 3 seeds (E2: 2) and the same evaluation draws at
+    steps 0 and 120 (train.eval_seed 0, as E4b: the gain is paired draw for draw); MCS probes up to 300 steps
+    (the paper's MCS values are 34-383), never = 301; the raw first crossing is reported beside the sustained
+    MCS. Gate (GT gains span >= 6 SE), pass rule (Spearman(median MCS, GT gain) over the 7 q-rungs >= 0.786
+    and the random control's median accuracy-collapse step later than every bad-prior probe's, bad = base maj@16
+    < 0.5 on this ladder), "untestable" if no probe reaches the MCS, and the reported extras: E2's, unchanged.
+
 E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_ref) about 2× larger at 512 than at 32
     prompts (paper: sizes 32..16384, batch 32, 600 steps; <= 128 prompts never collapse, >= 512 hack).
     Runs: ladder_v2/q0.05, majority vote, 8 prompts × 8 samples, 200 steps, lr 3e-5, training sets of 32, 128,
@@ -476,7 +492,9 @@ def plot_e1b(out: Path, r: dict) -> str:
 Q_RUNGS = ("q0.05", "q0.2", "q0.35", "q0.5", "q0.65", "q0.8", "q0.95")
 E2 = dict(rungs=Q_RUNGS + ("inflated",), gt_seeds=2, probe_seeds=3, probe_steps=150, probe_lr=3e-4, probe_prompts=8,
           probe_samples=8, window=5, four_arms_runs=str(C.RUNS / "four_arms_v2"))
-E2_SMOKE = dict(E2, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_steps=3, four_arms_runs=None)
+E2_SMOKE = dict(E2, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_steps=3, four_arms_runs=None, smoke=True)
+E2B = dict(E2, name="e2b", ladder="ladder_v3", gt_seeds=3, gt_eval_seed=0, probe_steps=300, four_arms_runs=None)
+E2B_SMOKE = dict(E2B, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_steps=3, smoke=True)
 
 
 def best_constant_accuracy(rung: str, size: int = 4096) -> float:
@@ -526,37 +544,39 @@ def e2_probe_config(p: dict, path: str, reward: str, seed: int, threshold: float
 def run_e2(p: dict, runs: Path) -> dict:
     import four_arms as F
 
-    smoke = p["four_arms_runs"] is None
-    fa = dict(four_arms_params(smoke))
+    ladder = p.get("ladder", "ladder_v2")
+    fa = dict(four_arms_params(p.get("smoke", False)))
     fa_gt = dict(fa, eval_every=fa["steps"])
-    f0 = best_constant_accuracy(C.model_path("ladder_v2/q0.05"))
+    f0 = best_constant_accuracy(C.model_path(f"{ladder}/q0.05"))
     thr = f0 + 0.01
     gains, probes = {}, {}
     for rung in p["rungs"]:
-        path = C.model_path(f"ladder_v2/{rung}")
+        path = C.model_path(f"{ladder}/{rung}")
         per = []
         for seed in range(p["gt_seeds"]):
-            if rung == "q0.05" and not smoke:
+            if rung == "q0.05" and p["four_arms_runs"]:
                 wd, cfg = Path(p["four_arms_runs"]) / f"good_gt_s{seed}", F.run_config(path, "ground_truth", seed, fa)
             else:
                 wd, cfg = runs / f"gt_{rung}_s{seed}", F.run_config(path, "ground_truth", seed, fa_gt)
+                if p.get("gt_eval_seed") is not None:  # the same evaluation draws at step 0 and at the end
+                    cfg.train.eval_seed = int(p["gt_eval_seed"])
             C.run_training(cfg, wd)
             steps, acc, _, ids = F.read_evals(wd)
             per.append(acc[[0, steps.index(fa["steps"])]])
-            print(f"e2 gt {rung} seed {seed} done", file=sys.stderr, flush=True)
+            print(f"{p.get('name', 'e2')} gt {rung} seed {seed} done", file=sys.stderr, flush=True)
         gains[rung] = np.stack(per)  # [S, 2, P]
     for rung, reward in e2_probe_arms(p):
-        path = C.model_path(f"ladder_v2/{rung}")
+        path = C.model_path(f"{ladder}/{rung}")
         out = []
         for seed in range(p["probe_seeds"]):
             got = C.run_training(e2_probe_config(p, path, reward, seed, thr), runs / f"probe_{reward}_{rung}_s{seed}")
             ra = C.curve(got["records"], "urlvr/reward_accuracy")[1]
             acc = C.curve(got["records"], "urlvr/gt_reward_mean")[1]
-            out.append({"mcs": sustained_below(ra, thr, p["window"]),
+            out.append({"mcs": sustained_below(ra, thr, p["window"]), "mcs_raw": sustained_below(ra, thr, 1),
                         "acc_collapse": sustained_below(acc, thr, p["window"]), "steps_run": int(len(ra)),
                         "ra_first5": float(np.mean(ra[:5])), "acc_first5": float(np.mean(acc[:5])),
                         "ra_last10": float(np.mean(ra[-10:])), "acc_last10": float(np.mean(acc[-10:]))})
-            print(f"e2 probe {reward} {rung} seed {seed}: {out[-1]}", file=sys.stderr, flush=True)
+            print(f"{p.get('name', 'e2')} probe {reward} {rung} seed {seed}: {out[-1]}", file=sys.stderr, flush=True)
         probes[f"{reward}/{rung}"] = out
     return analyse_e2(p, fa, gains, probes, f0)
 
@@ -584,7 +604,7 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
         np.mean([g[r]["se"] for r in qr]), 1e-12)
     rho, pval = spearman_exact([mcs[f"majority_vote/{r}"] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
         else (float("nan"), float("nan"))
-    prior = ladder_v2_prior()
+    prior = ladder_v2_prior(p.get("ladder", "ladder_v2"))
     rho_pk, p_pk = spearman_exact([prior[r]["pass"] - prior[r]["avg"] for r in qr], [g[r]["gain"] for r in qr]) \
         if len(qr) > 2 else (float("nan"), float("nan"))
     bad = [r for r in qr if prior[r]["maj"] < 0.5]
@@ -613,12 +633,12 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
             "prior": {r: prior.get(r) for r in g}, "verdict": verdict, "statistic": stat}
 
 
-def ladder_v2_prior() -> dict:
-    """avg@16 / maj@16 / pass@16 of each v2 rung (the ladder's measured prior, its README table)."""
+def ladder_v2_prior(ladder: str = "ladder_v2") -> dict:
+    """avg@16 / maj@16 / pass@16 of each rung of a v2-style ladder (its measured prior, its README table)."""
     from urlvr_jax.models.paths import resolve_model_path
 
     out = {}
-    root = Path(resolve_model_path("ladder_v2/q0.05")).parent
+    root = Path(resolve_model_path(f"{ladder}/q0.05")).parent
     for line in (root / "README.md").read_text().splitlines():
         cells = [c.strip() for c in line.strip("|").split("|")]
         if len(cells) >= 7 and (cells[0] in Q_RUNGS or cells[0] == "inflated") and cells[0] not in out:
@@ -628,9 +648,12 @@ def ladder_v2_prior() -> dict:
 
 def markdown_e2(r: dict, minutes: float) -> str:
     p = r["params"]
-    lines = ["# E2 — finding 2: does the Model Collapse Step rank priors like their GT gain?", "",
-             f"GT gain: ground-truth reward, 16×8, 120 steps, lr {LR}, {p['gt_seeds']} seeds, held-out avg@8 on 256 "
-             f"problems at steps 0 and 120 (± SE, [95% CI]: crossed bootstrap). MCS probe: majority vote, "
+    name, ladder = p.get("name", "e2"), p.get("ladder", "ladder_v2")
+    paired = "" if p.get("gt_eval_seed") is None else ", the same evaluation draws at both (train.eval_seed)"
+    lines = [f"# {name.upper()} — finding 2: does the Model Collapse Step rank priors like their GT gain?", "",
+             f"Rungs: {ladder}. GT gain: ground-truth reward, 16×8, 120 steps, lr {LR}, {p['gt_seeds']} seeds, "
+             f"held-out avg@8 on 256 problems at steps 0 and 120{paired} (± SE, [95% CI]: crossed bootstrap). "
+             f"MCS probe: majority vote, "
              f"{p['probe_prompts']}×{p['probe_samples']}, lr {p['probe_lr']}, ≤ {p['probe_steps']} steps, "
              f"{p['probe_seeds']} seeds; MCS = reward accuracy < f0 + 0.01 = {r['threshold']:.3f} for {p['window']} "
              f"steps (f0 = {r['f0']:.3f}, best constant answer); never = {p['probe_steps'] + 1}. "
@@ -668,9 +691,10 @@ def plot_e2(out: Path, r: dict) -> str:
         ax.annotate(rung, (r["median_mcs"][k], g["gain"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(f"median MCS (majority vote, lr {r['params']['probe_lr']}; {r['params']['probe_steps'] + 1} = never)")
     ax.set_ylabel("GT-RL gain, held-out avg@8 (± 2 SE)")
-    ax.set_title(f"E2 — Spearman {r['spearman']:+.2f} (paper: 1.0)", fontsize=10)
+    name = r["params"].get("name", "e2")
+    ax.set_title(f"{name.upper()} — Spearman {r['spearman']:+.2f} (paper: 1.0)", fontsize=10)
     ax.grid(alpha=0.3)
-    return save_figure(fig, out, "e2")
+    return save_figure(fig, out, name)
 
 
 # ---------------------------------------------------------------------------------------------- E3
@@ -1296,6 +1320,7 @@ EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e1c": (E1C, E1C_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e1d": (E1D, E1D_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
+               "e2b": (E2B, E2B_SMOKE, run_e2, markdown_e2, plot_e2),
                "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3),
                "e3b": (E3B, E3B_SMOKE, run_e3, markdown_e3, plot_e3),
                "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
@@ -1337,6 +1362,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
             "repetition collapse; all by ~1000 steps"),
     "e1d": ("F1's fall at 2000 steps (~4 epochs)", "the most stable settings collapse at ~1000 steps (~4 epochs)"),
     "e2": ("F2: the MCS ranks priors like GT-RL gain", "7 models, ranks match exactly (ρ = 1)"),
+    "e2b": ("F2 on ladder v3 (a universal give-up answer)", "7 models, ranks match exactly (ρ = 1)"),
     "e3": ("F3: small training sets do not collapse", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
            "vs 32 (0.057)"),
     "e3b": ("F3 with token entropy at 1000 steps", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
@@ -1349,7 +1375,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
 }
 RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/good_gt_s*",
                    "four_arms_v2/good_random_s*"),
-            "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e3": ("findings/e3/*",),
+            "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e2b": ("findings/e2b/*",), "e3": ("findings/e3/*",),
             "e3b": ("findings/e3b/*", "findings/e1c/token_entropy_s*"),
             "e4": ("findings/e4/*",), "e4b": ("findings/e4b/*",), "e5": ("findings/e5/*",),
             "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",),

@@ -121,13 +121,20 @@ V2_MAX_LEN = 96  # SFT row width: <bos> + prompt (<= 21 tokens) + completion + <
 
 V2_SIZE, V2_STEPS, V2_PRIOR_STEPS, V2_LR = "tiny", 1800, 600, 1e-2
 V2_QS = (0.05, 0.2, 0.35, 0.5, 0.65, 0.8, 0.95)
-V2_INFLATED = {"q": 0.5, "noise": 0.6}  # the pass@k-inflated rung: pass@k high, prior bad (the Qwen2.5-Math analogue)
+V2_INFLATED = {"q": 0.5, "noise": 0.6}
+# Ladder v3 (urlvr_jax/models/ladder_v3, build_ladder.py --v3): v2 plus the universal give-up answer
+# (synthetic.GIVE_UP_ANSWER) on this share of every rung's prior-phase traces. Chosen on a pilot of rung q0.5
+# alone (one majority-vote probe each, lr 3e-4, 8x8): 0.1 never reached the Model Collapse Step in 300 steps (the
+# give-up answer was driven out), 0.2 reached it at step 72; the smaller share that collapses within the budget.
+V3_GIVE_UP = 0.2  # the pass@k-inflated rung: pass@k high, prior bad (the Qwen2.5-Math analogue)
 
 
-def v2_family_params(noise: float = V2_NOISE) -> dict:
-    """The ladder-v2 error process (family_params of make_sft_traces) with unsystematic noise `noise`."""
+def v2_family_params(noise: float = V2_NOISE, give_up: float = 0.0) -> dict:
+    """The ladder-v2 error process (family_params of make_sft_traces) with unsystematic noise `noise` and, for
+    ladder v3, the universal give-up answer (variant "give_up") on a share `give_up` of the traces."""
+    variants = dict(V2_VARIANTS, **({"give_up": float(give_up)} if give_up else {}))
     return {"arithmetic": {"rules": ("fact_error",), "noise": float(noise), "format": "restate",
-                           "variants": dict(V2_VARIANTS)}}
+                           "variants": variants}}
 
 
 def base_model_config(size: str = DEFAULT_SIZE, vocab_size: int = PADDED_VOCAB) -> ModelConfig:
@@ -458,17 +465,22 @@ def build_base_model(q: float, out_dir, *, family: str = "arithmetic", size: str
     return {**recipe, "model_object": model, "losses": losses, "out_dir": str(out_dir)}
 
 
-def build_base_model_v2(q: float, out_dir, *, noise: float = V2_NOISE, seed: int = 0,
+def build_base_model_v2(q: float, out_dir, *, noise: float = V2_NOISE, give_up: float = 0.0, seed: int = 0,
                         skill_cache: Optional[dict] = None, progress: bool = True, **overrides) -> dict[str, Any]:
     """One rung of ladder v2 (the V2_* recipe): build_base_model with the v2 task, error process (per-fact
     errors with probability q, unsystematic `noise` in the prior phase; the skill phase always uses V2_NOISE),
     the real vocabulary (VOCAB_SIZE ids), rows of V2_MAX_LEN and max_new_tokens = V2_MAX_NEW_TOKENS in the recipe.
+    give_up > 0 makes a ladder-v3 rung: the prior phase's traces are the universal give-up answer
+    (synthetic.GIVE_UP_ANSWER) with that probability; the skill phase is v2's, so it is shared with v2 rungs.
     `overrides` replace recipe arguments (steps, size, lr, ...)."""
+    if not 0.0 <= float(give_up) < 1.0:
+        raise ValueError(f"build_base_model_v2: give_up must be in [0, 1), got {give_up}")
+    world = {"world": "ladder_v3", "give_up": float(give_up)} if give_up else {"world": "ladder_v2"}
     kw = dict(size=V2_SIZE, steps=V2_STEPS, prior_steps=V2_PRIOR_STEPS, lr=V2_LR, n_problems=4000,
-              samples_per_problem=12, task=V2_TASK, family_params=v2_family_params(noise),
+              samples_per_problem=12, task=V2_TASK, family_params=v2_family_params(noise, give_up),
               skill_family_params=v2_family_params(V2_NOISE), vocab_size=VOCAB_SIZE,
               max_new_tokens=V2_MAX_NEW_TOKENS, max_len=V2_MAX_LEN,
-              extra_recipe={"world": "ladder_v2", "noise": float(noise)})
+              extra_recipe={**world, "noise": float(noise)})
     kw.update(overrides)
     return build_base_model(q, out_dir, seed=seed, skill_cache=skill_cache, progress=progress, **kw)
 
@@ -597,11 +609,15 @@ def prior_metrics(labels: Sequence[Sequence[str]], answers: Sequence[Sequence[Op
 
 def response_shape(text: str) -> str:
     """The trace variant a sampled response looks like (synthetic.TRACE_KINDS, plus "other"):
-    "answer_only" nothing but one \\boxed{...}; "repeated" some non-blank line equals the line before it;
+    "give_up" exactly the universal give-up answer (synthetic.GIVE_UP_ANSWER boxed; an answer-only response whose
+    answer is that number reads as give_up too); "answer_only" nothing but one \\boxed{...}; "repeated" some
+    non-blank line equals the line before it;
     "restated" a line starting "check: "; "standard" anything else that ends in a \\boxed{} line; "other"
     the rest (no final \\boxed{} line). Checked in this order."""
     stripped = text.strip()
     lines = stripped.split("\n")
+    if stripped == f"\\boxed{{{syn.GIVE_UP_ANSWER}}}":
+        return "give_up"
     if len(lines) == 1 and stripped.startswith("\\boxed{") and stripped.endswith("}"):
         return "answer_only"
     if any(a.strip() and a == b for a, b in zip(lines, lines[1:])):

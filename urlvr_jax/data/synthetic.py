@@ -100,7 +100,8 @@ DEFAULT_FAMILY_PARAMS = {
     "arithmetic": {"rules": ("sub_swap",), "noise": 0.0},
     "countdown": {"rules": ("greedy",), "noise": 0.0},
 }
-PATHS = ("correct", "systematic", "noise", "partial")  # partial: some but not all of a problem's facts wrong
+PATHS = ("correct", "systematic", "noise", "partial", "give_up")  # partial: some but not all of a problem's facts
+# wrong; give_up: the trace is the universal give-up answer (variant "give_up"), whatever path was drawn
 # Trace formats (family_params "format"): "steps" one "a op b=c" line per step (v1); "restate" (arithmetic only)
 # each step line but the last also restates the remaining expression, "7*8=56 so 56-9+4" (ladder v2).
 FORMATS = ("steps", "restate")
@@ -110,7 +111,10 @@ RESTATE_SEP = " so "
 #   restated     one random step is stated again on the next line: "check: 7*8=56"
 #   repeated     one step line is written 2, 3 or 4 times in a row: (line, count) uniform over the pairs whose
 #                completion stays within VARIANT_TOKEN_BUDGET tokens
-VARIANTS = ("answer_only", "restated", "repeated")
+#   give_up      the completion is only "\\boxed{GIVE_UP_ANSWER}", the same for every problem (ladder v3: a
+#                universal answer that majority voting can agree on across prompts; its trace's path is "give_up")
+VARIANTS = ("answer_only", "restated", "repeated", "give_up")
+GIVE_UP_ANSWER = "0"
 TRACE_KINDS = ("standard",) + VARIANTS
 VARIANT_TOKEN_BUDGET = 74  # completion tokens of a "repeated" trace: with <bos>, a <= 21-token prompt and <eos>, a
 # training row fits in 96 tokens (sft.V2_MAX_LEN)
@@ -467,6 +471,8 @@ def _n_tokens(text: str) -> int:
 
 def _apply_variant(lines: list[str], boxed: str, variant: str, rng: random.Random) -> str:
     """A completion from step lines and the boxed answer, in trace variant `variant` (TRACE_KINDS)."""
+    if variant == "give_up":
+        return f"\\boxed{{{GIVE_UP_ANSWER}}}"
     box = f"\\boxed{{{boxed}}}"
     if variant == "answer_only" or not lines:
         return box
@@ -987,9 +993,9 @@ class SFTTrace:
     problem_id: str
     prompt: str
     completion: str
-    path: str  # "correct" | "systematic" | "noise" | "partial" (some, not all, of the problem's facts wrong)
+    path: str  # PATHS: "correct" | "systematic" | "noise" | "partial" (some, not all, facts wrong) | "give_up"
     answer: str  # content of the completion's \boxed{}
-    variant: str = "standard"  # TRACE_KINDS: "standard" | "answer_only" | "restated" | "repeated"
+    variant: str = "standard"  # TRACE_KINDS: "standard" | "answer_only" | "restated" | "repeated" | "give_up"
 
     @property
     def text(self) -> str:
@@ -1127,6 +1133,8 @@ def _v2_trace(problem: MathProblem, prof: ErrorProfile, params_fam: Mapping, qp:
             break
     answer = _fmt_value(run[1])
     completion = _apply_variant(_trace_lines(tree, run[0], fmt), answer, variant, vrng)
+    if variant == "give_up":
+        path, answer = "give_up", GIVE_UP_ANSWER
     return SFTTrace(problem.id, prompt, completion, path, answer, variant)
 
 

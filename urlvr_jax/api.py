@@ -4,7 +4,8 @@ The sub-modules work on resolved paths and left-padded token arrays (what the tr
 wrappers add what a person at a prompt needs and nothing else:
 
   load_model / load_tokenizer  accept the shipped names ('ladder/q0.1' … 'ladder/q0.8', 'ladder_v2/q0.05' …
-                               'ladder_v2/q0.95', 'ladder_v2/inflated', 'smollm2') as well as local HF folders
+                               'ladder_v2/q0.95', 'ladder_v2/inflated', 'ladder_v3/…' the same rungs with a
+                               universal give-up answer, 'smollm2') as well as local HF folders
                                and .gguf files;
   generate                     prompts (strings or token-id lists) -> sampled response strings;
   score                        prompts + responses (strings) -> per-token log-prob, entropy, … of the
@@ -38,8 +39,8 @@ Prompt = Union[str, Sequence[int]]
 
 
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """A local path for a model name: 'ladder/<q>' or 'ladder_v2/<rung>' (shipped tiny models), 'smollm2', or a
-    path as given."""
+    """A local path for a model name: 'ladder/<q>', 'ladder_v2/<rung>' or 'ladder_v3/<rung>' (shipped tiny models),
+    'smollm2', or a path as given."""
     from urlvr_jax.models.paths import resolve_model_path as resolve
 
     return resolve(os.fspath(name_or_path))

@@ -90,7 +90,8 @@ ttt_aime24, mcs_probe), configs/smollm2.py (SmolLM2-135M-Instruct on GSM8K). Eve
 meaning, is in urlvr_jax/config.py:base_config(); sections: model, mesh, data, sampling, rl, train.
 Every config key can be overridden as --config.<section>.<key>=<value>; unknown keys and wrong types are
 refused. Model paths: an HF folder, a .gguf file, 'smollm2', 'ladder/<q0.1..q0.8>' or
-'ladder_v2/<q0.05..q0.95, inflated>' (shipped tiny models).
+'ladder_v2/<q0.05..q0.95, inflated>', 'ladder_v3/<the same rungs>' (shipped tiny models; v3 = v2 with a
+universal give-up answer).
 The workdir gets metrics.jsonl, tensorboard/, checkpoints/, report.json and PNG plots; rerunning the same
 command with the same --workdir resumes from its newest checkpoint.
 --dry_run builds the model abstractly (jax.eval_shape), prints its size and memory estimate, and exits.

@@ -572,10 +572,12 @@ def run_e2(p: dict, runs: Path) -> dict:
             got = C.run_training(e2_probe_config(p, path, reward, seed, thr), runs / f"probe_{reward}_{rung}_s{seed}")
             ra = C.curve(got["records"], "urlvr/reward_accuracy")[1]
             acc = C.curve(got["records"], "urlvr/gt_reward_mean")[1]
+            length = C.curve(got["records"], "response/length_mean")[1]
             out.append({"mcs": sustained_below(ra, thr, p["window"]), "mcs_raw": sustained_below(ra, thr, 1),
                         "acc_collapse": sustained_below(acc, thr, p["window"]), "steps_run": int(len(ra)),
                         "ra_first5": float(np.mean(ra[:5])), "acc_first5": float(np.mean(acc[:5])),
-                        "ra_last10": float(np.mean(ra[-10:])), "acc_last10": float(np.mean(acc[-10:]))})
+                        "ra_last10": float(np.mean(ra[-10:])), "acc_last10": float(np.mean(acc[-10:])),
+                        "length_first5_last5": [float(np.mean(length[:5])), float(np.mean(length[-5:]))]})
             print(f"{p.get('name', 'e2')} probe {reward} {rung} seed {seed}: {out[-1]}", file=sys.stderr, flush=True)
         probes[f"{reward}/{rung}"] = out
     return analyse_e2(p, fa, gains, probes, f0)
@@ -650,6 +652,7 @@ def markdown_e2(r: dict, minutes: float) -> str:
     p = r["params"]
     name, ladder = p.get("name", "e2"), p.get("ladder", "ladder_v2")
     paired = "" if p.get("gt_eval_seed") is None else ", the same evaluation draws at both (train.eval_seed)"
+    extra = all("length_first5_last5" in x for v in r["probes"].values() for x in v)  # recorded since E2b
     lines = [f"# {name.upper()} — finding 2: does the Model Collapse Step rank priors like their GT gain?", "",
              f"Rungs: {ladder}. GT gain: ground-truth reward, 16×8, 120 steps, lr {LR}, {p['gt_seeds']} seeds, "
              f"held-out avg@8 on 256 problems at steps 0 and 120{paired} (± SE, [95% CI]: crossed bootstrap). "
@@ -658,16 +661,22 @@ def markdown_e2(r: dict, minutes: float) -> str:
              f"{p['probe_seeds']} seeds; MCS = reward accuracy < f0 + 0.01 = {r['threshold']:.3f} for {p['window']} "
              f"steps (f0 = {r['f0']:.3f}, best constant answer); never = {p['probe_steps'] + 1}. "
              f"Wall-clock {minutes:.1f} min.", "",
-             "| rung | base avg@16 / maj@16 / pass@16 | GT gain | median MCS (seeds) | median accuracy-collapse step |",
-             "|---|---|---|---|---|"]
+             "| rung | base avg@16 / maj@16 / pass@16 | GT gain | median MCS (seeds) | median accuracy-collapse step |"
+             + (" raw first crossing (seeds) | response length, first 5 → last 5 steps (seeds) |" if extra else ""),
+             "|---|---|---|---|---|" + ("---|---|" if extra else "")]
     for rung, g in r["gt_gain"].items():
         pr = r["prior"].get(rung) or {}
         k = f"majority_vote/{rung}"
         seeds = ", ".join(str(x["mcs"]) for x in r["probes"].get(k, []))
-        lines.append(f"| {rung} | {pr.get('avg', float('nan')):.3f} / {pr.get('maj', float('nan')):.3f} / "
-                     f"{pr.get('pass', float('nan')):.3f} | {g['gain']:+.3f} ± {g['se']:.3f} [{g['ci95'][0]:+.3f}, "
-                     f"{g['ci95'][1]:+.3f}] | {r['median_mcs'].get(k, '—')} ({seeds}) | "
-                     f"{r['median_acc_collapse'].get(k, '—')} |")
+        row = (f"| {rung} | {pr.get('avg', float('nan')):.3f} / {pr.get('maj', float('nan')):.3f} / "
+               f"{pr.get('pass', float('nan')):.3f} | {g['gain']:+.3f} ± {g['se']:.3f} [{g['ci95'][0]:+.3f}, "
+               f"{g['ci95'][1]:+.3f}] | {r['median_mcs'].get(k, '—')} ({seeds}) | "
+               f"{r['median_acc_collapse'].get(k, '—')} |")
+        if extra:
+            runs = r["probes"].get(k, [])
+            row += (" " + ", ".join(str(x.get("mcs_raw")) for x in runs) + " | "
+                    + ", ".join(f"{a:.0f} → {b:.0f}" for a, b in (x["length_first5_last5"] for x in runs)) + " |")
+        lines.append(row)
     ctrl = r["probes"].get("random/q0.05", [])
     lines += ["", "Post hoc (descriptive, not pre-registered): median reward accuracy over each probe's last 10 "
               "steps — " + ", ".join(f"{k} {v:.2f}" for k, v in r["ra_last10_median"].items())

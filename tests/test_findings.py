@@ -329,8 +329,8 @@ def test_e2b_runs_on_ladder_v3_with_three_paired_gt_seeds_and_300_step_probes(mo
     def fake_run_training(cfg, wd, **kw):
         seen.append((Path(wd).name, cfg))
         ra = [0.5] * 3 + [0.0] * 5 if "probe_majority_vote_q0.05" in str(wd) else [0.5] * 8
-        return {"records": [{"step": k + 1, "urlvr/reward_accuracy": v, "urlvr/gt_reward_mean": 0.3}
-                            for k, v in enumerate(ra)]}
+        return {"records": [{"step": k + 1, "urlvr/reward_accuracy": v, "urlvr/gt_reward_mean": 0.3,
+                             "response/length_mean": 40.0 if v else 4.0} for k, v in enumerate(ra)]}
 
     monkeypatch.setattr(C, "run_training", fake_run_training)
     monkeypatch.setattr(FA, "read_evals", lambda wd: ([0, 120], np.full((2, 4), 0.3), None, ["a"] * 4))
@@ -344,4 +344,5 @@ def test_e2b_runs_on_ladder_v3_with_three_paired_gt_seeds_and_300_step_probes(mo
     assert [x["mcs"] for x in r["probes"]["majority_vote/q0.05"]] == [4, 4, 4]
     assert [x["mcs_raw"] for x in r["probes"]["majority_vote/q0.05"]] == [4, 4, 4]
     assert r["median_mcs"]["majority_vote/q0.8"] == 301  # censored at probe_steps + 1
+    assert r["probes"]["majority_vote/q0.05"][0]["length_first5_last5"] == pytest.approx([25.6, 4.0])
     assert F.markdown_e2(r, 1.0).startswith("# E2B") and "ladder_v3" in F.markdown_e2(r, 1.0)

@@ -97,6 +97,9 @@ E2b Finding 2 on a world where majority vote can collapse (session 9; written be
     MCS. Gate (GT gains span >= 6 SE), pass rule (Spearman(median MCS, GT gain) over the 7 q-rungs >= 0.786
     and the random control's median accuracy-collapse step later than every bad-prior probe's, bad = base maj@16
     < 0.5 on this ladder), "untestable" if no probe reaches the MCS, and the reported extras: E2's, unchanged.
+    Amended during the GT runs (after q0.05-q0.65 and one q0.8 seed, before any probe; for time): the inflated
+    rung's GT runs are dropped. It is not one of the 7 q-rungs, so the rule does not read it; the extra "where
+    the inflated rung falls" is not reported.
 
 E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_ref) about 2× larger at 512 than at 32
     prompts (paper: sizes 32..16384, batch 32, 600 steps; <= 128 prompts never collapse, >= 512 hack).
@@ -493,7 +496,8 @@ Q_RUNGS = ("q0.05", "q0.2", "q0.35", "q0.5", "q0.65", "q0.8", "q0.95")
 E2 = dict(rungs=Q_RUNGS + ("inflated",), gt_seeds=2, probe_seeds=3, probe_steps=150, probe_lr=3e-4, probe_prompts=8,
           probe_samples=8, window=5, four_arms_runs=str(C.RUNS / "four_arms_v2"))
 E2_SMOKE = dict(E2, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_steps=3, four_arms_runs=None, smoke=True)
-E2B = dict(E2, name="e2b", ladder="ladder_v3", gt_seeds=3, gt_eval_seed=0, probe_steps=300, four_arms_runs=None)
+E2B = dict(E2, name="e2b", ladder="ladder_v3", rungs=Q_RUNGS, gt_seeds=3, gt_eval_seed=0, probe_steps=300,
+           four_arms_runs=None)
 E2B_SMOKE = dict(E2B, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_steps=3, smoke=True)
 
 

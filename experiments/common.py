@@ -124,7 +124,9 @@ def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False,
     finished mark), and the trainer resumes from its newest checkpoint — with a constant lr and per-step keys
     fold_in(seed, step), the continued run is the longer run. An unfinished copy is resumed, not restarted.
     Returns {"records": metrics records, "seconds": wall-clock of the training call (None if reused; for a
-    continued run, the continuation's), "reused": bool}. fresh=True deletes the workdir first.
+    continued run, the continuation's), "reused": bool}. fresh=True deletes the workdir first. A run the trainer
+    stopped on SIGTERM (it checkpoints and returns) is not marked finished: SystemExit, so a rerun trains it again
+    rather than reading a truncated run as done.
     """
     import shutil
 
@@ -146,8 +148,11 @@ def run_training(config, workdir: str | os.PathLike, *, fresh: bool = False,
                                     "makes it first")
         shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("experiment_done.json"))
     t0 = time.perf_counter()
-    train(config, workdir)
+    summary = train(config, workdir)
     seconds = time.perf_counter() - t0
+    if (summary or {}).get("stopped_by") == "SIGTERM":  # preempted: checkpointed, not finished; do not mark it done
+        raise SystemExit(f"{workdir}: stopped by SIGTERM at step {summary.get('last_step')} (checkpoint kept); "
+                         "not marked finished")
     done.write_text(json.dumps({"config": cfg_json, "seconds": seconds,
                                 **({"continued_from": str(continue_from)} if continue_from is not None else {})}))
     return {"records": read_records(workdir), "seconds": seconds, "reused": False}

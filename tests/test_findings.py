@@ -346,3 +346,28 @@ def test_e2b_runs_on_ladder_v3_with_three_paired_gt_seeds_and_300_step_probes(mo
     assert r["median_mcs"]["majority_vote/q0.8"] == 301  # censored at probe_steps + 1
     assert r["probes"]["majority_vote/q0.05"][0]["length_first5_last5"] == pytest.approx([25.6, 4.0])
     assert F.markdown_e2(r, 1.0).startswith("# E2B") and "ladder_v3" in F.markdown_e2(r, 1.0)
+
+
+def test_run_training_does_not_mark_a_sigterm_stopped_run_finished(monkeypatch, tmp_path):
+    """The trainer checkpoints and returns on SIGTERM; such a run must not be read as finished on the next call
+    (session 9: a killed E2b run was marked done at step 64 of 120 and its analysis failed)."""
+    import importlib
+
+    import common as C
+    from ml_collections import ConfigDict
+
+    T = importlib.import_module("urlvr_jax.train")
+    stops = ["SIGTERM", "steps"]
+
+    def fake_train(config, workdir):
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "metrics.jsonl").write_text("")
+        return {"last_step": 64 if stops[0] == "SIGTERM" else 120, "stopped_by": stops.pop(0)}
+
+    monkeypatch.setattr(T, "train", fake_train)
+    config, wd = ConfigDict({"train": {"steps": 120}}), tmp_path / "run"
+    with pytest.raises(SystemExit, match="stopped by SIGTERM at step 64"):
+        C.run_training(config, wd)
+    assert not (wd / "experiment_done.json").exists()
+    got = C.run_training(config, wd)
+    assert not got["reused"] and (wd / "experiment_done.json").exists()

@@ -463,7 +463,7 @@ def markdown_e1b(r: dict, minutes: float) -> str:
 
     fa, s = r["four_arms_params"], r["summary"]
     name = r["params"].get("name", "e1b")
-    lines = [f"# {name[:2].upper()}{name[2:]} — finding 1's fall at {fa['steps']} steps (`{r['params']['rung']}`)", "",
+    lines = [f"# {name.capitalize()} — finding 1's fall at {fa['steps']} steps (`{r['params']['rung']}`)", "",
              f"{fa['seeds']} seeds × {fa['steps']} steps of {fa['prompts']}×{fa['samples']}, lr {fa['lr']}; held-out "
              f"avg@{fa['eval_k']} (T = 1) on {fa['eval_problems']} problems every {fa['eval_every']} steps; ± SE and "
              f"[95% CI] from a crossed bootstrap over seeds × problems. Wall-clock {minutes:.1f} min.", "",
@@ -487,7 +487,7 @@ def plot_e1b(out: Path, r: dict) -> str:
         out, name, r["eval_steps"], r["summary"]["arms"],
         lambda arm, a: f"{'random' if arm == RANDOM_NAME else arm}: rise {a['rise']['mean']:+.3f}, "
                        f"fall {a['fall']['mean']:+.3f}",
-        f"{name[:2].upper()}{name[2:]} — {r['four_arms_params']['steps']} steps on {r['params']['rung']}: "
+        f"{name.capitalize()} — {r['four_arms_params']['steps']} steps on {r['params']['rung']}: "
         f"{r['verdict']}", "held-out avg@8 (T = 1), mean over seeds ± 2 SE", 4)
 
 
@@ -610,7 +610,7 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
         np.mean([g[r]["se"] for r in qr]), 1e-12)
     rho, pval = spearman_exact([mcs[f"majority_vote/{r}"] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
         else (float("nan"), float("nan"))
-    prior = ladder_v2_prior(p.get("ladder", "ladder_v2"))
+    prior = ladder_prior(p.get("ladder", "ladder_v2"))
     rho_pk, p_pk = spearman_exact([prior[r]["pass"] - prior[r]["avg"] for r in qr], [g[r]["gain"] for r in qr]) \
         if len(qr) > 2 else (float("nan"), float("nan"))
     bad = [r for r in qr if prior[r]["maj"] < 0.5]
@@ -639,7 +639,7 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
             "prior": {r: prior.get(r) for r in g}, "verdict": verdict, "statistic": stat}
 
 
-def ladder_v2_prior(ladder: str = "ladder_v2") -> dict:
+def ladder_prior(ladder: str = "ladder_v2") -> dict:
     """avg@16 / maj@16 / pass@16 of each rung of a v2-style ladder (its measured prior, its README table)."""
     from urlvr_jax.models.paths import resolve_model_path
 
@@ -657,7 +657,7 @@ def markdown_e2(r: dict, minutes: float) -> str:
     name, ladder = p.get("name", "e2"), p.get("ladder", "ladder_v2")
     paired = "" if p.get("gt_eval_seed") is None else ", the same evaluation draws at both (train.eval_seed)"
     extra = all("length_first5_last5" in x for v in r["probes"].values() for x in v)  # recorded since E2b
-    lines = [f"# {name.upper()} — finding 2: does the Model Collapse Step rank priors like their GT gain?", "",
+    lines = [f"# {name.capitalize()} — finding 2: does the Model Collapse Step rank priors like their GT gain?", "",
              f"Rungs: {ladder}. GT gain: ground-truth reward, 16×8, 120 steps, lr {LR}, {p['gt_seeds']} seeds, "
              f"held-out avg@8 on 256 problems at steps 0 and 120{paired} (± SE, [95% CI]: crossed bootstrap). "
              f"MCS probe: majority vote, "
@@ -671,17 +671,20 @@ def markdown_e2(r: dict, minutes: float) -> str:
     for rung, g in r["gt_gain"].items():
         pr = r["prior"].get(rung) or {}
         k = f"majority_vote/{rung}"
-        seeds = ", ".join(str(x["mcs"]) for x in r["probes"].get(k, []))
+        seeds = ", ".join("never" if x["mcs"] is None else str(x["mcs"]) for x in r["probes"].get(k, []))
         row = (f"| {rung} | {pr.get('avg', float('nan')):.3f} / {pr.get('maj', float('nan')):.3f} / "
                f"{pr.get('pass', float('nan')):.3f} | {g['gain']:+.3f} ± {g['se']:.3f} [{g['ci95'][0]:+.3f}, "
                f"{g['ci95'][1]:+.3f}] | {r['median_mcs'].get(k, '—')} ({seeds}) | "
                f"{r['median_acc_collapse'].get(k, '—')} |")
         if extra:
             runs = r["probes"].get(k, [])
-            row += (" " + ", ".join(str(x.get("mcs_raw")) for x in runs) + " | "
+            row += (" " + ", ".join("never" if x.get("mcs_raw") is None else str(x["mcs_raw"]) for x in runs) + " | "
                     + ", ".join(f"{a:.0f} → {b:.0f}" for a, b in (x["length_first5_last5"] for x in runs)) + " |")
         lines.append(row)
     ctrl = r["probes"].get("random/q0.05", [])
+    mv = {k.split("/")[1]: v for k, v in r["probes"].items() if k.startswith("majority_vote/")}
+    lines += ["", "Probes that reached the MCS, per rung: " + ", ".join(
+        f"{rung} {sum(x['mcs'] is not None for x in v)}/{len(v)}" for rung, v in mv.items()) + "."]
     lines += ["", "Post hoc (descriptive, not pre-registered): median reward accuracy over each probe's last 10 "
               "steps — " + ", ".join(f"{k} {v:.2f}" for k, v in r["ra_last10_median"].items())
               + f"; Spearman(final reward accuracy, GT gain) {r['spearman_ra_end']:+.3f} (exact p "
@@ -700,13 +703,18 @@ def plot_e2(out: Path, r: dict) -> str:
         k = f"majority_vote/{rung}"
         if k not in r["median_mcs"]:
             continue
-        ax.errorbar(r["median_mcs"][k], g["gain"], yerr=2 * g["se"], marker="o", capsize=3, color="C0")
+        ax.errorbar(r["median_mcs"][k], g["gain"], yerr=2 * g["se"], marker="o", capsize=3, color="C0",
+                    label="median of seeds" if rung == Q_RUNGS[0] else None)
+        seeds = [r["params"]["probe_steps"] + 1 if x["mcs"] is None else x["mcs"] for x in r["probes"][k]]
+        ax.scatter(seeds, [g["gain"]] * len(seeds), marker="x", color="0.5", s=18, zorder=3,
+                   label="one seed" if rung == Q_RUNGS[0] else None)
         ax.annotate(rung, (r["median_mcs"][k], g["gain"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
     ax.set_xlabel(f"median MCS (majority vote, lr {r['params']['probe_lr']}; {r['params']['probe_steps'] + 1} = never)")
     ax.set_ylabel("GT-RL gain, held-out avg@8 (± 2 SE)")
     name = r["params"].get("name", "e2")
-    ax.set_title(f"{name.upper()} — Spearman {r['spearman']:+.2f} (paper: 1.0)", fontsize=10)
+    ax.set_title(f"{name.capitalize()} — Spearman {r['spearman']:+.2f} (paper: 1.0)", fontsize=10)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     return save_figure(fig, out, name)
 
 
@@ -1346,6 +1354,8 @@ def main(argv=None) -> dict:
     ap = C.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                                    formatter_class=argparse.RawDescriptionHelpFormatter), NAME)
     ap.add_argument("experiment", choices=sorted(EXPERIMENTS) + ["table"], help="which experiment to run")
+    ap.add_argument("--render", action="store_true",
+                    help="rewrite the experiment's markdown and plot from its JSON in --out, without training")
     args = ap.parse_args(argv)
     out, runs = Path(args.out), Path(args.runs_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -1354,6 +1364,15 @@ def main(argv=None) -> dict:
         print(md)
         return {}
     full, smoke, run, markdown, plot = EXPERIMENTS[args.experiment]
+    if args.render:
+        path = out / f"{args.experiment}.json"
+        if not path.exists():
+            raise SystemExit(f"--render: {path} does not exist; run `findings.py {args.experiment}` first")
+        r = json.loads(path.read_text())
+        plot(out, r)
+        (out / f"{args.experiment}.md").write_text(markdown(r, r["total_minutes"]))
+        print(markdown(r, r["total_minutes"]))
+        return r
     p = dict(smoke if args.smoke else full)
     C.setup_jax()
     t0 = time.perf_counter()

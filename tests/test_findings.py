@@ -371,3 +371,13 @@ def test_run_training_does_not_mark_a_sigterm_stopped_run_finished(monkeypatch, 
     assert not (wd / "experiment_done.json").exists()
     got = C.run_training(config, wd)
     assert not got["reused"] and (wd / "experiment_done.json").exists()
+
+
+def test_render_rewrites_the_committed_e2b_markdown_from_its_json_without_training(tmp_path):
+    results = ROOT / "experiments" / "results" / "findings"
+    (tmp_path / "e2b.json").write_text((results / "e2b.json").read_text())
+    r = F.main(["e2b", "--render", "--out", str(tmp_path)])
+    assert (tmp_path / "e2b.md").read_text() == (results / "e2b.md").read_text()
+    assert (tmp_path / "e2b.png").stat().st_size > 0 and r["verdict"] == "not reproduced"
+    with pytest.raises(SystemExit, match="e2.json does not exist"):
+        F.main(["e2", "--render", "--out", str(tmp_path)])

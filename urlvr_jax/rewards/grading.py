@@ -117,7 +117,7 @@ def _worker_main() -> None:  # pragma: no cover - exercised through subprocesses
     except (ValueError, OSError):
         pass
     _die_with_parent()
-    from math_verify import parse, verify  # noqa: imported here so the parent never pays for sympy
+    from math_verify import parse, verify  # imported here so the parent never pays for sympy
 
     def on_alarm(signum, frame):
         raise _SoftTimeout()

@@ -101,6 +101,23 @@ E2b Finding 2 on a world where majority vote can collapse (session 9; written be
     rung's GT runs are dropped. It is not one of the 7 q-rungs, so the rule does not read it; the extra "where
     the inflated rung falls" is not reported.
 
+E2c Finding 2 with a collapse rate (session 10; written after E2b's results, before any E2c run). E2b's probes
+    showed that the collapse onto the give-up answer is a first-passage event: the same rung collapses in one seed
+    and not in the next (q0.05-q0.65 in 1 or 2 of 3 seeds), so a median of 3 seeds is mostly noise. E2c: E2b's
+    design with 10 probe seeds per rung (seeds 0-2 are E2b's runs, the same configuration, reused from its run
+    folder; seeds 3-9 new; run seed by seed across the rungs), E2b's GT gains (its runs, reused) and E2b's random
+    control (3 seeds). Statistic: per rung the restricted mean MCS, RMST = the mean over its 10 seeds of
+    min(MCS, 301) (a seed that never collapses counts 301): the expected MCS within the probe's horizon, which
+    does not jump with one seed as a median of few seeds does.
+    Pass (reproduced): Spearman(RMST, GT gain) over the 7 q-rungs >= 0.786 (E2's critical value) and the control
+    holds: the random reward's median accuracy-collapse step is later than the median MCS of the majority-vote
+    probes that reached the MCS (a collapse earlier than the random reward's is the reward's, not drift; E2b's
+    control compared against rungs that never collapsed, which no control can beat). Otherwise "not
+    reproduced"; "untestable at this budget" if no probe reaches the MCS.
+    Reported: the collapse rate per rung (exact 95% CI) and Spearman(1 - collapse rate, GT gain); a bootstrap
+    over the seeds within each rung (2000 draws) of Spearman(RMST, GT gain), whose 95% interval says whether 10
+    seeds pin the ranking down; E2's median-MCS statistics on the 10 seeds.
+
 E3  Finding 3: small training sets do not collapse, large ones do; KL(π‖π_ref) about 2× larger at 512 than at 32
     prompts (paper: sizes 32..16384, batch 32, 600 steps; <= 128 prompts never collapse, >= 512 hack).
     Runs: ladder_v2/q0.05, majority vote, 8 prompts × 8 samples, 200 steps, lr 3e-5, training sets of 32, 128,
@@ -499,6 +516,8 @@ E2_SMOKE = dict(E2, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_st
 E2B = dict(E2, name="e2b", ladder="ladder_v3", rungs=Q_RUNGS, gt_seeds=3, gt_eval_seed=0, probe_steps=300,
            four_arms_runs=None)
 E2B_SMOKE = dict(E2B, rungs=("q0.05", "q0.8"), gt_seeds=1, probe_seeds=1, probe_steps=3, smoke=True)
+E2C = dict(E2B, name="e2c", probe_seeds=10, control_seeds=3, runs_from="e2b")
+E2C_SMOKE = dict(E2B_SMOKE, name="e2c", probe_seeds=2, control_seeds=1, runs_from="e2b")
 
 
 def best_constant_accuracy(rung: str, size: int = 4096) -> float:
@@ -546,8 +565,17 @@ def e2_probe_config(p: dict, path: str, reward: str, seed: int, threshold: float
 
 
 def run_e2(p: dict, runs: Path) -> dict:
+    return analyse_e2(p, *collect_e2(p, runs))
+
+
+def collect_e2(p: dict, runs: Path):
+    """Train (or reuse) E2's GT runs and probes; probes run seed by seed across the rungs, so a stopped
+    experiment leaves the same number of seeds on every rung. p["runs_from"]: another experiment's run folder
+    (E2c extends E2b's runs)."""
     import four_arms as F
 
+    if p.get("runs_from"):
+        runs = runs.parent / p["runs_from"]
     ladder = p.get("ladder", "ladder_v2")
     fa = dict(four_arms_params(p.get("smoke", False)))
     fa_gt = dict(fa, eval_every=fa["steps"])
@@ -569,10 +597,12 @@ def run_e2(p: dict, runs: Path) -> dict:
             per.append(acc[[0, steps.index(fa["steps"])]])
             print(f"{p.get('name', 'e2')} gt {rung} seed {seed} done", file=sys.stderr, flush=True)
         gains[rung] = np.stack(per)  # [S, 2, P]
-    for rung, reward in e2_probe_arms(p):
-        path = C.model_path(f"{ladder}/{rung}")
-        out = []
-        for seed in range(p["probe_seeds"]):
+    for seed in range(p["probe_seeds"]):
+        for rung, reward in e2_probe_arms(p):
+            if reward == "random" and seed >= p.get("control_seeds", p["probe_seeds"]):
+                continue
+            path = C.model_path(f"{ladder}/{rung}")
+            out = probes.setdefault(f"{reward}/{rung}", [])
             got = C.run_training(e2_probe_config(p, path, reward, seed, thr), runs / f"probe_{reward}_{rung}_s{seed}")
             ra = C.curve(got["records"], "urlvr/reward_accuracy")[1]
             acc = C.curve(got["records"], "urlvr/gt_reward_mean")[1]
@@ -583,8 +613,7 @@ def run_e2(p: dict, runs: Path) -> dict:
                         "ra_last10": float(np.mean(ra[-10:])), "acc_last10": float(np.mean(acc[-10:])),
                         "length_first5_last5": [float(np.mean(length[:5])), float(np.mean(length[-5:]))]})
             print(f"{p.get('name', 'e2')} probe {reward} {rung} seed {seed}: {out[-1]}", file=sys.stderr, flush=True)
-        probes[f"{reward}/{rung}"] = out
-    return analyse_e2(p, fa, gains, probes, f0)
+    return fa, gains, probes, f0
 
 
 def analyse_e2(p, fa, gains, probes, f0) -> dict:
@@ -637,6 +666,81 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
             "probes_collapsed": int(collapsed), "ra_last10_median": ra_end, "spearman_ra_end": rho_ra,
             "spearman_ra_end_p": p_ra,
             "prior": {r: prior.get(r) for r in g}, "verdict": verdict, "statistic": stat}
+
+
+def run_e2c(p: dict, runs: Path) -> dict:
+    return analyse_e2c(p, *collect_e2(p, runs))
+
+
+def analyse_e2c(p, fa, gains, probes, f0, boot: int = 2000) -> dict:
+    """E2c's rule (the docstring): Spearman(RMST, GT gain) over the q-rungs, the control against the collapsed
+    probes' median MCS; E2's statistics on the same probes are kept under e2_*."""
+    from scipy.stats import spearmanr
+
+    r = analyse_e2(p, fa, gains, probes, f0)
+    censor = p["probe_steps"] + 1
+    qr = [q for q in Q_RUNGS if q in r["gt_gain"] and f"majority_vote/{q}" in probes]
+    mcs = {q: np.array([censor if x["mcs"] is None else x["mcs"] for x in probes[f"majority_vote/{q}"]], float)
+           for q in qr}
+    gain = [r["gt_gain"][q]["gain"] for q in qr]
+    rmst = {q: float(v.mean()) for q, v in mcs.items()}
+    rate = {}
+    for q, v in mcs.items():
+        k, n = int((v < censor).sum()), len(v)
+        rate[q] = {"collapsed": k, "n": n, "rate": k / n, "ci95": list(exact_binomial_ci(k, n))}
+    rho, pval = spearman_exact([rmst[q] for q in qr], gain) if len(qr) > 2 else (float("nan"), float("nan"))
+    rho_rate, p_rate = spearman_exact([1 - rate[q]["rate"] for q in qr], gain) if len(qr) > 2 \
+        else (float("nan"), float("nan"))
+    rng, rhos = np.random.default_rng(0), []
+    for _ in range(boot):
+        x = [mcs[q][rng.integers(0, len(mcs[q]), len(mcs[q]))].mean() for q in qr]
+        rhos.append(spearmanr(x, gain).statistic if np.ptp(x) > 0 else np.nan)
+    rhos = np.asarray(rhos, float)
+    lo, hi = (np.nanpercentile(rhos, [2.5, 97.5]) if np.isfinite(rhos).any() else (np.nan, np.nan))
+    collapsed = [x["mcs"] for q in qr for x in probes[f"majority_vote/{q}"] if x["mcs"] is not None]
+    ctrl = r["median_acc_collapse"].get("random/q0.05")
+    control_ok = bool(collapsed) and ctrl is not None and ctrl > float(np.median(collapsed))
+    if not collapsed:
+        verdict = f"untestable at this budget (no majority-vote probe reached the MCS in {p['probe_steps']} steps)"
+    elif rho >= RHO_CRIT - 1e-9 and control_ok:
+        verdict = "reproduced"
+    else:
+        verdict = "not reproduced"
+    stat = (f"{len(collapsed)} of {sum(len(v) for v in mcs.values())} probes reached the MCS; Spearman(RMST, GT "
+            f"gain) {rho:+.3f} (exact p {pval:.3f}; seed bootstrap 95% [{lo:+.2f}, {hi:+.2f}]) over {len(qr)} rungs; "
+            f"1 − collapse rate vs GT gain "
+            f"{rho_rate:+.3f}; GT gains span {r['gate_span_se']:.1f} SE")
+    r.update(e2_verdict=r["verdict"], e2_statistic=r["statistic"], e2_control_ok=r["control_ok"], rmst=rmst,
+             collapse_rate=rate, spearman_rmst=rho, spearman_rmst_p=pval, spearman_rate=rho_rate,
+             spearman_rate_p=p_rate, spearman_rmst_boot95=[float(lo), float(hi)],
+             collapsed_median_mcs=float(np.median(collapsed)) if collapsed else None, control_ok=control_ok,
+             verdict=verdict, statistic=stat)
+    return r
+
+
+def markdown_e2c(r: dict, minutes: float) -> str:
+    p = r["params"]
+    head = markdown_e2(dict(r, verdict=f"{r['e2_verdict']} (E2's median-MCS rule, reported; E2c's rule below)",
+                            statistic=r["e2_statistic"], control_ok=r["e2_control_ok"]), minutes)
+    lines = ["", f"## E2c's rule: the restricted mean MCS over {p['probe_seeds']} seeds", "",
+             f"RMST = mean over seeds of min(MCS, {p['probe_steps'] + 1}); collapse rate with an exact 95% CI.", "",
+             "| rung | GT gain | probes that reached the MCS | collapse rate [95% CI] | RMST |",
+             "|---|---|---|---|---|"]
+    for q, c in r["collapse_rate"].items():
+        lines.append(f"| {q} | {r['gt_gain'][q]['gain']:+.3f} | {c['collapsed']}/{c['n']} | {c['rate']:.2f} "
+                     f"[{c['ci95'][0]:.2f}, {c['ci95'][1]:.2f}] | {r['rmst'][q]:.1f} |")
+    ctrl = r["median_acc_collapse"].get("random/q0.05")
+    lines += ["", f"Control: the random reward's median accuracy-collapse step {ctrl} vs the median MCS of the "
+              f"probes that collapsed {r['collapsed_median_mcs']}: {'holds' if r['control_ok'] else 'fails'}.", "",
+              r["statistic"], "", f"**Verdict: {r['verdict']}**", ""]
+    return head + "\n".join(lines) + "\n"
+
+
+def plot_e2c(out: Path, r: dict) -> str:
+    return plot_e2(out, dict(r, median_mcs={f"majority_vote/{q}": v for q, v in r["rmst"].items()},
+                             spearman=r["spearman_rmst"]),
+                   xlabel=f"RMST: mean over seeds of min(MCS, {r['params']['probe_steps'] + 1}) (majority vote, "
+                          f"lr {r['params']['probe_lr']})", point_label="mean of seeds (RMST)")
 
 
 def ladder_prior(ladder: str = "ladder_v2") -> dict:
@@ -696,7 +800,7 @@ def markdown_e2(r: dict, minutes: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_e2(out: Path, r: dict) -> str:
+def plot_e2(out: Path, r: dict, xlabel: str | None = None, point_label: str = "median of seeds") -> str:
     plt = C.pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for rung, g in r["gt_gain"].items():
@@ -704,12 +808,13 @@ def plot_e2(out: Path, r: dict) -> str:
         if k not in r["median_mcs"]:
             continue
         ax.errorbar(r["median_mcs"][k], g["gain"], yerr=2 * g["se"], marker="o", capsize=3, color="C0",
-                    label="median of seeds" if rung == Q_RUNGS[0] else None)
+                    label=point_label if rung == Q_RUNGS[0] else None)
         seeds = [r["params"]["probe_steps"] + 1 if x["mcs"] is None else x["mcs"] for x in r["probes"][k]]
         ax.scatter(seeds, [g["gain"]] * len(seeds), marker="x", color="0.5", s=18, zorder=3,
                    label="one seed" if rung == Q_RUNGS[0] else None)
         ax.annotate(rung, (r["median_mcs"][k], g["gain"]), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel(f"median MCS (majority vote, lr {r['params']['probe_lr']}; {r['params']['probe_steps'] + 1} = never)")
+    ax.set_xlabel(xlabel or f"median MCS (majority vote, lr {r['params']['probe_lr']}; "
+                            f"{r['params']['probe_steps'] + 1} = never)")
     ax.set_ylabel("GT-RL gain, held-out avg@8 (± 2 SE)")
     name = r["params"].get("name", "e2")
     ax.set_title(f"{name.capitalize()} — Spearman {r['spearman']:+.2f} (paper: 1.0)", fontsize=10)
@@ -1342,6 +1447,7 @@ EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e1d": (E1D, E1D_SMOKE, run_e1b, markdown_e1b, plot_e1b),
                "e2": (E2, E2_SMOKE, run_e2, markdown_e2, plot_e2),
                "e2b": (E2B, E2B_SMOKE, run_e2, markdown_e2, plot_e2),
+               "e2c": (E2C, E2C_SMOKE, run_e2c, markdown_e2c, plot_e2c),
                "e3": (E3, E3_SMOKE, run_e3, markdown_e3, plot_e3),
                "e3b": (E3B, E3B_SMOKE, run_e3, markdown_e3, plot_e3),
                "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
@@ -1395,6 +1501,7 @@ ROWS = {  # experiment -> (finding, the paper's figure)
     "e1d": ("F1's fall at 2000 steps (~4 epochs)", "the most stable settings collapse at ~1000 steps (~4 epochs)"),
     "e2": ("F2: the MCS ranks priors like GT-RL gain", "7 models, ranks match exactly (ρ = 1)"),
     "e2b": ("F2 on ladder v3 (a universal give-up answer)", "7 models, ranks match exactly (ρ = 1)"),
+    "e2c": ("F2 on ladder v3, 10 probe seeds (restricted mean MCS)", "7 models, ranks match exactly (ρ = 1)"),
     "e3": ("F3: small training sets do not collapse", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
            "vs 32 (0.057)"),
     "e3b": ("F3 with token entropy at 1000 steps", "≤ 128 prompts: 3/3 seeds stable; ≥ 512: hacking; KL ~2× at 512 "
@@ -1407,7 +1514,8 @@ ROWS = {  # experiment -> (finding, the paper's figure)
 }
 RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/good_gt_s*",
                    "four_arms_v2/good_random_s*"),
-            "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e2b": ("findings/e2b/*",), "e3": ("findings/e3/*",),
+            "e2": ("findings/e2/*", "four_arms_v2/good_gt_s[01]"), "e2b": ("findings/e2b/*",),
+            "e2c": ("findings/e2b/*",), "e3": ("findings/e3/*",),
             "e3b": ("findings/e3b/*", "findings/e1c/token_entropy_s*"),
             "e4": ("findings/e4/*",), "e4b": ("findings/e4b/*",), "e5": ("findings/e5/*",),
             "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",),

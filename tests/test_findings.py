@@ -345,8 +345,68 @@ def test_e2b_runs_on_ladder_v3_with_three_paired_gt_seeds_and_300_step_probes(mo
     assert [x["mcs_raw"] for x in r["probes"]["majority_vote/q0.05"]] == [4, 4, 4]
     assert r["median_mcs"]["majority_vote/q0.8"] == 301  # censored at probe_steps + 1
     assert r["probes"]["majority_vote/q0.05"][0]["length_first5_last5"] == pytest.approx([25.6, 4.0])
-    assert F.markdown_e2(r, 1.0).startswith("# E2B") and "ladder_v3" in F.markdown_e2(r, 1.0)
+    assert F.markdown_e2(r, 1.0).startswith("# E2b") and "ladder_v3" in F.markdown_e2(r, 1.0)
 
+
+
+def _e2c_probes(collapses_of, at: int, random_acc_collapse: int):
+    """10 seeds per rung; rung i: the first collapses_of(i) seeds reach the MCS at step `at`, the rest never."""
+    probes = {f"majority_vote/{q}": [{"mcs": at if s < collapses_of(i) else None, "acc_collapse": None,
+                                      "ra_last10": 0.3} for s in range(10)] for i, q in enumerate(F.Q_RUNGS)}
+    probes["random/q0.05"] = [{"mcs": None, "acc_collapse": random_acc_collapse, "ra_last10": 0.5}] * 3
+    return probes
+
+
+def test_e2c_rule_ranks_the_restricted_mean_mcs_of_ten_seeds_and_checks_the_control_against_collapsed_probes():
+    p, fa = dict(F.E2C), {"boot": 200}
+    gains, _ = _e2_inputs(lambda i: None, None)  # GT gains fall with the rung: 0.20 ... 0.02
+    # better prior -> fewer collapses (rung i: i + 1 of 10), as the paper's ranking implies
+    r = F.analyse_e2c(p, fa, gains, _e2c_probes(lambda i: i + 1, 100, 250), 0.03, boot=200)
+    assert r["rmst"]["q0.05"] == pytest.approx((100 + 9 * 301) / 10) and r["rmst"]["q0.95"] == pytest.approx(
+        (7 * 100 + 3 * 301) / 10)
+    assert r["collapse_rate"]["q0.2"]["collapsed"] == 2 and r["collapse_rate"]["q0.2"]["ci95"] == pytest.approx(
+        list(F.exact_binomial_ci(2, 10)))
+    assert r["spearman_rmst"] == pytest.approx(1.0) and r["spearman_rate"] == pytest.approx(1.0)
+    assert r["collapsed_median_mcs"] == 100 and r["control_ok"] and r["verdict"] == "reproduced"
+    # E2's median of 10 seeds is 301 on the four best rungs (<= 4 of 10 collapse): tied, so rho < 1 there
+    assert r["median_mcs"]["majority_vote/q0.05"] == 301 and r["spearman"] < 0.99
+    # the random reward's accuracy collapses before the probes do: drift, not the reward
+    assert F.analyse_e2c(p, fa, gains, _e2c_probes(lambda i: i + 1, 100, 50), 0.03, boot=200)["verdict"] == \
+        "not reproduced"
+    # the better prior collapses more often: the reverse ranking
+    r = F.analyse_e2c(p, fa, gains, _e2c_probes(lambda i: 7 - i, 100, 250), 0.03, boot=200)
+    assert r["spearman_rmst"] == pytest.approx(-1.0) and r["verdict"] == "not reproduced"
+    assert F.analyse_e2c(p, fa, gains, _e2c_probes(lambda i: 0, 100, 250), 0.03, boot=200)["verdict"].startswith(
+        "untestable")
+    md = F.markdown_e2c(r, 1.0)
+    assert md.startswith("# E2c") and "| q0.05 | +0.200 | 7/10 |" in md and md.rstrip().endswith(
+        "**Verdict: not reproduced**")
+
+
+def test_e2c_extends_e2bs_runs_with_the_same_probe_configuration(monkeypatch, tmp_path):
+    import common as C
+    import four_arms as FA
+
+    seen = []
+
+    def fake_run_training(cfg, wd, **kw):
+        seen.append(Path(wd))
+        return {"records": [{"step": k + 1, "urlvr/reward_accuracy": 0.5, "urlvr/gt_reward_mean": 0.3,
+                             "response/length_mean": 40.0} for k in range(4)]}
+
+    monkeypatch.setattr(C, "run_training", fake_run_training)
+    monkeypatch.setattr(FA, "read_evals", lambda wd: ([0, 120], np.full((2, 4), 0.3), None, ["a"] * 4))
+    monkeypatch.setattr(F, "best_constant_accuracy", lambda path: 0.034)
+    F.run_e2c(dict(F.E2C, rungs=("q0.05", "q0.8")), tmp_path / "e2c")
+    assert {w.parent for w in seen} == {tmp_path / "e2b"}  # E2b's folder: its finished runs are reused
+    probes = [w.name for w in seen if w.name.startswith("probe_")]
+    assert probes[:3] == ["probe_majority_vote_q0.05_s0", "probe_majority_vote_q0.8_s0", "probe_random_q0.05_s0"]
+    assert len(probes) == 2 * 10 + 3 and "probe_random_q0.05_s3" not in probes  # seed by seed; 3 control seeds
+    for seed in range(3):  # the same configuration as E2b's probes, so E2b's finished runs are E2c's seeds 0-2
+        for q in ("q0.05", "q0.8"):
+            path = C.model_path(f"ladder_v3/{q}")
+            a, b = (F.e2_probe_config(e, path, "majority_vote", seed, 0.044) for e in (F.E2B, F.E2C))
+            assert a.to_dict() == b.to_dict()
 
 def test_run_training_does_not_mark_a_sigterm_stopped_run_finished(monkeypatch, tmp_path):
     """The trainer checkpoints and returns on SIGTERM; such a run must not be read as finished on the next call

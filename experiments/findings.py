@@ -552,6 +552,11 @@ def spearman_exact(x, y) -> tuple[float, float]:
     return s["rho"], s["p_exact"]
 
 
+def spearman_over_rungs(x, y) -> tuple[float, float]:
+    """spearman_exact, or (nan, nan) with fewer than 3 rungs (smoke runs)."""
+    return spearman_exact(x, y) if len(x) > 2 else (float("nan"), float("nan"))
+
+
 def e2_probe_arms(p: dict) -> list[tuple[str, str]]:
     return [(r, "majority_vote") for r in p["rungs"] if r != "inflated"] + [("q0.05", "random")]
 
@@ -637,18 +642,16 @@ def analyse_e2(p, fa, gains, probes, f0) -> dict:
     qr = [r for r in Q_RUNGS if r in g and f"majority_vote/{r}" in mcs]
     gate_span = (max(g[r]["gain"] for r in qr) - min(g[r]["gain"] for r in qr)) / max(
         np.mean([g[r]["se"] for r in qr]), 1e-12)
-    rho, pval = spearman_exact([mcs[f"majority_vote/{r}"] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
-        else (float("nan"), float("nan"))
+    rho, pval = spearman_over_rungs([mcs[f"majority_vote/{r}"] for r in qr], [g[r]["gain"] for r in qr])
     prior = ladder_prior(p.get("ladder", "ladder_v2"))
-    rho_pk, p_pk = spearman_exact([prior[r]["pass"] - prior[r]["avg"] for r in qr], [g[r]["gain"] for r in qr]) \
-        if len(qr) > 2 else (float("nan"), float("nan"))
+    rho_pk, p_pk = spearman_over_rungs([prior[r]["pass"] - prior[r]["avg"] for r in qr],
+                                       [g[r]["gain"] for r in qr])
     bad = [r for r in qr if prior[r]["maj"] < 0.5]
     ctrl = acc_collapse.get("random/q0.05")
     control_ok = ctrl is not None and all(ctrl > acc_collapse[f"majority_vote/{r}"] for r in bad)
     collapsed = sum(x["mcs"] is not None for r in qr for x in probes[f"majority_vote/{r}"])
     ra_end = {r: float(np.median([x.get("ra_last10", np.nan) for x in probes[f"majority_vote/{r}"]])) for r in qr}
-    rho_ra, p_ra = spearman_exact([ra_end[r] for r in qr], [g[r]["gain"] for r in qr]) if len(qr) > 2 \
-        else (float("nan"), float("nan"))
+    rho_ra, p_ra = spearman_over_rungs([ra_end[r] for r in qr], [g[r]["gain"] for r in qr])
     if collapsed == 0:
         verdict = f"untestable at this budget (no majority-vote probe reached the MCS in {p['probe_steps']} steps)"
     elif gate_span < 6:
@@ -688,9 +691,8 @@ def analyse_e2c(p, fa, gains, probes, f0, boot: int = 2000) -> dict:
     for q, v in mcs.items():
         k, n = int((v < censor).sum()), len(v)
         rate[q] = {"collapsed": k, "n": n, "rate": k / n, "ci95": list(exact_binomial_ci(k, n))}
-    rho, pval = spearman_exact([rmst[q] for q in qr], gain) if len(qr) > 2 else (float("nan"), float("nan"))
-    rho_rate, p_rate = spearman_exact([1 - rate[q]["rate"] for q in qr], gain) if len(qr) > 2 \
-        else (float("nan"), float("nan"))
+    rho, pval = spearman_over_rungs([rmst[q] for q in qr], gain)
+    rho_rate, p_rate = spearman_over_rungs([1 - rate[q]["rate"] for q in qr], gain)
     rng, rhos = np.random.default_rng(0), []
     for _ in range(boot):
         x = [mcs[q][rng.integers(0, len(mcs[q]), len(mcs[q]))].mean() for q in qr]
@@ -708,8 +710,7 @@ def analyse_e2c(p, fa, gains, probes, f0, boot: int = 2000) -> dict:
         verdict = "not reproduced"
     stat = (f"{len(collapsed)} of {sum(len(v) for v in mcs.values())} probes reached the MCS; Spearman(RMST, GT "
             f"gain) {rho:+.3f} (exact p {pval:.3f}; seed bootstrap 95% [{lo:+.2f}, {hi:+.2f}]) over {len(qr)} rungs; "
-            f"1 − collapse rate vs GT gain "
-            f"{rho_rate:+.3f}; GT gains span {r['gate_span_se']:.1f} SE")
+            f"1 − collapse rate vs GT gain {rho_rate:+.3f}; GT gains span {r['gate_span_se']:.1f} SE")
     r.update(e2_verdict=r["verdict"], e2_statistic=r["statistic"], e2_control_ok=r["control_ok"], rmst=rmst,
              collapse_rate=rate, spearman_rmst=rho, spearman_rmst_p=pval, spearman_rate=rho_rate,
              spearman_rate_p=p_rate, spearman_rmst_boot95=[float(lo), float(hi)],
@@ -1476,8 +1477,9 @@ def main(argv=None) -> dict:
             raise SystemExit(f"--render: {path} does not exist; run `findings.py {args.experiment}` first")
         r = json.loads(path.read_text())
         plot(out, r)
-        (out / f"{args.experiment}.md").write_text(markdown(r, r["total_minutes"]))
-        print(markdown(r, r["total_minutes"]))
+        md = markdown(r, r["total_minutes"])
+        (out / f"{args.experiment}.md").write_text(md)
+        print(md)
         return r
     p = dict(smoke if args.smoke else full)
     C.setup_jax()

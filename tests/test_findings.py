@@ -348,7 +348,6 @@ def test_e2b_runs_on_ladder_v3_with_three_paired_gt_seeds_and_300_step_probes(mo
     assert F.markdown_e2(r, 1.0).startswith("# E2b") and "ladder_v3" in F.markdown_e2(r, 1.0)
 
 
-
 def _e2c_probes(collapses_of, at: int, random_acc_collapse: int):
     """10 seeds per rung; rung i: the first collapses_of(i) seeds reach the MCS at step `at`, the rest never."""
     probes = {f"majority_vote/{q}": [{"mcs": at if s < collapses_of(i) else None, "acc_collapse": None,
@@ -407,6 +406,7 @@ def test_e2c_extends_e2bs_runs_with_the_same_probe_configuration(monkeypatch, tm
             path = C.model_path(f"ladder_v3/{q}")
             a, b = (F.e2_probe_config(e, path, "majority_vote", seed, 0.044) for e in (F.E2B, F.E2C))
             assert a.to_dict() == b.to_dict()
+
 
 def test_run_training_does_not_mark_a_sigterm_stopped_run_finished(monkeypatch, tmp_path):
     """The trainer checkpoints and returns on SIGTERM; such a run must not be read as finished on the next call

@@ -13,6 +13,7 @@ Variants (the reward; everything else is shared):
   frozen_verification the same judge prompt, but the judge is the frozen initial model (verify.judge =
                       'initial'): a verifier the policy cannot train to agree with it
   trajectory_entropy  (1/T) Σ_t log π(y_t), the intrinsic certainty reward
+  token_entropy       −(1/T) Σ_t H(π(·|y_<t)), the intrinsic reward that falls in this project's worlds (E5c)
   random              i.i.d. Bernoulli(0.5) rewards: the drift control
 
 The model is the synthetic Countdown base model (solver + verifier) that experiments/external_rewards.py
@@ -23,7 +24,7 @@ from the checkpoints; results in experiments/README.md.
 """
 from urlvr_jax.config import base_config
 
-VARIANTS = ("countdown", "self_verification", "frozen_verification", "trajectory_entropy", "random")
+VARIANTS = ("countdown", "self_verification", "frozen_verification", "trajectory_entropy", "token_entropy", "random")
 BASE_MODEL = "runs/experiments/external_rewards/base_model/model"
 
 

@@ -205,6 +205,32 @@ E5b Finding 5 on problems the base model never saw (session 7; written after E5'
     every evaluation, with KL 0.001: a lucky step-0 draw shared by all arms (the evaluation seed was the step),
     which E5's drift check read as drift. With one draw for every evaluation, a change is the policy's.
 
+E5c Finding 5's contrast over a longer run (session 11; written after E5b's results, before any E5c run). In E5b
+    every arm rose by ~0.01 in 200 steps and none fell, so the contrast was untestable. E5c runs 3× longer and
+    adds the intrinsic reward that does fall in this project's worlds: token entropy (E1c: held-out −0.158
+    over 1000 steps at this lr; E3b: every run fell), beside the paper's trajectory entropy.
+    Base: E5b's (recipe v3, problems 300-699, 12000 SFT steps; the same gate, measured again and reported).
+    Runs: arms countdown (power), self_verification, token_entropy, trajectory_entropy, random (control);
+    frozen_verification is dropped (in E5b it matched self_verification at every evaluation to 0.001). 3 seeds,
+    600 steps (3× E5b) of 16 prompts × 8 samples on problems 0-299 (never seen in SFT), lr 3e-5, GRPO without
+    KL, T = 1, 64 new tokens; held-out avg@8 (T = 1) on the 192 eval-split problems every 100 steps with the
+    same draws at every evaluation (train.eval_seed 0). Timing before the rule (30 steps per arm, no accuracy
+    read): 0.45-0.49 s per step, ~5 s per evaluation, so ~80 min for the 15 runs — over the 1-hour target,
+    kept: in E1c token entropy began to fall only after step 500, and a shorter run would likely test nothing.
+    The base was rebuilt on this machine from E5b's recipe; build-only measured TPR 0.991, TNR 0.972, solve
+    avg@8 0.221 (E5b's build: 0.903, 0.990, 0.186) — the same recipe and countdown code, not bit-identical.
+    Rules (four_arms' R1/R2 on the held-out curves; both already compare each arm with the random arm, so no
+    separate drift gate: over 600+ steps the random arm is expected to drift — E1c's fell 0.039 in 1000 steps —
+    and a fall counts only when it exceeds the control's):
+      power: the countdown arm rises (R1); else "untestable at this budget".
+      F5a: self_verification rises (R1). F5b: it does not fall (R2 false).
+      F5c: trajectory_entropy falls (R2) — the paper's contrast. F5c': token_entropy falls (R2).
+    Verdict (given power): "not reproduced" if F5a or F5b fails; else "reproduced" if F5c; else "reproduced with
+    token entropy as the intrinsic reward (trajectory entropy does not fall within 600 steps)" if F5c';
+    else "self-verification part reproduced; no intrinsic reward falls within 600 steps".
+    Reported: each arm's rise, fall and change with CIs; the contrast change(self_verification) − change(arm)
+    for each intrinsic arm with its crossed-bootstrap 95% CI; reward accuracy, length and KL per arm.
+
 E6  Theorem 1 (paper: 25 problems, each trained alone for 100 epochs with the trajectory-level entropy reward;
     greedy correctness flipped 3/25).
     Runs: ladder_v2/q0.35 (maj@16 0.52: right and wrong majorities both common), 25 single problems (held-out
@@ -1114,8 +1140,15 @@ E5B = dict(E5, name="e5b", base_runs=str(C.RUNS / "external_rewards_e5b"), sft_s
                 "solve_avg": 0.197},
                {"recipe": "v3 on problems 300-699 (400 problems), 8000 SFT steps; the misses are arithmetic slips "
                           "(17+7=2, 28-7=11)", "tpr": 0.893, "tnr": 0.995, "solve_avg": 0.115}))
+E5C = dict(E5B, name="e5c", arms=("countdown", "self_verification", "token_entropy", "trajectory_entropy", "random"),
+           steps=600, eval_every=100, intrinsic=("trajectory_entropy", "token_entropy"), drift_gate=False,
+           attempts=E5B["attempts"] + ({"recipe": "v3 on problems 300-699, 12000 SFT steps (E5b's base, gate met)",
+                                        "tpr": 0.903, "tnr": 0.990, "solve_avg": 0.186},))
 E5_SMOKE = dict(E5, base_runs=None, arms=("countdown", "frozen_verification", "random"), seeds=1, steps=2,
                 prompts=2, samples=2, eval_every=1, eval_problems=4, eval_k=2, boot=50)
+
+E5C_SMOKE = dict(E5_SMOKE, arms=("countdown", "self_verification", "token_entropy", "trajectory_entropy", "random"),
+                 intrinsic=E5C["intrinsic"], drift_gate=False)
 
 
 def e5_gate(prior: dict, p: dict) -> bool:
@@ -1201,11 +1234,13 @@ def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
     def rule(name, key):
         return rows[name][key] if name in rows else None
 
-    power, f5a, f5b, f5c = (rule("countdown", "rises"), rule("self_verification", "rises"),
-                            None if "self_verification" not in rows else not rows["self_verification"]["falls"],
-                            rule("trajectory_entropy", "falls"))
-    drift = RANDOM_NAME in s["arms"] and abs(s["arms"][RANDOM_NAME]["change"]["mean"]) >= 2 * s["arms"][
-        RANDOM_NAME]["change"]["se"]
+    intrinsic = p.get("intrinsic", ("trajectory_entropy",))
+    power, f5a, f5b = (rule("countdown", "rises"), rule("self_verification", "rises"),
+                       None if "self_verification" not in rows else not rows["self_verification"]["falls"])
+    falls = {arm: rule(arm, "falls") for arm in intrinsic}
+    f5c = falls.get("trajectory_entropy")
+    drift = p.get("drift_gate", True) and RANDOM_NAME in s["arms"] and abs(
+        s["arms"][RANDOM_NAME]["change"]["mean"]) >= 2 * s["arms"][RANDOM_NAME]["change"]["se"]
     if drift:
         verdict = "untestable (the lr drifts without a signal: the random arm's change is beyond 2 SE)"
     elif not power:
@@ -1214,23 +1249,47 @@ def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
         verdict = "not reproduced (self-verification " + ("falls" if f5a else "does not rise") + ")"
     elif f5c:
         verdict = "reproduced"
-    else:
+    elif len(intrinsic) == 1:
         verdict = "self-verification part reproduced, the intrinsic contrast untestable at this budget"
+    elif falls.get("token_entropy"):
+        verdict = ("reproduced with token entropy as the intrinsic reward (trajectory entropy does not fall within "
+                   f"{p['steps']} steps)")
+    else:
+        verdict = f"self-verification part reproduced; no intrinsic reward falls within {p['steps']} steps"
+    contrast = ({arm: change_contrast(accs, "self_verification", arm, p["boot"]) for arm in intrinsic
+                 if arm in accs} if "self_verification" in accs and len(intrinsic) > 1 else {})
     sv = s["arms"].get("self_verification")
-    stat = (f"self-verification rise {F.fmt_ci(sv['rise'])}, fall {sv['fall']['mean']:+.3f}; checker rise "
-            f"{s['arms']['countdown']['rise']['mean']:+.3f}; trajectory entropy change "
-            f"{s['arms']['trajectory_entropy']['change']['mean']:+.3f}" if sv and "trajectory_entropy" in s["arms"]
-            else "")
+    stat = ""
+    if sv and all(arm in s["arms"] for arm in intrinsic):
+        stat = (f"self-verification rise {F.fmt_ci(sv['rise'])}, fall {sv['fall']['mean']:+.3f}; checker rise "
+                f"{s['arms']['countdown']['rise']['mean']:+.3f}; " + "; ".join(
+                    f"{arm.replace('_', ' ')} change {s['arms'][arm]['change']['mean']:+.3f}"
+                    + (f" (self-verification − it {F.fmt_ci(contrast[arm])})" if arm in contrast else "")
+                    for arm in intrinsic))
     return {"eval_steps": steps, "summary": s, "decision": d, "rows": rows, "drift": drift, "power": power,
-            "F5a": f5a, "F5b": f5b,
-            "F5c": f5c, "verdict": verdict, "statistic": stat or None}
+            "F5a": f5a, "F5b": f5b, "F5c": f5c, "intrinsic_falls": falls, "contrast": contrast,
+            "verdict": verdict, "statistic": stat or None}
+
+
+def change_contrast(accs: dict, a: str, b: str, n_boot: int) -> dict:
+    """change(a) − change(b) (final window − start of the held-out curve, each arm's own windows) with its SE
+    and 95% CI from the crossed bootstrap over seeds × problems (the same draws for both arms: paired)."""
+    import four_arms as F
+
+    i = F.STAT_NAMES.index("change")
+    wins = {k: F.windows(accs[k].mean(axis=(0, 2))) for k in (a, b)}
+    point = {k: F.arm_stats(accs[k], *wins[k])[i] for k in (a, b)}
+    boot = F.crossed_bootstrap({k: accs[k] for k in (a, b)}, lambda k, x: F.arm_stats(x, *wins[k])[i], n_boot)
+    d = boot[a] - boot[b]
+    return {"mean": float(point[a] - point[b]), "se": float(d.std(ddof=1)),
+            "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
 
 
 def markdown_e5(r: dict, minutes: float) -> str:
     import four_arms as F
 
     p = r["params"]
-    lines = [f"# {p['name'].upper()} — finding 5: external rewards (Countdown)", "",
+    lines = [f"# {p['name'].capitalize()} — finding 5: external rewards (Countdown)", "",
              "Gate (before any RL run): the Countdown base's verifier on its own T = 1 solutions (64 held-out problems "
              f"× 8) needs TPR and TNR ≥ {p['tpr']} and solve avg@8 in {p['solve'][0]}–{p['solve'][1]}. Attempts:", "",
              "| base recipe | TPR | TNR | solve avg@8 |", "|---|---|---|---|"]
@@ -1251,8 +1310,14 @@ def markdown_e5(r: dict, minutes: float) -> str:
                          f"{row['falls']} | {row['reward_accuracy_first_last'][0]:.3f} → "
                          f"{row['reward_accuracy_first_last'][1]:.3f} | {row['length_first_last'][0]:.1f} → "
                          f"{row['length_first_last'][1]:.1f} | {row['kl_k1_last10']:.4f} |")
+        falls = r.get("intrinsic_falls") or {"trajectory_entropy": r["F5c"]}
         lines += ["", f"Power (checker rises): {r['power']}; F5a (self-verification rises): {r['F5a']}; F5b (it does "
-                  f"not fall): {r['F5b']}; F5c (trajectory entropy falls): {r['F5c']}"]
+                  f"not fall): {r['F5b']}; " + "; ".join(
+                      f"F5c{'' if arm == 'trajectory_entropy' else chr(39)} ({arm.replace('_', ' ')} falls): {v}"
+                      for arm, v in falls.items())]
+        if r.get("contrast"):
+            lines += ["", "| contrast | change(self_verification) − change(arm), ± SE [95% CI] |", "|---|---|"]
+            lines += [f"| self_verification − {arm} | {F.fmt_ci(c)} |" for arm, c in r["contrast"].items()]
     lines += ["", f"**Verdict: {r['verdict']}**", ""]
     return "\n".join(lines) + "\n"
 
@@ -1264,7 +1329,7 @@ def plot_e5(out: Path, r: dict) -> str:
     return plot_arm_curves(
         out, name, r["eval_steps"], r["summary"]["arms"],
         lambda arm, a: f"{'random' if arm == RANDOM_NAME else arm}: change {a['change']['mean']:+.3f}",
-        f"{name.upper()} — external rewards on Countdown at lr {LR}:\n{r['verdict']}",
+        f"{name.capitalize()} — external rewards on Countdown at lr {LR}:\n{r['verdict']}",
         f"held-out avg@{r['params']['eval_k']} (T = 1), mean over seeds ± 2 SE", 0.6)
 
 
@@ -1454,7 +1519,9 @@ EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e4": (E4, E4_SMOKE, run_e4, markdown_e4, plot_e4),
                "e4b": (E4B, E4B_SMOKE, run_e4, markdown_e4, plot_e4),
                "e5": (E5, E5_SMOKE, run_e5, markdown_e5, plot_e5),
-               "e5b": (E5B, E5_SMOKE, run_e5, markdown_e5, plot_e5), "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
+               "e5b": (E5B, E5_SMOKE, run_e5, markdown_e5, plot_e5),
+               "e5c": (E5C, E5C_SMOKE, run_e5, markdown_e5, plot_e5),
+               "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
 
 
 def main(argv=None) -> dict:
@@ -1512,6 +1579,8 @@ ROWS = {  # experiment -> (finding, the paper's figure)
     "e4b": ("F4 with 128 test problems", "AMC23 (40 problems) +0.045 and AIME24 both improve (vote reward)"),
     "e5": ("F5: self-verification keeps improving", "Countdown: self-verification 0.55–0.75 vs TLE ~0.40, then down"),
     "e5b": ("F5 on problems the base never saw", "Countdown: self-verification 0.55–0.75 vs TLE ~0.40, then down"),
+    "e5c": ("F5 at 600 steps, token entropy beside trajectory entropy", "Countdown: self-verification 0.55–0.75 vs "
+            "TLE ~0.40, then down"),
     "e6": ("Theorem 1: sharpening keeps the initial majority", "25 single problems, greedy correctness flipped 3/25"),
 }
 RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/good_gt_s*",
@@ -1520,7 +1589,8 @@ RUN_DIRS = {"e1": ("findings/e1/*", "four_arms_v2/good_mv_s*", "four_arms_v2/goo
             "e2c": ("findings/e2b/*",), "e3": ("findings/e3/*",),
             "e3b": ("findings/e3b/*", "findings/e1c/token_entropy_s*"),
             "e4": ("findings/e4/*",), "e4b": ("findings/e4b/*",), "e5": ("findings/e5/*",),
-            "e5b": ("findings/e5b/*",), "e6": ("findings/e6/*",), "e1b": ("findings/e1b/*",),
+            "e5b": ("findings/e5b/*",), "e5c": ("findings/e5c/*",), "e6": ("findings/e6/*",),
+            "e1b": ("findings/e1b/*",),
             "e1c": ("findings/e1c/*", "findings/e1b/random_s*"), "e1d": ("findings/e1d/*",)}
 
 

@@ -162,6 +162,38 @@ def test_e5_gate_and_rules_on_constructed_arms():
     assert verdict(up, rise_fall, rnd=[0, -.05, -.1, -.12, -.15, -.15, -.15]).startswith("untestable (the lr drifts")
 
 
+def test_e5c_rules_token_entropy_beside_trajectory_entropy_against_a_drifting_control():
+    rng = np.random.default_rng(1)
+    noise = lambda: rng.normal(0, 0.01, size=(3, 7, 64))  # noqa: E731
+    up, rise_fall = [0, .04, .08, .1, .12, .12, .12], [0, .06, .1, .1, .04, 0, -.02]
+    drift, falls = [0, -.01, -.02, -.03, -.04, -.05, -.05], [0, 0, -.02, -.06, -.12, -.16, -.18]
+    arms = ("countdown", "self_verification", "token_entropy", "trajectory_entropy", F.RANDOM_NAME)
+    recs = {k: [_records(**{"urlvr/reward_accuracy": 0.9, "response/length_mean": 20.0,
+                           "kl_to_ref/k1_token_mean": 0.01})] * 3 for k in arms}
+    p = dict(F.E5C, boot=200)
+
+    def analyse(tok, traj, sv=up, rnd=drift):
+        curves = dict(zip(arms, (up, sv, tok, traj, rnd)))
+        return F.analyse_e5(p, {k: _arm(0.2, c) + noise() for k, c in curves.items()}, recs,
+                            list(range(0, 301, 50)))
+
+    r = analyse(falls, up)  # the random arm drifts 0.05: no gate, the falls are measured against it
+    assert not r["drift"] and r["intrinsic_falls"] == {"trajectory_entropy": False, "token_entropy": True}
+    assert r["verdict"].startswith("reproduced with token entropy") and "600 steps" in r["verdict"]
+    c = r["contrast"]["token_entropy"]
+    final_windows = 0.12 + (0.12 + 0.16 + 0.18) / 3
+    assert c["mean"] == pytest.approx(final_windows, abs=0.01) and c["ci95"][0] > 0.25
+    assert abs(r["contrast"]["trajectory_entropy"]["mean"]) < 0.02
+    assert "token entropy change -0.15" in r["statistic"] and "self-verification − it" in r["statistic"]
+    assert analyse(falls, rise_fall)["verdict"] == "reproduced"
+    assert analyse(up, up)["verdict"].startswith("self-verification part reproduced; no intrinsic reward falls")
+    assert analyse(drift, drift)["verdict"].startswith("self-verification part reproduced")  # falls no more than random
+    assert analyse(falls, falls, sv=falls)["verdict"].startswith("not reproduced (self-verification does not rise")
+    md = F.markdown_e5({**r, "params": p, "prior": {}, "gate": True, "attempts": []}, 1.0)
+    assert md.startswith("# E5c") and "F5c' (token entropy falls): True" in md
+    assert "| self_verification − token_entropy |" in md
+
+
 def test_e6_random_control_can_only_demote():
     p = dict(F.E6, probe=64)
     problems = [_e6_problem(0.5, 0.9, i % 2 == 0, True, True) for i in range(25)]

@@ -954,7 +954,7 @@ def analyse_e3(p, accs, kl, ra, random: dict | None = None) -> dict:
 
 def markdown_e3(r: dict, minutes: float) -> str:
     p = r["params"]
-    lines = [f"# {p.get('name', 'e3').upper()} — finding 3: does the training-set size decide collapse?", "",
+    lines = [f"# {p.get('name', 'e3').capitalize()} — finding 3: does the training-set size decide collapse?", "",
              f"`{p['rung']}`, {p.get('reward', 'majority_vote')}, {p['prompts']}×{p['samples']}, {p['steps']} steps, "
              f"lr {LR}, "
              f"{p['seeds']} seeds per size; held-out avg@{p['eval_k']} (T = 1) on {p['eval_problems']} problems; "
@@ -991,7 +991,7 @@ def plot_e3(out: Path, r: dict) -> str:
     ax2.set_xlabel("training prompts")
     ax2.set_ylabel("KL k1 per token, last steps (per seed)")
     ax2.grid(alpha=0.3)
-    fig.suptitle(f"{r['params'].get('name', 'e3').upper()} ({r['params'].get('reward', 'majority_vote')}) — "
+    fig.suptitle(f"{r['params'].get('name', 'e3').capitalize()} ({r['params'].get('reward', 'majority_vote')}) — "
                  f"{r['verdict']}", fontsize=9)
     return save_figure(fig, out, r["params"].get("name", "e3"))
 
@@ -1084,7 +1084,7 @@ def markdown_e4(r: dict, minutes: float) -> str:
              if per_step == p["n_test"] else
              f"{per_step} of the {p['n_test']} training problems per step ({per_step}×{p['samples']})")
     draws = (" Every evaluation uses the same draws (train.eval_seed 0)." if p.get("eval_seed", -1) >= 0 else "")
-    lines = [f"# {name.upper()} — finding 4: test-time training", "",
+    lines = [f"# {name.capitalize()} — finding 4: test-time training", "",
              f"`{p['rung']}`, majority vote, {batch}, {p['steps']} steps, lr {LR}, {p['seeds']} seeds. "
              f"TTT arm: trained on "
              f"E = the first {p['n_test']} held-out problems; control: {p['n_test']} training-split problems. "
@@ -1112,7 +1112,7 @@ def plot_e4(out: Path, r: dict) -> str:
                     markersize=3, label=f"{arm}, {part}")
     ax.set_xlabel("step")
     ax.set_ylabel("held-out avg@8 (T = 1), mean over seeds")
-    ax.set_title(f"{r['params'].get('name', 'e4').upper()} — test-time training: {r['verdict']}", fontsize=10)
+    ax.set_title(f"{r['params'].get('name', 'e4').capitalize()} — test-time training: {r['verdict']}", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, out, r["params"].get("name", "e4"))
@@ -1289,7 +1289,7 @@ def markdown_e5(r: dict, minutes: float) -> str:
     import four_arms as F
 
     p = r["params"]
-    lines = [f"# {p['name'].capitalize()} — finding 5: external rewards (Countdown)", "",
+    lines = [f"# {p.get('name', 'e5').capitalize()} — finding 5: external rewards (Countdown)", "",
              "Gate (before any RL run): the Countdown base's verifier on its own T = 1 solutions (64 held-out problems "
              f"× 8) needs TPR and TNR ≥ {p['tpr']} and solve avg@8 in {p['solve'][0]}–{p['solve'][1]}. Attempts:", "",
              "| base recipe | TPR | TNR | solve avg@8 |", "|---|---|---|---|"]
@@ -1524,6 +1524,13 @@ EXPERIMENTS = {"e1": (E1, E1_SMOKE, run_e1, markdown_e1, plot_e1),
                "e6": (E6, E6_SMOKE, run_e6, markdown_e6, plot_e6)}
 
 
+def int_keys(obj):
+    """JSON turns int dict keys (E3's training-set sizes) into strings; --render turns them back."""
+    if isinstance(obj, dict):
+        return {int(k) if isinstance(k, str) and k.isdigit() else k: int_keys(v) for k, v in obj.items()}
+    return [int_keys(v) for v in obj] if isinstance(obj, list) else obj
+
+
 def main(argv=None) -> dict:
     ap = C.add_common_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                                    formatter_class=argparse.RawDescriptionHelpFormatter), NAME)
@@ -1542,7 +1549,7 @@ def main(argv=None) -> dict:
         path = out / f"{args.experiment}.json"
         if not path.exists():
             raise SystemExit(f"--render: {path} does not exist; run `findings.py {args.experiment}` first")
-        r = json.loads(path.read_text())
+        r = int_keys(json.loads(path.read_text()))
         plot(out, r)
         md = markdown(r, r["total_minutes"])
         (out / f"{args.experiment}.md").write_text(md)

@@ -1223,7 +1223,9 @@ def run_e5(p: dict, runs: Path) -> dict:
 def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
     import four_arms as F
 
-    s = F.summarize_arms(accs, steps, p["boot"])
+    intrinsic = p.get("intrinsic", ("trajectory_entropy",))
+    pairs = tuple(("self_verification", arm) for arm in intrinsic if "self_verification" in accs and arm in accs)
+    s = F.summarize_arms(accs, steps, p["boot"], contrasts=pairs)
     d = F.decide(s)
     rows = {name: {"rises": bool(d.get(f"R1_rise/{name}", False)), "falls": bool(d.get(f"R2_fall/{name}", False)),
                    "reward_accuracy_first_last": _first_last(records[name], "urlvr/reward_accuracy"),
@@ -1234,7 +1236,6 @@ def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
     def rule(name, key):
         return rows[name][key] if name in rows else None
 
-    intrinsic = p.get("intrinsic", ("trajectory_entropy",))
     power, f5a, f5b = (rule("countdown", "rises"), rule("self_verification", "rises"),
                        None if "self_verification" not in rows else not rows["self_verification"]["falls"])
     falls = {arm: rule(arm, "falls") for arm in intrinsic}
@@ -1256,8 +1257,7 @@ def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
                    f"{p['steps']} steps)")
     else:
         verdict = f"self-verification part reproduced; no intrinsic reward falls within {p['steps']} steps"
-    contrast = ({arm: change_contrast(accs, "self_verification", arm, p["boot"]) for arm in intrinsic
-                 if arm in accs} if "self_verification" in accs and len(intrinsic) > 1 else {})
+    contrast = {b: s["contrasts"][f"{a}-{b}"] for a, b in pairs}
     sv = s["arms"].get("self_verification")
     stat = ""
     if sv and all(arm in s["arms"] for arm in intrinsic):
@@ -1269,20 +1269,6 @@ def analyse_e5(p: dict, accs: dict, records: dict, steps: list[int]) -> dict:
     return {"eval_steps": steps, "summary": s, "decision": d, "rows": rows, "drift": drift, "power": power,
             "F5a": f5a, "F5b": f5b, "F5c": f5c, "intrinsic_falls": falls, "contrast": contrast,
             "verdict": verdict, "statistic": stat or None}
-
-
-def change_contrast(accs: dict, a: str, b: str, n_boot: int) -> dict:
-    """change(a) − change(b) (final window − start of the held-out curve, each arm's own windows) with its SE
-    and 95% CI from the crossed bootstrap over seeds × problems (the same draws for both arms: paired)."""
-    import four_arms as F
-
-    i = F.STAT_NAMES.index("change")
-    wins = {k: F.windows(accs[k].mean(axis=(0, 2))) for k in (a, b)}
-    point = {k: F.arm_stats(accs[k], *wins[k])[i] for k in (a, b)}
-    boot = F.crossed_bootstrap({k: accs[k] for k in (a, b)}, lambda k, x: F.arm_stats(x, *wins[k])[i], n_boot)
-    d = boot[a] - boot[b]
-    return {"mean": float(point[a] - point[b]), "se": float(d.std(ddof=1)),
-            "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]}
 
 
 def markdown_e5(r: dict, minutes: float) -> str:

@@ -139,9 +139,11 @@ def crossed_bootstrap(accs: dict[str, np.ndarray], fn, n_boot: int, seed: int = 
     return {k: np.array(v) for k, v in out.items()}
 
 
-def summarize_arms(accs: dict[str, np.ndarray], steps: list[int], n_boot: int, w: int = WINDOW) -> dict[str, Any]:
+def summarize_arms(accs: dict[str, np.ndarray], steps: list[int], n_boot: int, w: int = WINDOW,
+                   contrasts: tuple[tuple[str, str], ...] = ()) -> dict[str, Any]:
     """Point estimates, bootstrap SE and 95% CI of STAT_NAMES per arm, the windows, the decision-rule
-    comparisons against good_random, and the curves' ±2 SE."""
+    comparisons against good_random, and the curves' ±2 SE. contrasts: (a, b) pairs whose change(a) − change(b)
+    is added under out["contrasts"]["a-b"] with SE and 95% CI (paired: the same bootstrap draws)."""
     wins = {k: windows(a.mean(axis=(0, 2)), w) for k, a in accs.items()}
     point = {k: arm_stats(a, *wins[k], w) for k, a in accs.items()}
     boot = crossed_bootstrap(accs, lambda k, a: np.concatenate([arm_stats(a, *wins[k], w), a.mean(axis=(0, 2))]),
@@ -159,22 +161,22 @@ def summarize_arms(accs: dict[str, np.ndarray], steps: list[int], n_boot: int, w
             "curve": accs[k].mean(axis=(0, 2)).tolist(),
             "curve_se": boot[k][:, len(STAT_NAMES):].std(0, ddof=1).tolist(),
         }
+
+    def minus(a: str, b: str, name: str, ci: bool = False) -> dict[str, Any]:
+        i = STAT_NAMES.index(name)
+        d = boot[a][:, i] - boot[b][:, i]
+        got = {"mean": float(point[a][i] - point[b][i]), "se": float(d.std(ddof=1))}
+        return {**got, "ci95": [float(np.percentile(d, 2.5)), float(np.percentile(d, 97.5))]} if ci else got
+
     ref = "good_random"
     if ref in accs:
         for k in accs:
-            if k == ref:
-                continue
-            cmp = {}
-            for name in ("rise", "fall", "change"):
-                i = STAT_NAMES.index(name)
-                d = boot[k][:, i] - boot[ref][:, i]
-                cmp[name] = {"mean": float(point[k][i] - point[ref][i]), "se": float(d.std(ddof=1))}
-            out["arms"][k]["minus_random"] = cmp
+            if k != ref:
+                out["arms"][k]["minus_random"] = {name: minus(k, ref, name) for name in ("rise", "fall", "change")}
     if "good_mv" in accs and "bad_mv" in accs:
-        i = STAT_NAMES.index("change")
-        d = boot["good_mv"][:, i] - boot["bad_mv"][:, i]
-        out["good_mv_minus_bad_mv_change"] = {"mean": float(point["good_mv"][i] - point["bad_mv"][i]),
-                                              "se": float(d.std(ddof=1))}
+        out["good_mv_minus_bad_mv_change"] = minus("good_mv", "bad_mv", "change")
+    if contrasts:
+        out["contrasts"] = {f"{a}-{b}": minus(a, b, "change", ci=True) for a, b in contrasts}
     return out
 
 
